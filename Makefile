@@ -1,0 +1,32 @@
+# Set-up and the two jobs of the README: `make quickstart` (the main job) and `make test`.
+# The virtual environment is bootstrapped on first use. TORCH_SPEC pins the torch build this
+# project is tested with; override it to use another compatible one (pyproject allows torch>=2.4,<3).
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+STAMP := $(VENV)/.installed
+
+.PHONY: venv test quickstart lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -x --durations=15
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+quickstart: $(STAMP)
+	$(BIN)/mgas search --method darts --dataset digits --preset tiny --out runs/quickstart/search
+	$(BIN)/mgas train --arch runs/quickstart/search/arch.json --dataset digits --preset tiny --out runs/quickstart/train
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,231 @@
+"""Settings of a search and a retraining run: validated pydantic models with paper defaults.
+
+Defaults are the papers' CIFAR settings. ``PRESETS`` hold dotted-path overrides (``tiny`` is the
+CPU-sized setting used on ``digits``; ``imagenet`` the mobile setting for retraining). Every model
+forbids unknown keys so a typo names the offending field.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+DATASETS = ("digits", "cifar10", "cifar100", "imagenet", "synthetic")
+METHODS = ("darts", "gold_nas", "msg_das", "mgas")
+GRANULARITIES = ("op", "filter", "weight")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SyntheticShape(Strict):
+    channels: int = Field(3, ge=1)
+    size: int = Field(32, ge=4)
+    classes: int = Field(10, ge=2)
+    samples: int = Field(512, ge=8)
+
+
+class DataSettings(Strict):
+    name: Literal["digits", "cifar10", "cifar100", "imagenet", "synthetic"] = "cifar10"
+    root: str | None = None
+    download: bool = False
+    val_fraction: float = Field(0.1, gt=0.0, lt=0.5)
+    workers: int = Field(0, ge=0)
+    synthetic: SyntheticShape = SyntheticShape()
+
+
+class DartsSettings(Strict):
+    order: Literal[1, 2] = 2
+    alpha_lr: float = Field(3e-4, gt=0)
+    alpha_betas: tuple[float, float] = (0.5, 0.999)
+    alpha_weight_decay: float = Field(1e-3, ge=0)
+    alpha_init_std: float = Field(1e-3, ge=0)
+    unrolled_eps: float = Field(0.01, gt=0)
+
+
+class LambdaControl(Strict):
+    """GOLD-NAS lambda controller constants (shared by GOLD-NAS and MGAS)."""
+
+    lambda0: float = Field(1e-5, gt=0)
+    c0: float = Field(2.0, gt=1)
+
+
+class GoldNasSettings(Strict):
+    alpha_lr: float = Field(1.0, gt=0)
+    alpha_momentum: float = Field(0.9, ge=0, lt=1)
+    w_lr: float = Field(0.01, gt=0)
+    cost: Literal["params", "flops"] = "params"
+    cost_c: float = Field(1.0, ge=0, description="constant part of each op's cost")
+    cost_mu: float = Field(1.0, ge=0, description="weight of the op's normalised params/FLOPs")
+    eta_min: float = Field(0.01, ge=0, lt=1)
+    eta_max: float = Field(0.05, ge=0, lt=1)
+    n0: int = Field(4, ge=1)
+    control: LambdaControl = LambdaControl()
+    warmup_epochs: int = Field(0, ge=0)
+
+
+class MsgDasSettings(Strict):
+    subgraphs: int = Field(2, ge=1)
+    tau_max: float = Field(10.0, gt=0)
+    tau_min: float = Field(0.1, gt=0)
+    alpha_lr: float = Field(3e-4, gt=0)
+    alpha_betas: tuple[float, float] = (0.5, 0.999)
+    alpha_weight_decay: float = Field(1e-3, ge=0)
+    dropblock_rate: float = Field(0.1, ge=0, lt=1, description="initial DropBlock rate on the skip branch")
+    dropblock_size: int = Field(3, ge=1)
+    distill_weight: float = Field(1.0, ge=0)
+    distill_temperature: float = Field(2.0, gt=0)
+    teacher: Literal["ensemble", "supernet"] = "ensemble"
+
+
+class MgasSettings(Strict):
+    granularities: list[Literal["op", "filter", "weight"]] = ["op", "filter", "weight"]
+    stages: int = Field(3, ge=1)
+    stage_epochs: int | None = Field(None, ge=1, description="epochs per stage; default splits epochs")
+    final_epochs: int | None = Field(None, ge=1, description="max epochs of the final whole-net phase")
+    regrow_fraction: float = Field(0.2, ge=0, le=1)
+    alpha_lr: float = Field(0.05, gt=0)
+    beta_lr: float = Field(0.05, gt=0)
+    threshold_lr: float = Field(0.01, gt=0)
+    threshold_init: float = 0.0
+    control: LambdaControl = LambdaControl(lambda0=0.05, c0=2.0)
+    tolerance: float = Field(0.02, ge=0, lt=0.5, description="stop once size <= target * (1 + tolerance)")
+
+    @field_validator("granularities")
+    @classmethod
+    def _non_empty_unique(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("granularities must be a non-empty subset of op, filter, weight")
+        if len(set(v)) != len(v):
+            raise ValueError(f"granularities has duplicates: {v}")
+        return [g for g in GRANULARITIES if g in v]
+
+
+class SearchSettings(Strict):
+    method: Literal["darts", "gold_nas", "msg_das", "mgas"] = "darts"
+    epochs: int = Field(50, ge=1)
+    layers: int = Field(8, ge=1)
+    channels: int = Field(16, ge=2)
+    nodes: int = Field(4, ge=1)
+    batch_size: int = Field(64, ge=1)
+    w_lr: float = Field(0.025, gt=0)
+    w_lr_min: float = Field(0.001, ge=0)
+    w_momentum: float = Field(0.9, ge=0, lt=1)
+    w_weight_decay: float = Field(3e-4, ge=0)
+    grad_clip: float = Field(5.0, gt=0)
+    target_params: float | None = Field(None, gt=0, description="target size in millions of parameters")
+    impl: Literal["fast", "reference"] = "fast"
+    darts: DartsSettings = DartsSettings()
+    gold_nas: GoldNasSettings = GoldNasSettings()
+    msg_das: MsgDasSettings = MsgDasSettings()
+    mgas: MgasSettings = MgasSettings()
+
+    @field_validator("channels")
+    @classmethod
+    def _even(cls, v: int) -> int:
+        if v % 2:
+            raise ValueError(f"channels must be even (FactorizedReduce halves them), got {v}")
+        return v
+
+
+class RetrainSettings(Strict):
+    epochs: int = Field(600, ge=1)
+    channels: int | None = Field(36, ge=2, description="None: the architecture's own width")
+    layers: int | None = Field(20, ge=1, description="None: the architecture's own depth")
+    batch_size: int = Field(96, ge=1)
+    lr: float = Field(0.025, gt=0)
+    lr_min: float = Field(0.0, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(3e-4, ge=0)
+    grad_clip: float = Field(5.0, gt=0)
+    auxiliary: bool = True
+    aux_weight: float = Field(0.4, ge=0)
+    drop_path: float = Field(0.2, ge=0, lt=1)
+    cutout: int = Field(16, ge=0, description="cutout length in pixels; 0 disables it")
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    target_params: float | None = Field(
+        None, gt=0, description="scale a genotype's width so the network has about this many M params"
+    )
+
+
+class RunSettings(Strict):
+    """Everything one search-then-retrain run needs."""
+
+    data: DataSettings = DataSettings()
+    search: SearchSettings = SearchSettings()
+    retrain: RetrainSettings = RetrainSettings()
+    seed: int = Field(0, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = Field(None, ge=1)
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {},
+    "tiny": {
+        "search.epochs": 12,
+        "search.layers": 5,
+        "search.channels": 8,
+        "search.batch_size": 64,
+        "search.w_lr": 0.05,
+        "search.darts.order": 1,
+        "search.darts.alpha_lr": 3e-3,
+        "search.msg_das.alpha_lr": 3e-3,
+        "search.gold_nas.w_lr": 0.05,
+        "search.mgas.stages": 3,
+        "retrain.epochs": 30,
+        "retrain.channels": 16,
+        "retrain.layers": 5,
+        "retrain.batch_size": 64,
+        "retrain.lr": 0.05,
+        "retrain.cutout": 0,
+        "retrain.drop_path": 0.1,
+        "data.val_fraction": 0.2,
+    },
+    "imagenet": {
+        "data.name": "imagenet",
+        "retrain.epochs": 250,
+        "retrain.channels": 48,
+        "retrain.layers": 14,
+        "retrain.batch_size": 128,
+        "retrain.lr": 0.1,
+        "retrain.weight_decay": 3e-5,
+        "retrain.drop_path": 0.0,
+        "retrain.cutout": 0,
+        "retrain.label_smoothing": 0.1,
+    },
+}
+
+
+def set_dotted(data: dict[str, Any], path: str, value: Any) -> None:
+    """Set ``data['a']['b'] = value`` for ``path`` ``'a.b'``, creating nested dicts."""
+    keys = path.split(".")
+    node = data
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"{path}: {k!r} is not a settings group")
+    node[keys[-1]] = value
+
+
+def known_paths(model: type[BaseModel] = RunSettings, prefix: str = "") -> list[str]:
+    """Every dotted settings path (leaves) of ``model``."""
+    out = []
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            out.extend(known_paths(ann, f"{prefix}{name}."))
+        else:
+            out.append(f"{prefix}{name}")
+    return out
+
+
+def build_settings(preset: str = "paper", overrides: dict[str, Any] | None = None) -> RunSettings:
+    """``RunSettings`` from a preset plus dotted-path overrides (later wins)."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; allowed: {', '.join(PRESETS)}")
+    raw: dict[str, Any] = {}
+    for path, value in {**PRESETS[preset], **(overrides or {})}.items():
+        set_dotted(raw, path, value)
+    return RunSettings.model_validate(raw)

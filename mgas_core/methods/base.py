@@ -1,0 +1,172 @@
+"""The method protocol every search method implements, and the method registry.
+
+The shared loop (:func:`mgas_core.train.run_search`) calls, per epoch: ``begin_epoch``, then
+``train_step`` per batch (with a second batch from the held-out half for bilevel methods) until
+the epoch ends or ``finished`` turns true, then ``end_of_epoch`` (pruning, regrowth, stage
+changes, snapshots). ``derive`` returns the discrete architecture; ``state_dict`` carries every
+optimiser, controller and parameter so a resumed search is bitwise identical.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from mgas_core.arch import Architecture
+from mgas_core.config import SearchSettings
+from mgas_core.data import Batch, DatasetInfo
+
+Event = dict[str, Any]
+
+
+class SearchMethod(ABC):
+    name: ClassVar[str]
+    primitives: ClassVar[tuple[str, ...]]
+    bilevel: ClassVar[bool] = False
+    """True when ``train_step`` needs a batch from the architecture half of the training set."""
+
+    def __init__(self, settings: SearchSettings, info: DatasetInfo, device: torch.device, seed: int) -> None:
+        self.settings = settings
+        self.info = info
+        self.device = device
+        self.seed = seed
+        self.events: list[Event] = []
+        self.epoch = 0
+
+    # --- the protocol -------------------------------------------------------------------------
+    model: nn.Module
+    """Everything learnable: the supernet and the architecture parameters (``state_dict`` ready)."""
+
+    @property
+    def max_epochs(self) -> int:
+        return self.settings.epochs
+
+    @property
+    def finished(self) -> bool:
+        """True once the search has met its stopping rule (e.g. the target size)."""
+        return False
+
+    def begin_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    @abstractmethod
+    def train_step(self, batch: Batch, arch_batch: Batch | None = None) -> dict[str, float]:
+        """One search step; returns at least ``loss`` and ``acc`` of the weight step."""
+
+    def end_of_epoch(self, epoch: int) -> list[Event]:
+        return []
+
+    @abstractmethod
+    def derive(self) -> Architecture:
+        """The discrete architecture the search currently stands for."""
+
+    @abstractmethod
+    def predict(self, x: Tensor) -> Tensor:
+        """Logits of the supernet as it is searched (used for val accuracy every epoch)."""
+
+    def log_metrics(self) -> dict[str, Any]:
+        """Per-epoch scalars beyond loss/accuracy (lambda, temperature, remaining ratios ...)."""
+        return {}
+
+    def summary(self) -> dict[str, Any]:
+        """Method-specific fields of the final JSON summary."""
+        return {}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {}
+
+    def extra_state(self) -> dict[str, Any]:
+        """Controller state beyond model and optimisers (plain values and tensors only)."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        del state
+
+    def prepare_load(self, state: dict[str, Any]) -> None:
+        """Reshape the model to a saved structure before its tensors are loaded (MGAS shrinking)."""
+        del state
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizers": {k: opt.state_dict() for k, opt in self.optimizers().items()},
+            "events": list(self.events),
+            "epoch": self.epoch,
+            "extra": self.extra_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.prepare_load(state)
+        self.model.load_state_dict(state["model"])
+        opts = self.optimizers()
+        if set(opts) != set(state["optimizers"]):
+            raise ValueError(f"optimizer set {sorted(state['optimizers'])} does not match {sorted(opts)}")
+        for k, opt in opts.items():
+            opt.load_state_dict(state["optimizers"][k])
+        self.events = list(state["events"])
+        self.epoch = int(state["epoch"])
+        self.load_extra_state(state["extra"])
+
+
+METHOD_REGISTRY: dict[str, type[SearchMethod]] = {}
+
+
+def register_method(name: str) -> Callable[[type[SearchMethod]], type[SearchMethod]]:
+    def wrap(cls: type[SearchMethod]) -> type[SearchMethod]:
+        if name in METHOD_REGISTRY:
+            raise ValueError(f"method {name!r} registered twice")
+        cls.name = name
+        METHOD_REGISTRY[name] = cls
+        return cls
+
+    return wrap
+
+
+def create_method(settings: SearchSettings, info: DatasetInfo, device: torch.device, seed: int) -> SearchMethod:
+    import mgas_core.methods  # noqa: F401  (registers the built-in methods)
+
+    if settings.method not in METHOD_REGISTRY:
+        raise ValueError(f"unknown method {settings.method!r}; allowed: {', '.join(sorted(METHOD_REGISTRY))}")
+    return METHOD_REGISTRY[settings.method](settings, info, device, seed)
+
+
+# --- helpers shared by the methods ------------------------------------------------------------
+
+
+def cosine_lr(base: float, minimum: float, epoch: int, epochs: int) -> float:
+    """Cosine annealing from ``base`` to ``minimum`` over ``epochs`` (epoch 0 gets ``base``)."""
+    return minimum + (base - minimum) * (1 + math.cos(math.pi * epoch / max(1, epochs))) / 2
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+@contextmanager
+def frozen(params: Iterable[nn.Parameter]) -> Iterator[None]:
+    """Temporarily stop gradient into ``params`` (saves the unneeded backward work)."""
+    params = list(params)
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, f in zip(params, flags):
+            p.requires_grad_(f)
+
+
+def accuracy(logits: Tensor, target: Tensor) -> float:
+    return float((logits.argmax(dim=1) == target).float().mean())
+
+
+def clip_and_step(optimizer: torch.optim.Optimizer, params: list[nn.Parameter], clip: float) -> None:
+    nn.utils.clip_grad_norm_(params, clip)
+    optimizer.step()

@@ -1,0 +1,167 @@
+"""DARTS (Liu, Simonyan, Yang; ICLR 2019): softmax-relaxed mixed edges, bilevel optimisation.
+
+One alpha matrix (edges x 8 ops) for all normal cells and one for all reduction cells, init
+``1e-3 * N(0, 1)``. Weights: SGD with cosine lr on the first half of the training set; alphas:
+Adam on the second half. First order steps alpha on the held-out batch with the current weights.
+Second order uses the unrolled weights ``w' = w - xi * (momentum + dL_train/dw + wd * w)`` with
+``xi`` the current weight lr, and the Hessian-vector term by central finite differences with
+``eps = 0.01 / ||dL_val/dw'||``. Virtual passes never touch the real BN running statistics.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from mgas_core.arch import Architecture
+from mgas_core.config import SearchSettings
+from mgas_core.data import Batch, DatasetInfo
+from mgas_core.methods.base import (
+    SearchMethod,
+    accuracy,
+    clip_and_step,
+    cosine_lr,
+    frozen,
+    register_method,
+    set_lr,
+)
+from mgas_core.methods.genotype import derive_genotype
+from mgas_core.space import DARTS_PRIMITIVES
+from mgas_core.supernet_factory import build_supernet
+
+
+class SharedAlphaModel(nn.Module):
+    """A supernet plus one alpha matrix for normal and one for reduction cells (softmax weights)."""
+
+    def __init__(self, net: nn.Module, init_std: float) -> None:
+        super().__init__()
+        self.net = net
+        num_edges, num_ops = net.topology.num_edges, len(net.primitives)
+        self.alpha_normal = nn.Parameter(init_std * torch.randn(num_edges, num_ops))
+        self.alpha_reduce = nn.Parameter(init_std * torch.randn(num_edges, num_ops))
+        self.reductions = net.reduction_flags()
+        live = [i for i, p in enumerate(net.primitives) if p != "none"]
+        self.active = [[live] * num_edges for _ in self.reductions]
+
+    def arch_parameters(self) -> list[nn.Parameter]:
+        return [self.alpha_normal, self.alpha_reduce]
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        return list(self.net.parameters())
+
+    def cell_weights(self, alphas: tuple[Tensor, Tensor] | None = None) -> list[Tensor]:
+        a_n, a_r = alphas if alphas is not None else (self.alpha_normal, self.alpha_reduce)
+        w_n, w_r = F.softmax(a_n, dim=-1), F.softmax(a_r, dim=-1)
+        return [w_r if red else w_n for red in self.reductions]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x, self.cell_weights(), self.active)
+
+
+@register_method("darts")
+class Darts(SearchMethod):
+    primitives = DARTS_PRIMITIVES
+    bilevel = True
+
+    def __init__(self, settings: SearchSettings, info: DatasetInfo, device: torch.device, seed: int) -> None:
+        super().__init__(settings, info, device, seed)
+        cfg = settings.darts
+        net = build_supernet(settings, self.primitives, info)
+        self.model = SharedAlphaModel(net, cfg.alpha_init_std).to(device)
+        self.w_opt = torch.optim.SGD(self.model.weight_parameters(), lr=settings.w_lr,
+                                     momentum=settings.w_momentum, weight_decay=settings.w_weight_decay)
+        self.a_opt = torch.optim.Adam(self.model.arch_parameters(), lr=cfg.alpha_lr, betas=cfg.alpha_betas,
+                                      weight_decay=cfg.alpha_weight_decay)
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"weights": self.w_opt, "alphas": self.a_opt}
+
+    @property
+    def lr(self) -> float:
+        return self.w_opt.param_groups[0]["lr"]
+
+    def begin_epoch(self, epoch: int) -> None:
+        super().begin_epoch(epoch)
+        s = self.settings
+        set_lr(self.w_opt, cosine_lr(s.w_lr, s.w_lr_min, epoch, s.epochs))
+
+    def train_step(self, batch: Batch, arch_batch: Batch | None = None) -> dict[str, float]:
+        x, y = batch[0].to(self.device), batch[1].to(self.device)
+        if arch_batch is not None:
+            xa, ya = arch_batch[0].to(self.device), arch_batch[1].to(self.device)
+            self.a_opt.zero_grad(set_to_none=True)
+            if self.settings.darts.order == 2:
+                grads = self.unrolled_alpha_grads(x, y, xa, ya)
+            else:
+                loss_a = F.cross_entropy(self.model(xa), ya)
+                grads = list(torch.autograd.grad(loss_a, self.model.arch_parameters(), materialize_grads=True))
+            for p, g in zip(self.model.arch_parameters(), grads):
+                p.grad = g
+            self.a_opt.step()
+        self.w_opt.zero_grad(set_to_none=True)
+        with frozen(self.model.arch_parameters()):
+            logits = self.model(x)
+            loss = F.cross_entropy(logits, y)
+            loss.backward()
+        clip_and_step(self.w_opt, self.model.weight_parameters(), self.settings.grad_clip)
+        return {"loss": float(loss.detach()), "acc": accuracy(logits.detach(), y)}
+
+    # --- second order ---------------------------------------------------------------------------
+    def _functional_loss(
+        self, params: dict[str, Tensor], alphas: tuple[Tensor, Tensor], x: Tensor, y: Tensor
+    ) -> Tensor:
+        net = self.model.net
+        buffers = {k: v.clone() for k, v in net.named_buffers()}  # virtual passes leave BN stats alone
+        logits = functional_call(net, {**params, **buffers}, (x, self.model.cell_weights(alphas), self.model.active))
+        return F.cross_entropy(logits, y)
+
+    def unrolled_alpha_grads(self, x: Tensor, y: Tensor, xa: Tensor, ya: Tensor) -> list[Tensor]:
+        """d L_val(w'(alpha), alpha) / d alpha with the finite-difference Hessian-vector product."""
+        net = self.model.net
+        names = [n for n, _ in net.named_parameters()]
+        weights = [p for _, p in net.named_parameters()]
+        alphas = (self.model.alpha_normal, self.model.alpha_reduce)
+        xi = self.lr
+        momentum, wd = self.settings.w_momentum, self.settings.w_weight_decay
+        detached = (alphas[0].detach(), alphas[1].detach())
+        loss = self._functional_loss(dict(zip(names, weights)), detached, x, y)
+        grads = torch.autograd.grad(loss, weights)
+        unrolled = []
+        for p, g in zip(weights, grads):
+            buf = self.w_opt.state.get(p, {}).get("momentum_buffer")
+            moment = buf * momentum if buf is not None else torch.zeros_like(p)
+            unrolled.append((p - xi * (moment + g + wd * p)).detach().requires_grad_(True))
+        loss_val = self._functional_loss(dict(zip(names, unrolled)), alphas, xa, ya)
+        out = torch.autograd.grad(loss_val, [*alphas, *unrolled], materialize_grads=True)
+        d_alpha, vector = list(out[:2]), out[2:]
+        hvp = self.hessian_vector_product(names, weights, vector, x, y)
+        return [da - xi * h for da, h in zip(d_alpha, hvp)]
+
+    def hessian_vector_product(
+        self, names: list[str], weights: list[Tensor], vector: tuple[Tensor, ...], x: Tensor, y: Tensor
+    ) -> list[Tensor]:
+        norm = torch.cat([v.reshape(-1) for v in vector]).norm()
+        eps = self.settings.darts.unrolled_eps / norm
+        alphas = (self.model.alpha_normal, self.model.alpha_reduce)
+        grads = []
+        for sign in (1.0, -1.0):
+            shifted = {n: (w + sign * eps * v).detach() for n, w, v in zip(names, weights, vector)}
+            loss = self._functional_loss(shifted, alphas, x, y)
+            grads.append(torch.autograd.grad(loss, alphas, materialize_grads=True))
+        return [(gp - gn) / (2 * eps) for gp, gn in zip(*grads)]
+
+    # --- results --------------------------------------------------------------------------------
+    def predict(self, x: Tensor) -> Tensor:
+        return self.model(x)
+
+    def derive(self) -> Architecture:
+        with torch.no_grad():
+            w_n, w_r = F.softmax(self.model.alpha_normal, -1), F.softmax(self.model.alpha_reduce, -1)
+        return derive_genotype(w_n, w_r, self.primitives, self.model.net.topology, name=f"darts_seed{self.seed}")
+
+    def log_metrics(self) -> dict[str, Any]:
+        return {"w_lr": self.lr}

@@ -1,0 +1,89 @@
+"""Model-size, compute, time and memory measurements."""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from mgas_core.ops import MaskableConv2d
+
+
+@dataclass(frozen=True)
+class ParamCount:
+    dense: int
+    nonzero: int
+
+    @property
+    def dense_m(self) -> float:
+        return self.dense / 1e6
+
+    @property
+    def nonzero_m(self) -> float:
+        return self.nonzero / 1e6
+
+
+def count_params(model: nn.Module, exclude: str = "auxiliary") -> ParamCount:
+    """Parameters of ``model`` whose name does not contain ``exclude`` (the official DARTS counter
+    leaves out the auxiliary head). ``nonzero`` subtracts weights removed by fixed weight masks."""
+    dense = sum(p.numel() for name, p in model.named_parameters() if exclude not in name)
+    masked_out = 0
+    for name, module in model.named_modules():
+        if isinstance(module, MaskableConv2d) and module.weight_mask is not None and exclude not in name:
+            masked_out += int((module.weight_mask == 0).sum())
+    return ParamCount(dense=dense, nonzero=dense - masked_out)
+
+
+def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """Multiply-adds of one forward pass at batch 1 (PyTorch's counter reports 2 FLOPs per MAC)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    x = torch.zeros((1, *input_shape), device=device)
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(x)
+    model.train(was_training)
+    return counter.get_total_flops() // 2
+
+
+def process_peak_rss_mb() -> float:
+    """Peak resident set size of this process in MiB (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+class PeakMemory:
+    """Peak memory of a device: CUDA's max allocated bytes on GPU, process peak RSS on CPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+
+    def peak_mb(self) -> float:
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        return process_peak_rss_mb()
+
+
+class Stopwatch:
+    """Wall-clock time that can be paused; resumed runs add their time to a restored total."""
+
+    def __init__(self, elapsed: float = 0.0) -> None:
+        self.elapsed = elapsed
+        self._start: float | None = None
+
+    def __enter__(self) -> Stopwatch:
+        self._start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._start is not None
+        self.elapsed += time.perf_counter() - self._start
+        self._start = None

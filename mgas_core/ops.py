@@ -1,0 +1,416 @@
+"""Primitive operations of the DARTS space, shared by every supernet and the evaluation network.
+
+Definitions follow the official DARTS code: SepConv = twice (ReLU, depthwise kxk, pointwise 1x1,
+BN) with only the first depthwise strided; DilConv = ReLU, depthwise dilated kxk, pointwise, BN;
+skip with stride 2 = FactorizedReduce. Search-time BN is affine-free and search-time pools are
+followed by an affine-free BN.
+
+Three things differ from a textbook implementation, none of which changes what is computed:
+
+* every op takes ``(x, x_relu, scale)``: ``x_relu`` is ``relu(x)`` computed once per input state
+  and shared by every op that starts with a ReLU (the official code recomputes it per op);
+* ``scale`` (the op's architecture weight, a scalar or a per-channel vector) is folded into the
+  weight of the op's final affine-free BN, so ``w * BN(h)`` costs no extra tensor: the BN keeps
+  its input for backward anyway and ``dL/dw`` is recovered from it;
+* output channels can be physically pruned (filter shrinking): the op then computes only the kept
+  channels and scatters them into a zero tensor of the full width, so the cell still sums and
+  concatenates full-width states.
+
+Convolutions are :class:`MaskableConv2d`: a fixed weight mask (derived architectures) and/or a
+learned-threshold weight mask (MGAS weight level) can be attached.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mgas_core.masks import FilterGate, LearnedThreshold
+
+OpWidths = dict[str, object]
+"""Per-op width description stored in architectures: ``{"mid": int, "out": [kept channel ids]}``."""
+
+
+class MaskableConv2d(nn.Conv2d):
+    """A bias-free conv whose effective weight is ``weight * masks``.
+
+    ``weight_mask`` (buffer, fixed 0/1) is used by derived architectures; ``weight_threshold``
+    (a :class:`LearnedThreshold`, MGAS weight level) gives ``Step(|w| - t)``.
+    """
+
+    def __init__(
+        self,
+        c_in: int,
+        c_out: int,
+        kernel_size: int,
+        stride: int = 1,
+        padding: int = 0,
+        dilation: int = 1,
+        groups: int = 1,
+    ) -> None:
+        super().__init__(c_in, c_out, kernel_size, stride, padding, dilation, groups, bias=False)
+        self.register_buffer("weight_mask", None)
+        self.weight_threshold: LearnedThreshold | None = None
+
+    def learned_weight_mask(self) -> Tensor | None:
+        if self.weight_threshold is None:
+            return None
+        return self.weight_threshold.mask(self.weight.abs())
+
+    def effective_weight(self) -> Tensor:
+        w = self.weight
+        learned = self.learned_weight_mask()
+        if learned is not None:
+            w = w * learned
+        if self.weight_mask is not None:
+            w = w * self.weight_mask
+        return w
+
+    def set_fixed_mask(self, mask: Tensor) -> None:
+        if mask.shape != self.weight.shape:
+            raise ValueError(f"weight mask shape {tuple(mask.shape)} != conv weight {tuple(self.weight.shape)}")
+        self.weight_mask = mask.to(self.weight.dtype).clone()
+        with torch.no_grad():
+            self.weight.mul_(self.weight_mask)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._conv_forward(x, self.effective_weight(), None)
+
+    def keep_out(self, index: Tensor) -> None:
+        """Keep output channels ``index`` (and the matching depthwise groups)."""
+        self.weight = nn.Parameter(self.weight.detach()[index].clone())
+        if self.weight_mask is not None:
+            self.weight_mask = self.weight_mask[index].clone()
+        if self.groups > 1:
+            self.groups = len(index)
+            self.in_channels = len(index)
+        self.out_channels = len(index)
+
+    def keep_in(self, index: Tensor) -> None:
+        """Keep input channels ``index`` of a dense (groups=1) conv."""
+        self.weight = nn.Parameter(self.weight.detach()[:, index].clone())
+        if self.weight_mask is not None:
+            self.weight_mask = self.weight_mask[:, index].clone()
+        self.in_channels = len(index)
+
+
+def batch_norm(x: Tensor, bn: nn.BatchNorm2d, scale: Tensor | None) -> Tensor:
+    """``bn(x)``, or ``scale * affine_free_bn(x)`` computed as one BN with weight ``scale``."""
+    if scale is None:
+        return bn(x)
+    if bn.affine:
+        raise ValueError("an architecture scale can only be folded into an affine-free BatchNorm")
+    if scale.dim() == 0:
+        scale = scale.expand(x.shape[1])
+    if bn.training and bn.track_running_stats:
+        bn.num_batches_tracked.add_(1)
+    use_batch_stats = bn.training or bn.running_mean is None
+    return F.batch_norm(x, bn.running_mean, bn.running_var, scale, None, use_batch_stats, bn.momentum, bn.eps)
+
+
+def combine_scales(scale: Tensor | None, gate: FilterGate | None) -> Tensor | None:
+    if gate is None:
+        return scale
+    g = gate.scale()
+    return g if scale is None else g * scale
+
+
+def scatter_channels(x: Tensor, index: Tensor | None, channels: int) -> Tensor:
+    """Place the kept channels of ``x`` at ``index`` in a zero tensor with ``channels`` channels."""
+    if index is None:
+        return x
+    out = x.new_zeros((x.shape[0], channels, *x.shape[2:]))
+    return out.index_copy(1, index, x)
+
+
+def _kept_index(kept: list[int] | None, channels: int) -> Tensor | None:
+    if kept is None or len(kept) == channels:
+        return None
+    if len(kept) == 0 or len(set(kept)) != len(kept) or min(kept) < 0 or max(kept) >= channels:
+        raise ValueError(f"kept channels {kept} are not distinct ids in [0, {channels})")
+    return torch.tensor(sorted(kept), dtype=torch.long)
+
+
+class ChannelOutput(nn.Module):
+    """Base for ops whose output filters can be shrunk: a kept-channel index into ``channels``."""
+
+    needs_relu = True
+
+    def __init__(self, channels: int, kept: list[int] | None) -> None:
+        super().__init__()
+        self.channels = channels
+        self.register_buffer("out_index", _kept_index(kept, channels))
+        self.out_gate: FilterGate | None = None
+
+    @property
+    def kept_out(self) -> list[int]:
+        if self.out_index is None:
+            return list(range(self.channels))
+        return [int(i) for i in self.out_index]
+
+    def _set_out_index(self, kept_positions: Tensor) -> None:
+        new = torch.tensor(self.kept_out, dtype=torch.long)[kept_positions]
+        self.out_index = None if len(new) == self.channels else new
+        if self.out_gate is not None:
+            self.out_gate.keep(kept_positions)
+
+
+class ReLUConvBN(ChannelOutput):
+    """ReLU -> 1x1 conv -> BN: the cell pre-processing op (a filter-level unit in MGAS)."""
+
+    def __init__(self, c_in: int, c_out: int, affine: bool = True, kept: list[int] | None = None) -> None:
+        super().__init__(c_out, kept)
+        n = c_out if kept is None else len(kept)
+        self.conv = MaskableConv2d(c_in, n, 1)
+        self.bn = nn.BatchNorm2d(n, affine=affine)
+
+    def forward(self, x: Tensor, x_relu: Tensor | None = None, scale: Tensor | None = None) -> Tensor:
+        h = self.conv(F.relu(x) if x_relu is None else x_relu)
+        h = batch_norm(h, self.bn, combine_scales(scale, self.out_gate))
+        return scatter_channels(h, self.out_index, self.channels)
+
+    def keep_out(self, positions: Tensor) -> None:
+        self.conv.keep_out(positions)
+        _keep_bn(self, "bn", positions)
+        self._set_out_index(positions)
+
+    def widths(self) -> OpWidths:
+        return {"out": self.kept_out}
+
+
+class FactorizedReduce(ChannelOutput):
+    """Two 1x1 stride-2 convs on x and x shifted by one pixel, concatenated, BN."""
+
+    def __init__(self, c_in: int, c_out: int, affine: bool = True, kept: list[int] | None = None) -> None:
+        if c_out % 2:
+            raise ValueError(f"FactorizedReduce needs an even channel count, got {c_out}")
+        super().__init__(c_out, kept)
+        half = c_out // 2
+        ids = list(range(c_out)) if kept is None else sorted(kept)
+        n1 = sum(1 for i in ids if i < half)
+        n2 = len(ids) - n1
+        if n1 == 0 or n2 == 0:
+            raise ValueError("FactorizedReduce must keep at least one channel in each half")
+        self.conv_1 = MaskableConv2d(c_in, n1, 1, stride=2)
+        self.conv_2 = MaskableConv2d(c_in, n2, 1, stride=2)
+        self.bn = nn.BatchNorm2d(n1 + n2, affine=affine)
+
+    def forward(self, x: Tensor, x_relu: Tensor | None = None, scale: Tensor | None = None) -> Tensor:
+        xr = F.relu(x) if x_relu is None else x_relu
+        h = torch.cat([self.conv_1(xr), self.conv_2(xr[:, :, 1:, 1:])], dim=1)
+        h = batch_norm(h, self.bn, combine_scales(scale, self.out_gate))
+        return scatter_channels(h, self.out_index, self.channels)
+
+    def keep_out(self, positions: Tensor) -> None:
+        n1 = self.conv_1.out_channels
+        first, second = positions[positions < n1], positions[positions >= n1] - n1
+        if len(first) == 0 or len(second) == 0:
+            raise ValueError("FactorizedReduce must keep at least one channel in each half")
+        self.conv_1.keep_out(first)
+        self.conv_2.keep_out(second)
+        _keep_bn(self, "bn", positions)
+        self._set_out_index(positions)
+
+    def widths(self) -> OpWidths:
+        return {"out": self.kept_out}
+
+
+class SepConv(ChannelOutput):
+    """(ReLU, depthwise kxk, pointwise, BN) twice; only the first depthwise conv is strided.
+
+    ``mid`` is the width after the first pointwise conv (shrinkable); ``kept`` the kept output
+    channel ids.
+    """
+
+    def __init__(
+        self,
+        c_in: int,
+        c_out: int,
+        kernel_size: int,
+        stride: int,
+        padding: int,
+        affine: bool = True,
+        mid: int | None = None,
+        kept: list[int] | None = None,
+    ) -> None:
+        super().__init__(c_out, kept)
+        m = c_in if mid is None else mid
+        n = c_out if kept is None else len(kept)
+        self.dw1 = MaskableConv2d(c_in, c_in, kernel_size, stride, padding, groups=c_in)
+        self.pw1 = MaskableConv2d(c_in, m, 1)
+        self.bn1 = nn.BatchNorm2d(m, affine=affine)
+        self.dw2 = MaskableConv2d(m, m, kernel_size, 1, padding, groups=m)
+        self.pw2 = MaskableConv2d(m, n, 1)
+        self.bn2 = nn.BatchNorm2d(n, affine=affine)
+        self.mid_gate: FilterGate | None = None
+
+    def forward(self, x: Tensor, x_relu: Tensor | None = None, scale: Tensor | None = None) -> Tensor:
+        h = self.pw1(self.dw1(F.relu(x) if x_relu is None else x_relu))
+        h = F.relu(batch_norm(h, self.bn1, combine_scales(None, self.mid_gate)))
+        h = self.pw2(self.dw2(h))
+        h = batch_norm(h, self.bn2, combine_scales(scale, self.out_gate))
+        return scatter_channels(h, self.out_index, self.channels)
+
+    def keep_mid(self, positions: Tensor) -> None:
+        self.pw1.keep_out(positions)
+        _keep_bn(self, "bn1", positions)
+        self.dw2.keep_out(positions)
+        self.pw2.keep_in(positions)
+        if self.mid_gate is not None:
+            self.mid_gate.keep(positions)
+
+    def keep_out(self, positions: Tensor) -> None:
+        self.pw2.keep_out(positions)
+        _keep_bn(self, "bn2", positions)
+        self._set_out_index(positions)
+
+    def weight_convs(self) -> dict[str, MaskableConv2d]:
+        return {"dw1": self.dw1, "pw1": self.pw1, "dw2": self.dw2, "pw2": self.pw2}
+
+    def widths(self) -> OpWidths:
+        return {"mid": self.pw1.out_channels, "out": self.kept_out}
+
+
+class DilConv(ChannelOutput):
+    """ReLU, depthwise dilated kxk, pointwise 1x1, BN."""
+
+    def __init__(
+        self,
+        c_in: int,
+        c_out: int,
+        kernel_size: int,
+        stride: int,
+        padding: int,
+        dilation: int,
+        affine: bool = True,
+        kept: list[int] | None = None,
+    ) -> None:
+        super().__init__(c_out, kept)
+        n = c_out if kept is None else len(kept)
+        self.dw = MaskableConv2d(c_in, c_in, kernel_size, stride, padding, dilation, groups=c_in)
+        self.pw = MaskableConv2d(c_in, n, 1)
+        self.bn = nn.BatchNorm2d(n, affine=affine)
+
+    def forward(self, x: Tensor, x_relu: Tensor | None = None, scale: Tensor | None = None) -> Tensor:
+        h = self.pw(self.dw(F.relu(x) if x_relu is None else x_relu))
+        h = batch_norm(h, self.bn, combine_scales(scale, self.out_gate))
+        return scatter_channels(h, self.out_index, self.channels)
+
+    def keep_out(self, positions: Tensor) -> None:
+        self.pw.keep_out(positions)
+        _keep_bn(self, "bn", positions)
+        self._set_out_index(positions)
+
+    def weight_convs(self) -> dict[str, MaskableConv2d]:
+        return {"dw": self.dw, "pw": self.pw}
+
+    def widths(self) -> OpWidths:
+        return {"out": self.kept_out}
+
+
+class Pool(nn.Module):
+    """3x3 max or average pool (count_include_pad=False); followed by affine-free BN in search."""
+
+    needs_relu = False
+
+    def __init__(self, kind: str, channels: int, stride: int, with_bn: bool) -> None:
+        super().__init__()
+        if kind == "max":
+            self.pool: nn.Module = nn.MaxPool2d(3, stride=stride, padding=1)
+        elif kind == "avg":
+            self.pool = nn.AvgPool2d(3, stride=stride, padding=1, count_include_pad=False)
+        else:
+            raise ValueError(f"pool kind must be 'max' or 'avg', got {kind!r}")
+        self.bn = nn.BatchNorm2d(channels, affine=False) if with_bn else None
+
+    def forward(self, x: Tensor, x_relu: Tensor | None = None, scale: Tensor | None = None) -> Tensor:
+        h = self.pool(x)
+        if self.bn is not None:
+            return batch_norm(h, self.bn, scale)
+        return h if scale is None else h * scale
+
+
+class Identity(nn.Module):
+    needs_relu = False
+
+    def forward(self, x: Tensor, x_relu: Tensor | None = None, scale: Tensor | None = None) -> Tensor:
+        return x if scale is None else x * scale
+
+
+class Zero(nn.Module):
+    """The ``none`` op: an all-zero output (spatially strided)."""
+
+    needs_relu = False
+
+    def __init__(self, stride: int) -> None:
+        super().__init__()
+        self.stride = stride
+
+    def forward(self, x: Tensor, x_relu: Tensor | None = None, scale: Tensor | None = None) -> Tensor:
+        out = x.mul(0.0) if self.stride == 1 else x[:, :, :: self.stride, :: self.stride].mul(0.0)
+        return out if scale is None else out * scale
+
+
+def _keep_bn(owner: nn.Module, name: str, positions: Tensor) -> None:
+    old: nn.BatchNorm2d = getattr(owner, name)
+    new = nn.BatchNorm2d(len(positions), eps=old.eps, momentum=old.momentum, affine=old.affine)
+    new = new.to(device=old.running_mean.device, dtype=old.running_mean.dtype)
+    with torch.no_grad():
+        new.running_mean.copy_(old.running_mean[positions])
+        new.running_var.copy_(old.running_var[positions])
+        new.num_batches_tracked.copy_(old.num_batches_tracked)
+        if old.affine:
+            new.weight.copy_(old.weight[positions])
+            new.bias.copy_(old.bias[positions])
+    new.train(old.training)
+    setattr(owner, name, new)
+
+
+def build_op(
+    name: str,
+    channels: int,
+    stride: int,
+    search: bool,
+    widths: OpWidths | None = None,
+) -> nn.Module:
+    """Build primitive ``name`` on ``channels`` channels.
+
+    ``search=True`` gives the search-time variant (affine-free BN, pools followed by BN);
+    ``widths`` applies pruned filter widths (``mid``, ``out``) from a derived architecture.
+    """
+    affine = not search
+    widths = widths or {}
+    unknown = set(widths) - {"mid", "out"}
+    if unknown:
+        raise ValueError(f"unknown width keys {sorted(unknown)} for op {name!r}; allowed: mid, out")
+    kept = widths.get("out")
+    mid = widths.get("mid")
+    if name == "none":
+        return Zero(stride)
+    if name == "max_pool_3x3":
+        return Pool("max", channels, stride, with_bn=search)
+    if name == "avg_pool_3x3":
+        return Pool("avg", channels, stride, with_bn=search)
+    if name == "skip_connect":
+        return Identity() if stride == 1 else FactorizedReduce(channels, channels, affine, kept)  # type: ignore[arg-type]
+    if name in ("sep_conv_3x3", "sep_conv_5x5", "sep_conv_7x7"):
+        k = int(name[-1])
+        return SepConv(channels, channels, k, stride, k // 2, affine, mid, kept)  # type: ignore[arg-type]
+    if name in ("dil_conv_3x3", "dil_conv_5x5"):
+        k = int(name[-1])
+        return DilConv(channels, channels, k, stride, k - 1, 2, affine, kept)  # type: ignore[arg-type]
+    raise ValueError(f"unknown operation {name!r}")
+
+
+KNOWN_OPS = (
+    "none",
+    "max_pool_3x3",
+    "avg_pool_3x3",
+    "skip_connect",
+    "sep_conv_3x3",
+    "sep_conv_5x5",
+    "sep_conv_7x7",
+    "dil_conv_3x3",
+    "dil_conv_5x5",
+)

@@ -1,0 +1,40 @@
+"""What a run records about where it came from: git revision, library versions, host."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+
+LIBRARIES = ("torch", "torchvision", "ray", "numpy", "pandas", "pyarrow", "pydantic", "scikit-learn")
+
+
+@lru_cache(maxsize=1)
+def git_revision() -> str:
+    """The commit of the source tree this package was imported from (``+dirty`` if modified)."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                             timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return sha + ("+dirty" if dirty else "")
+
+
+@lru_cache(maxsize=1)
+def library_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in LIBRARIES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "missing"
+    return out
+
+
+def provenance() -> dict[str, object]:
+    return {"git_sha": git_revision(), "versions": library_versions(), "host": platform.node()}

@@ -1,0 +1,151 @@
+"""The search supernet shared by every method: mixed edges, search cells, network, stage heads.
+
+The supernet holds only weights; each method owns its architecture parameters and, per step,
+hands the network one weight matrix per cell (``[edges, ops]``) plus the list of ops each edge
+must compute (``active``). An op that is not active is not computed at all: the ``none`` op (its
+output and its gradient are exactly zero), ops pruned by GOLD-NAS/MGAS, ops not sampled by
+MSG-DAS. Each op's weight is folded into its final affine-free BN (see :mod:`mgas_core.ops`) and
+``relu(state)`` is computed once per state, not once per op.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mgas_core.ops import FactorizedReduce, ReLUConvBN, build_op
+from mgas_core.space import CellTopology, network_cells
+
+ActiveOps = Sequence[Sequence[int]]
+"""Per edge, the op indices to compute."""
+
+
+class MixedEdge(nn.Module):
+    """All candidate ops of one edge; computes ``sum_o w_o * op_o(x)`` over the active ops."""
+
+    def __init__(self, primitives: Sequence[str], channels: int, stride: int) -> None:
+        super().__init__()
+        self.ops = nn.ModuleList(build_op(p, channels, stride, search=True) for p in primitives)
+        self.needs_relu = tuple(bool(op.needs_relu) for op in self.ops)
+
+    def forward(self, x: Tensor, x_relu: Tensor | None, weights: Sequence[Tensor], active: Sequence[int]) -> Tensor:
+        out: Tensor | None = None
+        for i in active:
+            h = self.ops[i](x, x_relu, weights[i])
+            out = h if out is None else out + h
+        assert out is not None
+        return out
+
+
+class SearchCell(nn.Module):
+    def __init__(
+        self,
+        topology: CellTopology,
+        primitives: Sequence[str],
+        c_prev_prev: int,
+        c_prev: int,
+        channels: int,
+        reduction: bool,
+        reduction_prev: bool,
+    ) -> None:
+        super().__init__()
+        self.topology = topology
+        self.reduction = reduction
+        self.channels = channels
+        self.preprocess0: nn.Module = (FactorizedReduce(c_prev_prev, channels, affine=False) if reduction_prev
+                                       else ReLUConvBN(c_prev_prev, channels, affine=False))
+        self.preprocess1: nn.Module = ReLUConvBN(c_prev, channels, affine=False)
+        self.edges = nn.ModuleList(
+            MixedEdge(primitives, channels, 2 if reduction and e.source < 2 else 1) for e in topology.edges
+        )
+
+    def forward(self, s0: Tensor, s1: Tensor, weights: Tensor, active: ActiveOps) -> Tensor:
+        states: list[Tensor] = [self.preprocess0(s0), self.preprocess1(s1)]
+        relus: list[Tensor | None] = [None] * (self.topology.nodes + 2)
+        rows = weights.unbind(0)
+        for edge_slice in self.topology.node_edges:
+            acc: Tensor | None = None
+            for e in range(edge_slice.start, edge_slice.stop):
+                ops = active[e]
+                if not ops:
+                    continue
+                src = self.topology.edges[e].source
+                edge: MixedEdge = self.edges[e]  # type: ignore[assignment]
+                x_relu = None
+                if any(edge.needs_relu[i] for i in ops):
+                    if relus[src] is None:
+                        relus[src] = F.relu(states[src])
+                    x_relu = relus[src]
+                h = edge(states[src], x_relu, rows[e].unbind(0), ops)
+                acc = h if acc is None else acc + h
+            if acc is None:  # every incoming op pruned: the node outputs zeros
+                ref = states[1]
+                h, w = ref.shape[-2:]
+                if self.reduction:
+                    h, w = (h + 1) // 2, (w + 1) // 2
+                acc = ref.new_zeros((ref.shape[0], self.channels, h, w))
+            states.append(acc)
+        return torch.cat(states[2:], dim=1)
+
+
+class SuperNetwork(nn.Module):
+    """Stem -> ``layers`` search cells -> global pool + linear; optional exit heads after cells.
+
+    ``exit_cells`` lists cell indices after which a stage head (pool + linear) is attached, used by
+    MGAS's multi-stage search; ``forward(..., upto=k)`` runs only cells ``0..k-1`` and classifies
+    with the head after cell ``k-1`` (the main classifier when ``k == layers``).
+    """
+
+    def __init__(
+        self,
+        primitives: Sequence[str],
+        channels: int,
+        layers: int,
+        num_classes: int,
+        in_channels: int = 3,
+        nodes: int = 4,
+        stem_multiplier: int = 3,
+        exit_cells: Sequence[int] = (),
+    ) -> None:
+        super().__init__()
+        self.primitives = tuple(primitives)
+        self.topology = CellTopology(nodes)
+        self.layers = layers
+        self.channels = channels
+        self.num_classes = num_classes
+        stem_c = stem_multiplier * channels
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, stem_c, 3, padding=1, bias=False), nn.BatchNorm2d(stem_c))
+        self.shapes = network_cells(channels, layers, nodes, stem_c)
+        self.cells = nn.ModuleList(
+            SearchCell(self.topology, primitives, s.c_prev_prev, s.c_prev, s.channels, s.reduction, s.reduction_prev)
+            for s in self.shapes
+        )
+        self.classifier = nn.Linear(self.shapes[-1].out_channels, num_classes)
+        self.exit_heads = nn.ModuleDict(
+            {str(i): nn.Linear(self.shapes[i].out_channels, num_classes) for i in exit_cells if i != layers - 1}
+        )
+
+    @property
+    def num_edges(self) -> int:
+        return self.topology.num_edges
+
+    def reduction_flags(self) -> list[bool]:
+        return [s.reduction for s in self.shapes]
+
+    def forward(
+        self,
+        x: Tensor,
+        cell_weights: Sequence[Tensor],
+        cell_active: Sequence[ActiveOps],
+        upto: int | None = None,
+    ) -> Tensor:
+        upto = self.layers if upto is None else upto
+        s0 = s1 = self.stem(x)
+        for i in range(upto):
+            s0, s1 = s1, self.cells[i](s0, s1, cell_weights[i], cell_active[i])
+        out = F.adaptive_avg_pool2d(s1, 1).flatten(1)
+        head = self.classifier if upto == self.layers else self.exit_heads[str(upto - 1)]
+        return head(out)

@@ -1,0 +1,31 @@
+"""Build the supernet a method searches on: the optimised one or the reference (``impl``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import nn
+
+from mgas_core.config import SearchSettings
+from mgas_core.data import DatasetInfo
+from mgas_core.reference_supernet import ReferenceSuperNetwork
+from mgas_core.supernet import SuperNetwork
+
+REFERENCE_METHODS = ("darts", "gold_nas")
+
+
+def build_supernet(
+    settings: SearchSettings,
+    primitives: Sequence[str],
+    info: DatasetInfo,
+    exit_cells: Sequence[int] = (),
+) -> nn.Module:
+    if settings.impl == "reference":
+        if settings.method not in REFERENCE_METHODS:
+            raise ValueError(f"impl=reference supports methods {', '.join(REFERENCE_METHODS)}, "
+                             f"not {settings.method!r}")
+        cls: type[nn.Module] = ReferenceSuperNetwork
+    else:
+        cls = SuperNetwork
+    return cls(primitives, settings.channels, settings.layers, info.num_classes, info.in_channels,
+               settings.nodes, 3, exit_cells)

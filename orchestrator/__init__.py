@@ -1,0 +1,1 @@
+"""Ray Tune orchestration of searches: experiment specs, trainables, sweeps, results, the CLI."""

@@ -1,0 +1,237 @@
+"""The ``mgas`` command line: info, search, train (single process) and run, report (sweeps).
+
+Every user error (unknown name, bad value, missing file, invalid spec) is printed as one line
+``mgas: error: ...`` with exit code 2, before any work starts; bugs still show a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+import yaml
+from pydantic import ValidationError
+
+from mgas_core.config import DATASETS, METHODS, PRESETS, RunSettings, build_settings
+from mgas_core.errors import UserInputError, format_validation_error
+from mgas_core.io import CorruptFileError
+
+EXIT_USAGE = 2
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports errors as a single line and exits 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"mgas: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _csv(value: str) -> list[str]:
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError("expected a non-empty comma-separated list")
+    return items
+
+
+def _key_value(value: str) -> tuple[str, Any]:
+    if "=" not in value:
+        raise argparse.ArgumentTypeError(f"--set expects KEY=VALUE with a dotted settings path, got {value!r}")
+    key, raw = value.split("=", 1)
+    try:
+        return key.strip(), yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise argparse.ArgumentTypeError(f"--set {key}: value {raw!r} is not valid YAML") from exc
+
+
+def _add_common(p: argparse.ArgumentParser, *, dataset_required: bool = True) -> None:
+    p.add_argument("--dataset", required=dataset_required, choices=DATASETS, help="dataset to use")
+    p.add_argument("--data-root", help="folder holding the dataset files (cifar/imagenet)")
+    p.add_argument("--download", action="store_true", help="download cifar10/cifar100 into --data-root if missing")
+    p.add_argument("--preset", default="paper", choices=sorted(PRESETS),
+                   help="settings preset: paper (CIFAR defaults), tiny (CPU-sized, for digits), imagenet")
+    p.add_argument("--seed", type=int, help="random seed (default 0)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="device (default auto: cuda if available)")
+    p.add_argument("--threads", type=int, help="torch CPU threads for this process")
+    p.add_argument("--set", dest="overrides", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
+                   help="override any setting by dotted path, e.g. --set search.mgas.regrow_fraction=0.3")
+    p.add_argument("--out", type=Path, help="output folder")
+    p.add_argument("--json", action="store_true", help="print one JSON summary object on stdout")
+    p.add_argument("--no-progress", action="store_true", help="do not draw the progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="mgas", description="Multi-granularity architecture search and its baselines.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+
+    info = sub.add_parser("info", help="parameters and FLOPs of an evaluation network")
+    info.add_argument("--arch", required=True, help="darts_v1, darts_v2 or a path to an architecture JSON")
+    info.add_argument("--dataset", required=True, choices=DATASETS, help="dataset the network is built for")
+    info.add_argument("--channels", type=int, help="initial channels C (genotypes; default 36, imagenet 48)")
+    info.add_argument("--layers", type=int, help="number of cells L (genotypes; default 20, imagenet 14)")
+    info.add_argument("--json", action="store_true", help="print one JSON object")
+
+    search = sub.add_parser("search", help="run one architecture search in this process (no Ray)")
+    search.add_argument("--method", required=True, help=f"search method: {', '.join(METHODS)}")
+    _add_common(search)
+    search.add_argument("--epochs", type=int, help="search epochs (paper: 50)")
+    search.add_argument("--layers", type=int, help="cells of the supernet (paper: 8)")
+    search.add_argument("--channels", type=int, help="initial channels of the supernet (paper: 16)")
+    search.add_argument("--batch", type=int, help="batch size (paper: 64)")
+    search.add_argument("--order", type=int, choices=(1, 2), help="DARTS: first or second order (default 2)")
+    search.add_argument("--target-params", type=float, metavar="M",
+                        help="target size in millions of (nonzero) parameters of the derived model")
+    search.add_argument("--stages", type=int, help="MGAS: number of search stages (paper: 3)")
+    search.add_argument("--granularities", type=_csv, help="MGAS: subset of op,filter,weight (comma separated)")
+    search.add_argument("--subgraphs", type=int, help="MSG-DAS: sub-graphs K per step (memory/quality knob)")
+    search.add_argument("--cost", help="GOLD-NAS: resource the cost term measures: params or flops")
+    search.add_argument("--impl", choices=("fast", "reference"), help="supernet implementation (default fast)")
+    search.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt if present")
+
+    train = sub.add_parser("train", help="retrain an architecture from scratch and test it")
+    train.add_argument("--arch", required=True, help="darts_v1, darts_v2 or a path to an architecture JSON")
+    _add_common(train)
+    train.add_argument("--epochs", type=int, help="training epochs (paper: 600)")
+    train.add_argument("--channels", type=int, help="initial channels (genotypes; paper: 36)")
+    train.add_argument("--layers", type=int, help="number of cells (genotypes; paper: 20)")
+    train.add_argument("--batch", type=int, help="batch size (paper: 96)")
+    train.add_argument("--target-params", type=float, metavar="M",
+                       help="scale a genotype's width so the network has about M million parameters")
+
+    run = sub.add_parser("run", help="run a sweep described by an experiment YAML on Ray Tune")
+    run.add_argument("experiment", type=Path, help="experiment YAML file")
+    run.add_argument("--out", type=Path, help="results root (default: the spec's output_dir)")
+    run.add_argument("--address", help="join an existing Ray cluster (default: $RAY_ADDRESS, else embedded Ray)")
+    run.add_argument("--resume", action="store_true", help="continue an interrupted sweep (Tuner.restore)")
+    run.add_argument("--dry-run", action="store_true", help="print the trial table and resources; start nothing")
+    run.add_argument("--json", action="store_true", help="print a JSON summary at the end")
+
+    report = sub.add_parser("report", help="plots, tables and an HTML report from a results folder")
+    report.add_argument("results", type=Path, help="results folder (one experiment or a folder of experiments)")
+    report.add_argument("--out", type=Path, help="where to write the report (default RESULTS/report)")
+    return parser
+
+
+def _overrides(args: argparse.Namespace, mapping: dict[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for attr, path in mapping.items():
+        value = getattr(args, attr, None)
+        if value is not None:
+            out[path] = value
+    for key, value in args.overrides:
+        out[key] = value
+    return out
+
+
+SEARCH_FLAGS = {
+    "dataset": "data.name", "data_root": "data.root", "seed": "seed", "device": "device", "threads": "threads",
+    "method": "search.method", "epochs": "search.epochs", "layers": "search.layers", "channels": "search.channels",
+    "batch": "search.batch_size", "order": "search.darts.order", "target_params": "search.target_params",
+    "stages": "search.mgas.stages", "granularities": "search.mgas.granularities",
+    "subgraphs": "search.msg_das.subgraphs", "cost": "search.gold_nas.cost", "impl": "search.impl",
+}
+TRAIN_FLAGS = {
+    "dataset": "data.name", "data_root": "data.root", "seed": "seed", "device": "device", "threads": "threads",
+    "epochs": "retrain.epochs", "channels": "retrain.channels", "layers": "retrain.layers",
+    "batch": "retrain.batch_size", "target_params": "retrain.target_params",
+}
+
+
+def settings_from_args(args: argparse.Namespace, mapping: dict[str, str]) -> RunSettings:
+    overrides = _overrides(args, mapping)
+    if args.download:
+        overrides["data.download"] = True
+    if "search.target_params" in overrides:  # genotype methods reach the target by width scaling
+        overrides.setdefault("retrain.target_params", overrides["search.target_params"])
+    from mgas_core.config import known_paths
+
+    paths = set(known_paths())
+    for key in overrides:
+        if key not in paths and not any(p.startswith(key + ".") for p in paths):
+            raise UserInputError(f"unknown setting {key!r}; see `mgas search --help` or the settings reference")
+    return build_settings(args.preset, overrides)
+
+
+def _emit(summary: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(summary, default=str))
+        return
+    for key, value in summary.items():
+        if key in ("events", "snapshots"):
+            print(f"{key}: {len(value)}")
+        elif isinstance(value, float):
+            print(f"{key}: {value:.6g}")
+        else:
+            print(f"{key}: {value}")
+
+
+def _cmd_info(args: argparse.Namespace) -> None:
+    from mgas_core.arch import resolve_architecture
+    from mgas_core.config import DataSettings
+    from mgas_core.data import dataset_info
+    from orchestrator.local import info_command
+
+    arch = resolve_architecture(args.arch)
+    info = dataset_info(DataSettings(name=args.dataset))
+    _emit(info_command(arch, info, args.channels, args.layers), args.json)
+
+
+def _cmd_search(args: argparse.Namespace) -> None:
+    from orchestrator.local import search_command
+
+    settings = settings_from_args(args, SEARCH_FLAGS)
+    s = settings.search
+    out = args.out or Path("runs") / f"search-{s.method}-{settings.data.name}-seed{settings.seed}"
+    _emit(search_command(settings, out, resume=args.resume, progress=not args.no_progress), args.json)
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    from mgas_core.arch import resolve_architecture
+    from orchestrator.local import train_command
+
+    settings = settings_from_args(args, TRAIN_FLAGS)
+    arch = resolve_architecture(args.arch)
+    out = args.out or Path("runs") / f"train-{arch.name}-{settings.data.name}-seed{settings.seed}"
+    _emit(train_command(arch, settings, out, progress=not args.no_progress), args.json)
+
+
+def _cmd_run(args: argparse.Namespace) -> None:
+    from orchestrator.sweep import run_command
+
+    summary = run_command(args.experiment, out=args.out, address=args.address, resume=args.resume,
+                          dry_run=args.dry_run)
+    if args.json and summary is not None:
+        print(json.dumps(summary, default=str))
+
+
+def _cmd_report(args: argparse.Namespace) -> None:
+    from analysis.report import report_command
+
+    report_command(args.results, args.out)
+
+
+COMMANDS = {"info": _cmd_info, "search": _cmd_search, "train": _cmd_train, "run": _cmd_run, "report": _cmd_report}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except ValidationError as exc:
+        print(f"mgas: error: {format_validation_error(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+    except (UserInputError, CorruptFileError, FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+        message = " ".join(str(exc).split())
+        print(f"mgas: error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("mgas: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

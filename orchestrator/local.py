@@ -1,0 +1,182 @@
+"""Single-process runs behind ``mgas info``, ``mgas search`` and ``mgas train`` (no Ray needed)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+import torch
+
+from mgas_core.arch import Architecture
+from mgas_core.config import RunSettings
+from mgas_core.data import DatasetInfo, load_splits
+from mgas_core.io import atomic_write_text, load_checkpoint, save_checkpoint
+from mgas_core.metrics import count_flops, count_params
+from mgas_core.model import build_eval_network
+from mgas_core.provenance import provenance
+from mgas_core.train import (
+    RetrainResult,
+    SearchResult,
+    resolve_device,
+    retrain_shape,
+    run_retrain,
+    run_search,
+)
+
+CHECKPOINT = "checkpoint.pt"
+
+
+class EpochProgress:
+    """A one-line progress bar per epoch on stderr (redrawn in place on a terminal)."""
+
+    def __init__(self, total: int, label: str, stream: TextIO | None = None, width: int = 24) -> None:
+        self.total, self.label, self.width = total, label, width
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+
+    def __call__(self, record: dict[str, Any]) -> None:
+        done = record["epoch"] + 1
+        filled = min(self.width, round(self.width * done / max(1, self.total)))
+        bar = "#" * filled + "." * (self.width - filled)
+        extra = "".join(f" {k} {record[k]:.3g}" for k in ("lambda", "tau", "params_m") if k in record)
+        line = (f"{self.label} [{bar}] epoch {done}/{self.total} loss {record['loss']:.3f} "
+                f"val {record['val_acc']:.3f}{extra} {record['time_s']:.0f}s")
+        self.stream.write(("\r" + line) if self.tty else line + "\n")
+        if self.tty and done >= self.total:
+            self.stream.write("\n")
+        self.stream.flush()
+
+
+def write_run_config(out_dir: Path, settings: RunSettings, command: str) -> None:
+    data = {"command": command, "settings": settings.model_dump(mode="json"), **provenance()}
+    atomic_write_text(out_dir / "config.json", json.dumps(data, indent=1) + "\n")
+
+
+def derived_size(arch: Architecture, settings: RunSettings, info: DatasetInfo) -> dict[str, Any]:
+    """Dense and nonzero params of the network ``mgas train`` would build for ``arch``."""
+    channels, layers = retrain_shape(arch, settings.retrain, info)
+    # meta tensors make counting free; fixed weight masks need real values to be counted
+    with torch.device("cpu" if arch.masks else "meta"):
+        net = build_eval_network(arch, info.num_classes, info.in_channels, channels, layers,
+                                 auxiliary=False, variant=info.variant)
+    count = count_params(net)
+    return {"params": count.dense, "nonzero_params": count.nonzero, "params_m": count.dense_m,
+            "nonzero_params_m": count.nonzero_m, "channels": channels, "layers": layers}
+
+
+def search_command(settings: RunSettings, out_dir: Path, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Run a search into ``out_dir``: arch JSON (+ masks), config, metrics.jsonl, checkpoint, summary."""
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    device = resolve_device(settings.device)
+    splits = load_splits(settings.data)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_run_config(out_dir, settings, "search")
+    state = None
+    ckpt = out_dir / CHECKPOINT
+    if resume and ckpt.exists():
+        state = load_checkpoint(ckpt)["search"]
+    bar = EpochProgress(settings.search.epochs, f"search {settings.search.method}") if progress else None
+    metrics_path = out_dir / "metrics.jsonl"
+    if state is None and metrics_path.exists():
+        metrics_path.unlink()
+
+    def on_epoch(record: dict[str, Any], state_fn: Any) -> None:
+        with metrics_path.open("a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        save_checkpoint({"search": state_fn()}, ckpt)
+        if bar is not None:
+            bar(record)
+
+    result = run_search(settings, splits, device, state=state, on_epoch=on_epoch)
+    return write_search_outputs(result, settings, splits.info, out_dir, device)
+
+
+def write_search_outputs(result: SearchResult, settings: RunSettings, info: DatasetInfo, out_dir: Path,
+                         device: torch.device) -> dict[str, Any]:
+    arch_path = result.arch.save(out_dir / "arch.json")
+    summary: dict[str, Any] = {
+        "method": settings.search.method,
+        "dataset": info.name,
+        "seed": settings.seed,
+        "arch_path": str(arch_path),
+        "val_acc": result.val_acc,
+        "search_time_s": result.search_time_s,
+        "peak_mem_mb": result.peak_mem_mb,
+        "device": str(device),
+        "epochs_run": len(result.history),
+        **derived_size(result.arch, settings, info),
+        **result.summary,
+        "events": result.events,
+    }
+    for snap in summary.get("snapshots", []):
+        if "arch" in snap:
+            snap_arch = snap.pop("arch")
+            snap["arch_path"] = str(snap_arch.save(out_dir / "snapshots" / f"snapshot_{snap['index']:02d}.json"))
+    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
+def train_command(arch: Architecture, settings: RunSettings, out_dir: Path, progress: bool = True) -> dict[str, Any]:
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    device = resolve_device(settings.device)
+    splits = load_splits(settings.data, cutout=settings.retrain.cutout)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_run_config(out_dir, settings, "train")
+    bar = EpochProgress(settings.retrain.epochs, f"train {arch.name}") if progress else None
+    metrics_path = out_dir / "metrics.jsonl"
+    if metrics_path.exists():
+        metrics_path.unlink()
+
+    def on_epoch(record: dict[str, Any], state_fn: Any) -> None:
+        del state_fn
+        with metrics_path.open("a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        if bar is not None:
+            bar(record)
+
+    result: RetrainResult = run_retrain(arch, settings, splits, device, on_epoch=on_epoch)
+    summary = {
+        "arch": arch.name,
+        "dataset": splits.info.name,
+        "seed": settings.seed,
+        "val_acc": result.val_acc,
+        "test_acc": result.test_acc,
+        "params": result.params.dense,
+        "nonzero_params": result.params.nonzero,
+        "params_m": result.params.dense_m,
+        "flops": result.flops,
+        "flops_m": result.flops / 1e6,
+        "channels": result.channels,
+        "layers": result.layers,
+        "retrain_time_s": result.retrain_time_s,
+        "peak_mem_mb": result.peak_mem_mb,
+        "device": str(device),
+    }
+    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
+def info_command(arch: Architecture, info: DatasetInfo, channels: int | None, layers: int | None) -> dict[str, Any]:
+    if arch.is_genotype:
+        channels = channels if channels is not None else (48 if info.variant == "imagenet" else 36)
+        layers = layers if layers is not None else (14 if info.variant == "imagenet" else 20)
+    model = build_eval_network(arch, info.num_classes, info.in_channels, channels, layers, auxiliary=True,
+                               variant=info.variant)
+    count = count_params(model)
+    flops = count_flops(model, info.input_shape)
+    return {
+        "arch": arch.name,
+        "dataset": info.name,
+        "channels": model.channels,
+        "layers": model.layers,
+        "params": count.dense,
+        "params_m": round(count.dense_m, 6),
+        "nonzero_params": count.nonzero,
+        "nonzero_params_m": round(count.nonzero_m, 6),
+        "flops": flops,
+        "flops_m": round(flops / 1e6, 3),
+    }

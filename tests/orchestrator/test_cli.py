@@ -1,0 +1,101 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from orchestrator.cli import main
+
+TINY_SEARCH = ["--set", "search.layers=3", "--set", "search.channels=4", "--set", "search.nodes=2",
+               "--set", "search.batch_size=16", "--set", "data.synthetic.size=8",
+               "--set", "data.synthetic.samples=96", "--set", "retrain.epochs=1", "--set", "retrain.channels=4",
+               "--set", "retrain.layers=3", "--set", "retrain.cutout=0", "--set", "retrain.batch_size=16"]
+
+
+def run_cli(capsys, *argv):
+    rc = main(list(argv))
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_info_json_reports_official_count(capsys):
+    rc, out, _ = run_cli(capsys, "info", "--arch", "darts_v2", "--dataset", "cifar10", "--channels", "36",
+                         "--layers", "20", "--json")
+    data = json.loads(out)
+    assert rc == 0 and data["params"] == 3349342 and data["flops"] > 4e8
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["search", "--method", "nope", "--dataset", "digits"], "search.method"),
+    (["search", "--method", "darts", "--dataset", "mnist"], "invalid choice"),
+    (["search", "--method", "darts", "--dataset", "cifar10", "--data-root", "/no/such/dir"], "/no/such/dir"),
+    (["search", "--method", "darts", "--dataset", "cifar10"], "--data-root"),
+    (["search", "--method", "darts", "--dataset", "digits", "--epochs", "0"], "search.epochs"),
+    (["search", "--method", "darts", "--dataset", "digits", "--channels", "7"], "even"),
+    (["search", "--method", "darts", "--dataset", "digits", "--set", "search.nope=1"], "unknown setting"),
+    (["info", "--arch", "nope", "--dataset", "cifar10"], "neither a built-in"),
+    (["train", "--arch", "missing.json", "--dataset", "digits"], "does not exist"),
+    (["search", "--dataset", "digits"], "--method"),
+])
+def test_bad_input_is_one_line_and_exit_2(capsys, argv, fragment):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    rc = info.value.code
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.count("\n") == 1 and err.startswith("mgas: error:") and fragment in err
+
+
+@pytest.fixture(autouse=True)
+def _exit_codes_as_exceptions(monkeypatch):
+    """main() returns 2 for handled errors; turn that into SystemExit like the console script."""
+    import orchestrator.cli as cli
+
+    original = cli.main
+
+    def wrapped(argv=None):
+        rc = original(argv)
+        if rc:
+            raise SystemExit(rc)
+        return rc
+
+    monkeypatch.setattr("tests.orchestrator.test_cli.main", wrapped)
+
+
+def test_unparsable_architecture_file(tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--arch", str(bad), "--dataset", "digits"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "not valid JSON" in err and err.count("\n") == 1
+
+
+def test_search_then_train_writes_outputs(tmp_path, capsys):
+    out = tmp_path / "search"
+    main(["search", "--method", "darts", "--dataset", "synthetic", "--epochs", "2", "--out", str(out),
+          "--json", "--no-progress", *TINY_SEARCH])
+    summary = json.loads(capsys.readouterr().out)
+    for name in ("arch.json", "config.json", "metrics.jsonl", "checkpoint.pt", "summary.json"):
+        assert (out / name).exists(), name
+    assert summary["arch_path"].endswith("arch.json") and 0 <= summary["val_acc"] <= 1
+    assert summary["search_time_s"] > 0 and summary["peak_mem_mb"] > 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["settings"]["search"]["layers"] == 3 and "git_sha" in config and "torch" in config["versions"]
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+    main(["train", "--arch", summary["arch_path"], "--dataset", "synthetic", "--out", str(tmp_path / "train"),
+          "--json", "--no-progress", *TINY_SEARCH])
+    trained = json.loads(capsys.readouterr().out)
+    assert 0 <= trained["test_acc"] <= 1 and trained["params"] > 0 and trained["flops"] > 0
+
+
+def test_search_resume_continues_from_checkpoint(tmp_path, capsys):
+    out = tmp_path / "s"
+    common = ["search", "--method", "darts", "--dataset", "synthetic", "--out", str(out), "--json",
+              "--no-progress", *TINY_SEARCH]
+    main([*common, "--epochs", "2"])
+    first = json.loads(capsys.readouterr().out)
+    main([*common, "--epochs", "3", "--resume"])
+    resumed = json.loads(capsys.readouterr().out)
+    assert first["epochs_run"] == 2 and resumed["epochs_run"] == 3
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 3
