@@ -83,13 +83,16 @@ class MsgDasSettings(Strict):
 class MgasSettings(Strict):
     granularities: list[Literal["op", "filter", "weight"]] = ["op", "filter", "weight"]
     stages: int = Field(3, ge=1)
-    stage_epochs: int | None = Field(None, ge=1, description="epochs per stage; default splits epochs")
-    final_epochs: int | None = Field(None, ge=1, description="max epochs of the final whole-net phase")
+    stage_epochs: int | None = Field(None, ge=1, description="epochs per stage; default epochs // (stages + 1)")
+    final_epochs: int | None = Field(None, ge=1, description="max epochs of the final phase; default the rest")
     regrow_fraction: float = Field(0.2, ge=0, le=1)
     alpha_lr: float = Field(0.05, gt=0)
     beta_lr: float = Field(0.05, gt=0)
     threshold_lr: float = Field(0.01, gt=0)
-    threshold_init: float = 0.0
+    threshold_init_op: float = Field(0.3, description="initial op-level threshold (scores start at 0.5)")
+    threshold_init_filter: float = Field(0.3, description="initial filter-level threshold (scores start at 0.5)")
+    threshold_init_weight: float = Field(0.0, description="initial weight-level threshold on |w|")
+    default_target_ratio: float = Field(0.5, gt=0, lt=1, description="target = ratio * supernet size if no target")
     control: LambdaControl = LambdaControl(lambda0=0.05, c0=2.0)
     tolerance: float = Field(0.02, ge=0, lt=0.5, description="stop once size <= target * (1 + tolerance)")
 

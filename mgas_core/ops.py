@@ -150,7 +150,8 @@ class ChannelOutput(nn.Module):
         return [int(i) for i in self.out_index]
 
     def _set_out_index(self, kept_positions: Tensor) -> None:
-        new = torch.tensor(self.kept_out, dtype=torch.long)[kept_positions]
+        device = next(self.parameters()).device
+        new = torch.tensor(self.kept_out, dtype=torch.long)[kept_positions.cpu()].to(device)
         self.out_index = None if len(new) == self.channels else new
         if self.out_gate is not None:
             self.out_gate.keep(kept_positions)
@@ -190,27 +191,45 @@ class FactorizedReduce(ChannelOutput):
         ids = list(range(c_out)) if kept is None else sorted(kept)
         n1 = sum(1 for i in ids if i < half)
         n2 = len(ids) - n1
-        if n1 == 0 or n2 == 0:
-            raise ValueError("FactorizedReduce must keep at least one channel in each half")
-        self.conv_1 = MaskableConv2d(c_in, n1, 1, stride=2)
-        self.conv_2 = MaskableConv2d(c_in, n2, 1, stride=2)
+        # a fully pruned half has no conv at all (a conv cannot have zero output channels)
+        self.conv_1 = MaskableConv2d(c_in, n1, 1, stride=2) if n1 else None
+        self.conv_2 = MaskableConv2d(c_in, n2, 1, stride=2) if n2 else None
         self.bn = nn.BatchNorm2d(n1 + n2, affine=affine)
 
     def forward(self, x: Tensor, x_relu: Tensor | None = None, scale: Tensor | None = None) -> Tensor:
         xr = F.relu(x) if x_relu is None else x_relu
-        h = torch.cat([self.conv_1(xr), self.conv_2(xr[:, :, 1:, 1:])], dim=1)
+        parts = []
+        if self.conv_1 is not None:
+            parts.append(self.conv_1(xr))
+        if self.conv_2 is not None:
+            parts.append(self.conv_2(xr[:, :, 1:, 1:]))
+        h = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
         h = batch_norm(h, self.bn, combine_scales(scale, self.out_gate))
         return scatter_channels(h, self.out_index, self.channels)
 
+    @property
+    def half_sizes(self) -> tuple[int, int]:
+        return (0 if self.conv_1 is None else self.conv_1.out_channels,
+                0 if self.conv_2 is None else self.conv_2.out_channels)
+
     def keep_out(self, positions: Tensor) -> None:
-        n1 = self.conv_1.out_channels
+        n1, _ = self.half_sizes
         first, second = positions[positions < n1], positions[positions >= n1] - n1
-        if len(first) == 0 or len(second) == 0:
-            raise ValueError("FactorizedReduce must keep at least one channel in each half")
-        self.conv_1.keep_out(first)
-        self.conv_2.keep_out(second)
+        if len(positions) == 0:
+            raise ValueError("FactorizedReduce must keep at least one channel")
+        for name, keep in (("conv_1", first), ("conv_2", second)):
+            conv = getattr(self, name)
+            if conv is None:
+                continue
+            if len(keep) == 0:
+                setattr(self, name, None)
+            else:
+                conv.keep_out(keep)
         _keep_bn(self, "bn", positions)
         self._set_out_index(positions)
+
+    def weight_convs(self) -> dict[str, MaskableConv2d]:
+        return {}
 
     def widths(self) -> OpWidths:
         return {"out": self.kept_out}

@@ -146,8 +146,10 @@ def run_search(
                 check_finite(stats[-1]["loss"], epoch)
                 if method.finished:
                     break
-            events = method.end_of_epoch(epoch)
+        # the epoch's model is judged before end-of-epoch changes (pruning, a new stage's head)
         val_acc = evaluate(method.predict, method.model, splits.val, batch, device, workers)
+        with watch:
+            events = method.end_of_epoch(epoch)
         record = {
             "phase": "search",
             "epoch": epoch,

@@ -122,7 +122,7 @@ def test_bad_architecture_files_name_the_problem(tmp_path, text, fragment):
 
 def test_impossible_widths_are_an_architecture_error():
     ops = [OpSpec("skip_connect", 0, 0), OpSpec("skip_connect", 1, 0)]
-    cells = [CellArch(ops, [2], reduction=i in (1, 2), preprocess=[{"out": [0]}, None] if i == 2 else [None, None])
+    cells = [CellArch(ops, [2], reduction=i in (1, 2), preprocess=[{"out": [99]}, None] if i == 2 else [None, None])
              for i in range(3)]
     arch = Architecture("bad-widths", nodes=1, cells=cells, channels=4)
     with pytest.raises(ArchitectureError, match="cell 2"):

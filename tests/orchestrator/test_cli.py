@@ -99,3 +99,40 @@ def test_search_resume_continues_from_checkpoint(tmp_path, capsys):
     resumed = json.loads(capsys.readouterr().out)
     assert first["epochs_run"] == 2 and resumed["epochs_run"] == 3
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+MGAS_TINY = [*TINY_SEARCH, "--set", "search.layers=4", "--set", "retrain.layers=4",
+             "--set", "search.mgas.control.lambda0=0.5", "--set", "search.mgas.threshold_lr=0.05"]
+
+
+@pytest.mark.parametrize("extra,fragment", [
+    (["--target-params", "50"], "not below the supernet"),
+    (["--stages", "0"], "search.mgas.stages"),
+    (["--stages", "5"], "stages must be between 1 and the number of cells (4)"),
+    (["--granularities", "op,pixel"], "search.mgas.granularities"),
+    (["--set", "search.mgas.granularities=[]"], "non-empty subset"),
+])
+def test_mgas_invalid_arguments(capsys, extra, fragment):
+    with pytest.raises(SystemExit) as info:
+        main(["search", "--method", "mgas", "--dataset", "synthetic", "--no-progress", *MGAS_TINY, *extra])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and fragment in err and err.count("\n") == 1
+
+
+def test_mgas_search_summary_and_info_agree(tmp_path, capsys):
+    out = tmp_path / "mgas"
+    main(["search", "--method", "mgas", "--dataset", "synthetic", "--epochs", "5", "--stages", "2",
+          "--target-params", "0.02", "--out", str(out), "--json", "--no-progress", *MGAS_TINY])
+    summary = json.loads(capsys.readouterr().out)
+    for key in ("supernet_params", "params", "nonzero_params", "remaining_ratio", "events", "arch_path"):
+        assert key in summary, key
+    assert set(summary["remaining_ratio"]) == {"op", "filter", "weight"}
+    assert {"stage", "shrink"} <= {e["type"] for e in summary["events"]}
+    assert (out / "arch.masks.safetensors").exists()
+    main(["info", "--arch", summary["arch_path"], "--dataset", "synthetic", "--json"])
+    info = json.loads(capsys.readouterr().out)
+    assert (info["params"], info["nonzero_params"]) == (summary["params"], summary["nonzero_params"])
+    main(["train", "--arch", summary["arch_path"], "--dataset", "synthetic", "--out", str(tmp_path / "t"),
+          "--json", "--no-progress", *MGAS_TINY])
+    trained = json.loads(capsys.readouterr().out)
+    assert trained["nonzero_params"] == summary["nonzero_params"]
