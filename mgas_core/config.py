@@ -174,7 +174,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "search.w_lr": 0.05,
         "search.darts.order": 1,
         "search.darts.alpha_lr": 3e-3,
-        "search.msg_das.alpha_lr": 3e-3,
+        "search.msg_das.alpha_lr": 0.03,
         "search.gold_nas.w_lr": 0.05,
         "search.mgas.stages": 3,
         "retrain.epochs": 30,

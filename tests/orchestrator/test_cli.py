@@ -136,3 +136,36 @@ def test_mgas_search_summary_and_info_agree(tmp_path, capsys):
           "--json", "--no-progress", *MGAS_TINY])
     trained = json.loads(capsys.readouterr().out)
     assert trained["nonzero_params"] == summary["nonzero_params"]
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["--method", "msg_das", "--subgraphs", "0"], "search.msg_das.subgraphs"),
+    (["--method", "msg_das", "--subgraphs", "9"], "between 1 and the number of ops (8)"),
+    (["--method", "gold_nas", "--cost", "latency"], "search.gold_nas.cost"),
+])
+def test_baseline_invalid_arguments(capsys, argv, fragment):
+    with pytest.raises(SystemExit) as info:
+        main(["search", "--dataset", "synthetic", "--no-progress", *TINY_SEARCH, *argv])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and fragment in err and err.count("\n") == 1
+
+
+def test_gold_nas_summary_lists_snapshots_with_paths(tmp_path, capsys):
+    main(["search", "--method", "gold_nas", "--dataset", "synthetic", "--epochs", "20", "--out", str(tmp_path),
+          "--json", "--no-progress", *TINY_SEARCH, "--set", "search.gold_nas.control.lambda0=0.1",
+          "--set", "search.gold_nas.n0=8"])
+    summary = json.loads(capsys.readouterr().out)
+    snaps = summary["snapshots"]
+    assert len(snaps) >= 2
+    assert [s["params"] for s in snaps] == sorted((s["params"] for s in snaps), reverse=True)
+    for s in snaps:
+        assert (tmp_path / "snapshots").exists() and s["arch_path"].endswith(".json")
+        main(["info", "--arch", s["arch_path"], "--dataset", "synthetic", "--json"])
+        assert json.loads(capsys.readouterr().out)["params"] == s["params"]
+
+
+def test_target_scales_genotype_width(capsys, tmp_path):
+    main(["train", "--arch", "darts_v2", "--dataset", "synthetic", "--target-params", "0.05", "--epochs", "1",
+          "--out", str(tmp_path), "--json", "--no-progress", *TINY_SEARCH[:-2]])
+    summary = json.loads(capsys.readouterr().out)
+    assert abs(summary["params"] - 50000) / 50000 < 0.15

@@ -1,0 +1,185 @@
+"""MSG-DAS (Tan, Guo et al., arXiv 2107.04324): multi-subgraph search between DARTS and GDAS.
+
+Per cell and edge, a Gumbel-TopK sampler perturbs the (shared normal/reduce) logits once,
+``alpha + Gumbel``, and ranks the ops; the k-th ranked op goes to sub-graph k, so the K sub-graphs
+are mutually exclusive single paths. Each sub-graph's op weight is the straight-through one-hot
+``hard + hard * (soft - soft.detach())`` (exactly 1 forward, the gradient of ``softmax((alpha + g) / tau)``
+backward, so every alpha of the edge receives gradient). The temperature anneals linearly from
+``tau_max`` to ``tau_min``. Dropblock-Identity: ``torchvision.ops.drop_block2d`` on every
+skip-connection (identity) branch, its rate decaying linearly to 0. Super-net guidance
+distillation: each sub-graph also matches a teacher through ``T^2 * KL(teacher_T || student_T)``;
+the teacher is the detached ensemble of the K sub-graphs (default) or the soft supernet evaluated
+under ``no_grad`` (``teacher: supernet``), so no second autograd graph is kept. Optimisation is
+bilevel as in GDAS (weights on one half of the training set, alphas with Adam on the other).
+
+K (``--subgraphs``) is the memory/quality knob: K=1 is GDAS-like single-path search, K=|ops| visits
+every op like DARTS; memory grows with K because the K sub-graphs share one backward pass.
+
+The paper's exact constants are not published in code: ``tau_max=10``, ``tau_min=0.1``,
+``dropblock_rate=0.1``, ``dropblock_size=3``, ``distill_weight=1``, ``distill_temperature=2``
+are this implementation's defaults, all exposed in ``MsgDasSettings``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchvision.ops import drop_block2d
+
+from mgas_core.arch import Architecture
+from mgas_core.config import SearchSettings
+from mgas_core.data import Batch, DatasetInfo
+from mgas_core.errors import UserInputError
+from mgas_core.methods.base import SearchMethod, accuracy, clip_and_step, cosine_lr, frozen, register_method, set_lr
+from mgas_core.methods.darts import SharedAlphaModel
+from mgas_core.methods.genotype import derive_genotype
+from mgas_core.ops import Identity
+from mgas_core.space import DARTS_PRIMITIVES
+from mgas_core.supernet_factory import build_supernet
+
+
+class DropBlockIdentity(Identity):
+    """The skip connection with DropBlock in training (``rate`` set by the method every epoch)."""
+
+    def __init__(self, block_size: int) -> None:
+        super().__init__()
+        self.block_size = block_size
+        self.rate = 0.0
+
+    def forward(self, x: Tensor, x_relu: Tensor | None = None, scale: Tensor | None = None) -> Tensor:
+        if self.training and self.rate > 0:
+            block = min(self.block_size, x.shape[-1], x.shape[-2])
+            block -= 1 - block % 2  # DropBlock needs an odd block that fits the map
+            x = drop_block2d(x, self.rate, block, training=True)
+        return x if scale is None else x * scale
+
+
+def gumbel_topk(logits: Tensor, k: int, tau: float, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Perturb ``logits [..., ops]`` once; return (top-k op indices [..., k], soft weights [..., ops])."""
+    u = torch.rand(logits.shape, generator=generator, dtype=logits.dtype).to(logits.device)
+    gumbel = -torch.log(-torch.log(u.clamp(1e-20, 1.0 - 1e-7)))
+    perturbed = logits + gumbel
+    order = perturbed.detach().topk(k, dim=-1).indices
+    soft = F.softmax(perturbed / tau, dim=-1)
+    return order, soft
+
+
+@register_method("msg_das")
+class MsgDas(SearchMethod):
+    primitives = DARTS_PRIMITIVES
+    bilevel = True
+
+    def __init__(self, settings: SearchSettings, info: DatasetInfo, device: torch.device, seed: int) -> None:
+        super().__init__(settings, info, device, seed)
+        cfg = settings.msg_das
+        self.cfg = cfg
+        if not 1 <= cfg.subgraphs <= len(self.primitives):
+            raise UserInputError(f"subgraphs K={cfg.subgraphs} must be between 1 and the number of ops "
+                                 f"({len(self.primitives)})")
+        if cfg.tau_min > cfg.tau_max:
+            raise UserInputError(f"msg_das.tau_min={cfg.tau_min} must not exceed tau_max={cfg.tau_max}")
+        net = build_supernet(settings, self.primitives, info)
+        skip = self.primitives.index("skip_connect")
+        self.dropblocks: list[DropBlockIdentity] = []
+        for cell in net.cells:
+            for edge in cell.edges:
+                if isinstance(edge.ops[skip], Identity):
+                    edge.ops[skip] = DropBlockIdentity(cfg.dropblock_size)
+                    self.dropblocks.append(edge.ops[skip])
+        self.model = SharedAlphaModel(net, settings.darts.alpha_init_std).to(device)
+        self.w_opt = torch.optim.SGD(self.model.weight_parameters(), lr=settings.w_lr,
+                                     momentum=settings.w_momentum, weight_decay=settings.w_weight_decay)
+        self.a_opt = torch.optim.Adam(self.model.arch_parameters(), lr=cfg.alpha_lr, betas=cfg.alpha_betas,
+                                      weight_decay=cfg.alpha_weight_decay)
+        self.generator = torch.Generator().manual_seed(seed + 104729)
+        self.tau = cfg.tau_max
+        self.lr = settings.w_lr
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"weights": self.w_opt, "alphas": self.a_opt}
+
+    def begin_epoch(self, epoch: int) -> None:
+        super().begin_epoch(epoch)
+        s, cfg = self.settings, self.cfg
+        progress = epoch / max(1, s.epochs - 1)
+        self.tau = cfg.tau_max - (cfg.tau_max - cfg.tau_min) * progress
+        for block in self.dropblocks:
+            block.rate = cfg.dropblock_rate * (1 - epoch / s.epochs)
+        self.lr = cosine_lr(s.w_lr, s.w_lr_min, epoch, s.epochs)
+        set_lr(self.w_opt, self.lr)
+
+    # --- sub-graphs ---------------------------------------------------------------------------
+    def sample_subgraphs(self) -> list[tuple[list[Tensor], list[list[list[int]]]]]:
+        """K mutually exclusive single-path sub-graphs: per sub-graph, (cell weights, active ops)."""
+        k = self.cfg.subgraphs
+        logits = torch.stack([self.model.alpha_reduce if red else self.model.alpha_normal
+                              for red in self.model.reductions])  # [cells, edges, ops]
+        order, soft = gumbel_topk(logits, k, self.tau, self.generator)
+        hard = F.one_hot(order, soft.shape[-1]).to(soft.dtype)  # [cells, edges, k, ops]
+        straight = hard + hard * (soft.unsqueeze(2) - soft.unsqueeze(2).detach())  # x - x == 0 exactly
+        order_list = order.tolist()
+        out = []
+        for j in range(k):
+            weights = list(straight[:, :, j].unbind(0))
+            active = [[[row[j]] for row in cell] for cell in order_list]
+            out.append((weights, active))
+        return out
+
+    def subgraph_loss(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean over sub-graphs of CE + distillation; also the ensemble logits."""
+        cfg = self.cfg
+        logits = [self.model.net(x, w, a) for w, a in self.sample_subgraphs()]
+        if cfg.teacher == "supernet":
+            with torch.no_grad():
+                teacher = self.model(x)
+        else:
+            teacher = torch.stack(logits).mean(0).detach()
+        t = cfg.distill_temperature
+        target = F.log_softmax(teacher / t, dim=-1)
+        loss = logits[0].new_zeros(())
+        for z in logits:
+            kl = F.kl_div(F.log_softmax(z / t, dim=-1), target, log_target=True, reduction="batchmean")
+            loss = loss + F.cross_entropy(z, y) + cfg.distill_weight * t * t * kl
+        return loss / len(logits), torch.stack(logits).mean(0).detach()
+
+    def train_step(self, batch: Batch, arch_batch: Batch | None = None) -> dict[str, float]:
+        x, y = batch[0].to(self.device), batch[1].to(self.device)
+        if arch_batch is not None:
+            xa, ya = arch_batch[0].to(self.device), arch_batch[1].to(self.device)
+            self.a_opt.zero_grad(set_to_none=True)
+            loss_a, _ = self.subgraph_loss(xa, ya)
+            grads = torch.autograd.grad(loss_a, self.model.arch_parameters(), materialize_grads=True)
+            for p, g in zip(self.model.arch_parameters(), grads):
+                p.grad = g
+            self.a_opt.step()
+        self.w_opt.zero_grad(set_to_none=True)
+        with frozen(self.model.arch_parameters()):
+            loss, ensemble = self.subgraph_loss(x, y)
+            loss.backward()
+        clip_and_step(self.w_opt, self.model.weight_parameters(), self.settings.grad_clip)
+        return {"loss": float(loss.detach()), "acc": accuracy(ensemble, y)}
+
+    def predict(self, x: Tensor) -> Tensor:
+        """The soft supernet (softmax(alpha) mixture of every op), as DARTS evaluates it."""
+        return self.model(x)
+
+    def derive(self) -> Architecture:
+        with torch.no_grad():
+            w_n, w_r = F.softmax(self.model.alpha_normal, -1), F.softmax(self.model.alpha_reduce, -1)
+        return derive_genotype(w_n, w_r, self.primitives, self.model.net.topology, name=f"msg_das_seed{self.seed}")
+
+    def log_metrics(self) -> dict[str, Any]:
+        return {"tau": self.tau, "w_lr": self.lr, "dropblock_rate": self.dropblocks[0].rate if self.dropblocks else 0.0}
+
+    def summary(self) -> dict[str, Any]:
+        return {"subgraphs": self.cfg.subgraphs, "teacher": self.cfg.teacher}
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state()}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
+

@@ -1,0 +1,167 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mgas_core.data import load_splits
+from mgas_core.errors import UserInputError
+from mgas_core.methods import create_method
+from mgas_core.methods.lambda_control import LambdaController
+from mgas_core.methods.msg_das import DropBlockIdentity, gumbel_topk
+from mgas_core.train import run_search
+from tests.conftest import tiny
+
+
+def make(settings):
+    splits = load_splits(settings.data)
+    torch.manual_seed(0)
+    return create_method(settings.search, splits.info, torch.device("cpu"), 0), splits
+
+
+# --- MSG-DAS ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("k", [1, 2, 4, 8])
+def test_gumbel_topk_gives_distinct_ops_and_gradient_to_every_alpha(k):
+    alpha = torch.randn(3, 5, 8, requires_grad=True)
+    order, soft = gumbel_topk(alpha, k, tau=1.0, generator=torch.Generator().manual_seed(0))
+    assert order.shape == (3, 5, k)
+    assert all(len(set(row)) == k for cell in order.tolist() for row in cell)
+    hard = torch.nn.functional.one_hot(order, 8).float()
+    straight = hard + hard * (soft.unsqueeze(2) - soft.unsqueeze(2).detach())
+    assert torch.all(straight.sum(-1) == 1.0)  # exactly one-hot in the forward pass
+    (straight * torch.randn_like(straight)).sum().backward()
+    assert torch.all(alpha.grad != 0)  # every alpha of every edge gets gradient
+
+
+def test_msg_das_subgraphs_are_mutually_exclusive_and_alphas_get_gradient():
+    method, splits = make(tiny(search__method="msg_das", search__msg_das__subgraphs=3))
+    subgraphs = method.sample_subgraphs()
+    for ci in range(3):
+        for e in range(method.model.net.topology.num_edges):
+            ops = [active[ci][e][0] for _, active in subgraphs]
+            assert len(set(ops)) == 3
+    x, y = splits.train.tensors[0][:8], splits.train.tensors[1][:8]
+    loss, _ = method.subgraph_loss(x, y)
+    loss.backward()
+    for a in method.model.arch_parameters():
+        assert a.grad is not None and torch.count_nonzero(a.grad) > 0
+
+
+def test_single_subgraph_runs_exactly_one_op_per_edge():
+    method, splits = make(tiny(search__method="msg_das", search__msg_das__subgraphs=1))
+    calls = []
+    for cell in method.model.net.cells:
+        for edge in cell.edges:
+            for op in edge.ops:
+                op.register_forward_hook(lambda m, a, o, edge=edge: calls.append(id(edge)))
+    x, y = splits.train.tensors[0][:8], splits.train.tensors[1][:8]
+    method.train_step((x, y))
+    edges = 3 * method.model.net.topology.num_edges
+    assert len(calls) == edges and len(set(calls)) == edges
+
+
+def test_dropblock_identity_rate_in_training_and_identity_in_eval():
+    block = DropBlockIdentity(block_size=3)
+    block.rate = 0.2
+    torch.manual_seed(0)
+    x = torch.ones(16, 8, 32, 32)
+    out = block(x)
+    dropped = float((out == 0).float().mean())
+    assert 0.15 < dropped < 0.25
+    kept = out[out != 0]
+    assert torch.allclose(kept, kept[0].expand_as(kept))  # survivors rescaled uniformly
+    block.eval()
+    assert torch.equal(block(x), x)
+    block.train()
+    assert block(torch.ones(2, 2, 2, 2)).shape == (2, 2, 2, 2)  # tiny maps: block shrinks to fit
+
+
+def test_dropblock_rate_decays_over_epochs():
+    method, _ = make(tiny(search__method="msg_das", search__epochs=4, search__msg_das__dropblock_rate=0.2))
+    rates, taus = [], []
+    for epoch in range(4):
+        method.begin_epoch(epoch)
+        rates.append(method.dropblocks[0].rate)
+        taus.append(method.tau)
+    assert rates == sorted(rates, reverse=True) and rates[0] == 0.2 and rates[-1] > 0
+    assert taus[0] == 10.0 and abs(taus[-1] - 0.1) < 1e-9
+
+
+@pytest.mark.parametrize("k", [0, 9])
+def test_bad_subgraph_count(k):
+    settings = tiny(search__method="msg_das")
+    if k == 0:
+        with pytest.raises(ValueError, match="subgraphs"):
+            tiny(search__method="msg_das", search__msg_das__subgraphs=k)
+        return
+    settings.search.msg_das.subgraphs = k
+    with pytest.raises(UserInputError, match="between 1 and the number of ops"):
+        make(settings)
+
+
+# --- GOLD-NAS --------------------------------------------------------------------------------------
+
+
+def test_lambda_controller_follows_the_rule():
+    ctl = LambdaController(lambda0=1.0, c0=2.0)
+    trace = []
+    for pruned_enough in [False, False, True, False, True, True, False]:
+        trace.append(ctl.update(pruned_enough))
+    # not enough: delta *= 2, lambda += delta; enough: lambda /= 2, delta = lambda0
+    assert trace == [3.0, 7.0, 3.5, 5.5, 2.75, 1.375, 3.375]
+
+
+def test_gold_nas_prunes_an_op_on_the_last_edge_of_a_node():
+    method, _ = make(tiny(search__method="gold_nas"))
+    topo = method.model.net.topology
+    last_edge = topo.node_edges[1].stop - 1  # edge from the previous node into the last node
+    with torch.no_grad():
+        method.model.alpha.fill_(2.0)
+        method.model.alpha[0, last_edge, 3] = -9.0
+    assert method.prune_pass() >= 1
+    assert not bool(method.model.alive[0, last_edge, 3])
+    arch = method.derive()
+    assert all(not (o.input == topo.edges[last_edge].source and o.node == 1 and o.op == "sep_conv_3x3")
+               for o in arch.cells[0].ops)
+
+
+def test_gold_nas_cost_normalises_over_every_edge_of_the_node():
+    method, _ = make(tiny(search__method="gold_nas"))
+    norm = method.normalised_weights()
+    for sl in method.model.net.topology.node_edges:
+        assert torch.allclose(norm[:, sl].sum(dim=(1, 2)), torch.ones(3))
+    cost = method.cost()
+    cost.backward()
+    assert torch.count_nonzero(method.model.alpha.grad) == method.model.alpha.numel()
+
+
+def test_gold_nas_node_keeps_one_op():
+    method, _ = make(tiny(search__method="gold_nas"))
+    with torch.no_grad():
+        method.model.alpha.fill_(-20.0)
+        method.model.alpha[:, :, 0] = 20.0
+    for _ in range(50):
+        if method.prune_pass() == 0:
+            break
+    for sl in method.model.net.topology.node_edges:
+        assert torch.all(method.model.alive[:, sl].sum(dim=(1, 2)) >= 1)
+
+
+def test_gold_nas_snapshots_strictly_decrease():
+    settings = tiny(search__method="gold_nas", search__epochs=20, search__gold_nas__control__lambda0=0.1,
+                    search__gold_nas__n0=8)
+    result = run_search(settings, load_splits(settings.data), torch.device("cpu"))
+    snaps = result.summary["snapshots"]
+    sizes = [s["params"] for s in snaps]
+    assert len(snaps) >= 3 and sizes == sorted(sizes, reverse=True) and len(set(sizes)) == len(sizes)
+    assert snaps[-1]["final"] and all(s["arch"].cells for s in snaps)
+
+
+def test_gold_nas_stops_at_the_floor():
+    settings = tiny(search__method="gold_nas", search__epochs=30, search__target_params=0.004,
+                    search__gold_nas__control__lambda0=0.1, search__gold_nas__n0=8)
+    result = run_search(settings, load_splits(settings.data), torch.device("cpu"))
+    assert any(e["type"] == "floor_reached" for e in result.events)
+    assert result.summary["snapshots"][-1]["params"] <= 4000
+    assert len(result.history) < 30
