@@ -1,0 +1,1 @@
+"""Measurement harnesses (not tests): each prints JSON; run by hand or on a GPU machine."""

@@ -1,0 +1,48 @@
+"""Tiny experiment specs for the orchestrator tests (seconds per trial on one CPU)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+TINY_BASE = {
+    "data.synthetic.size": 8,
+    "data.synthetic.samples": 96,
+    "data.synthetic.classes": 4,
+    "search.layers": 3,
+    "search.channels": 4,
+    "search.nodes": 2,
+    "search.batch_size": 16,
+    "search.epochs": 2,
+    "search.darts.order": 1,
+    "retrain.epochs": 2,
+    "retrain.channels": 4,
+    "retrain.layers": 3,
+    "retrain.batch_size": 16,
+    "retrain.cutout": 0,
+    "device": "cpu",
+}
+
+
+def write_spec(folder: Path, name: str = "tiny", **fields: Any) -> Path:
+    spec: dict[str, Any] = {
+        "name": name,
+        "output_dir": "out",
+        "dataset": "synthetic",
+        "base": dict(TINY_BASE),
+        "methods": {"mgas": {"search.layers": 4, "search.mgas.stages": 2, "search.mgas.control.lambda0": 0.5}},
+        "sweep": {"method": ["darts", "mgas"], "seed": [0, 1]},
+        "resources": {"cpu": 1},
+        "max_concurrent_trials": 2,
+        "max_failures": 1,
+    }
+    for key, value in fields.items():
+        if key == "base":
+            spec["base"].update(value)
+        else:
+            spec[key] = value
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path

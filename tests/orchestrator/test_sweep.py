@@ -1,0 +1,114 @@
+"""Sweeps on real embedded Ray (2 CPUs): Parquet rows, fault tolerance, no duplicates."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import ray
+
+from orchestrator.results import RESULT_SCHEMA, read_rows
+from orchestrator.spec import expand_trials, load_spec
+from orchestrator.sweep import run_command
+from orchestrator.trainable import run_trial_pipeline
+from tests.orchestrator.helpers import write_spec
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_2cpu():
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    yield
+    ray.shutdown()
+
+
+def test_sweep_writes_exactly_one_filled_row_per_trial(tmp_path):
+    path = write_spec(tmp_path, sweep={"method": ["darts", "gold_nas", "msg_das", "mgas"], "seed": [0]},
+                      include=[{"method": "darts", "seed": 1}])
+    summary = run_command(path)
+    experiment_dir = tmp_path / "out" / "tiny"
+    rows = read_rows(experiment_dir)
+    assert summary["ok"] == 5 and len(rows) == 5
+    assert sorted(r["trial_id"] for r in rows) == sorted(t["trial_id"] for t in expand_trials(load_spec(path)[0]))
+    required = ["experiment", "trial_id", "method", "dataset", "seed", "status", "test_acc", "val_acc", "params_m",
+                "nonzero_params_m", "flops_m", "search_time_s", "retrain_time_s", "search_peak_mem_mb", "device",
+                "arch_json", "config_json", "git_sha", "versions", "node_id"]
+    for row in rows:
+        assert row["status"] == "ok" and row["error"] is None
+        for col in required:
+            assert row[col] is not None, (row["trial_id"], col)
+        assert json.loads(row["arch_json"])["format"] == "mgas-architecture"
+    mgas = next(r for r in rows if r["method"] == "mgas")
+    assert mgas["granularities"] == "op,filter,weight" and mgas["stages"] == 2
+    assert mgas["remaining_ratio_op"] is not None
+    table = pq.read_table(next((experiment_dir / "results").glob("method=darts/*.parquet")))
+    assert table.schema.equals(RESULT_SCHEMA)
+    curves = list((experiment_dir / "curves").glob("method=*/*.parquet"))
+    assert len(curves) == 5
+    phases = set(pq.read_table(curves[0]).column("phase").to_pylist())
+    assert phases == {"search", "retrain"}
+    assert (experiment_dir / "archs" / mgas["trial_id"] / "arch.masks.safetensors").exists()
+
+    # running the same experiment again replaces rows, never duplicates them
+    run_command(path)
+    assert len(read_rows(experiment_dir)) == 5
+    assert len(list((experiment_dir / "results").glob("method=*/*.parquet"))) == 5
+
+
+def _watch_and_kill(trial_dir: Path, after_epoch: int, killed: dict) -> None:
+    deadline = time.time() + 120
+    result_file = trial_dir / "result.json"
+    while time.time() < deadline:
+        if result_file.exists():
+            for line in result_file.read_text().splitlines():
+                rec = json.loads(line)
+                if rec.get("phase") == "search" and rec.get("epoch", -1) >= after_epoch:
+                    killed["pid"] = rec["pid"]
+                    os.kill(rec["pid"], signal.SIGKILL)
+                    return
+        time.sleep(0.05)
+
+
+def test_killed_worker_resumes_from_checkpoint_and_matches_undisturbed_run(tmp_path):
+    path = write_spec(tmp_path, name="kill", sweep={"method": ["darts"], "seed": [3]},
+                      base={"search.epochs": 5})
+    spec, _ = load_spec(path)
+    trial = expand_trials(spec)[0]
+    trial_dir = tmp_path / "out" / "kill" / "tune" / "sweep" / trial["trial_id"]
+    killed: dict = {}
+    watcher = threading.Thread(target=_watch_and_kill, args=(trial_dir, 1, killed), daemon=True)
+    watcher.start()
+    run_command(path)
+    watcher.join(timeout=5)
+    assert "pid" in killed, "the worker was never killed"
+    row = read_rows(tmp_path / "out" / "kill")[0]
+    assert row["status"] == "ok" and row["attempts"] == 2  # restarted once, from its checkpoint
+
+    undisturbed = run_trial_pipeline(trial, None, lambda metrics, state: None)
+    assert row["arch_json"] == undisturbed["arch_json"]
+    for key in ("test_acc", "val_acc", "search_val_acc", "params_m", "flops_m"):
+        assert row[key] == undisturbed[key], key
+    first_search = json.loads(undisturbed["history_json"])[0]
+    curve = pq.read_table(next((tmp_path / "out" / "kill" / "curves").glob("*/*.parquet"))).to_pylist()
+    assert curve[0]["loss"] == first_search["loss"]
+
+
+def test_diverging_trial_is_recorded_and_the_sweep_goes_on(tmp_path):
+    path = write_spec(tmp_path, name="nan", sweep={"method": ["darts"], "seed": [0],
+                                                    "search.w_lr": [0.025, 1.0e12]})
+    run_command(path)
+    rows = {r["trial_id"]: r for r in read_rows(tmp_path / "out" / "nan")}
+    assert len(rows) == 2
+    bad = next(r for r in rows.values() if "1000000000000" in r["trial_id"])
+    good = next(r for r in rows.values() if r is not bad)
+    assert good["status"] == "ok"
+    assert bad["status"] == "failed" and bad["error"].startswith("diverged at epoch 0")
+    assert bad["attempts"] is None or bad["attempts"] <= 1
