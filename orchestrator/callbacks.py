@@ -95,7 +95,8 @@ class SweepProgress(Callback):
         tid = _trial_spec(trial)["trial_id"]
         self.running.add(tid)
         phase = result.get("phase", "?")
-        self._line(f"{tid}: {phase} epoch {int(result.get('epoch', 0)) + 1} loss {result.get('loss', float('nan')):.3f} "
+        epoch = int(result.get("epoch", 0)) + 1
+        self._line(f"{tid}: {phase} epoch {epoch} loss {result.get('loss', float('nan')):.3f} "
                    f"val_acc {result.get('val_acc', float('nan')):.3f}")
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:

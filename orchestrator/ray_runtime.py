@@ -31,9 +31,9 @@ def filesystem_type(path: Path) -> str:
         return kind
     for line in mounts:
         parts = line.split()
-        if len(parts) >= 3 and (str(path) == parts[1] or str(path).startswith(parts[1].rstrip("/") + "/")):
-            if len(parts[1]) > len(best):
-                best, kind = parts[1], parts[2]
+        inside = len(parts) >= 3 and (str(path) == parts[1] or str(path).startswith(parts[1].rstrip("/") + "/"))
+        if inside and len(parts[1]) > len(best):
+            best, kind = parts[1], parts[2]
     return kind
 
 

@@ -153,7 +153,8 @@ def curve_rows(history: list[dict[str, Any]], base: dict[str, Any]) -> list[dict
 def write_trial(experiment_dir: Path, row: dict[str, Any], history: list[dict[str, Any]] | None) -> Path:
     """Write (replace) the trial's result row and its curves."""
     row = {"schema_version": SCHEMA_VERSION, "finished_at": time.time(), **row}
-    path = write_table(table_from_rows([row], RESULT_SCHEMA), result_path(experiment_dir, row["method"], row["trial_id"]))
+    target = result_path(experiment_dir, row["method"], row["trial_id"])
+    path = write_table(table_from_rows([row], RESULT_SCHEMA), target)
     if history:
         base = {"schema_version": SCHEMA_VERSION, "experiment": row["experiment"], "trial_id": row["trial_id"],
                 "method": row["method"], "seed": row.get("seed")}
