@@ -95,6 +95,7 @@ class MgasSettings(Strict):
     default_target_ratio: float = Field(0.5, gt=0, lt=1, description="target = ratio * supernet size if no target")
     control: LambdaControl = LambdaControl(lambda0=0.05, c0=2.0)
     tolerance: float = Field(0.02, ge=0, lt=0.5, description="stop once size <= target * (1 + tolerance)")
+    undershoot: float = Field(0.05, gt=0, lt=0.5, description="undo arch steps that prune below goal * (1 - this)")
 
     @field_validator("granularities")
     @classmethod
@@ -120,6 +121,10 @@ class SearchSettings(Strict):
     grad_clip: float = Field(5.0, gt=0)
     target_params: float | None = Field(None, gt=0, description="target size in millions of parameters")
     impl: Literal["fast", "reference"] = "fast"
+    memory_format: Literal["auto", "contiguous", "channels_last"] = Field(
+        "auto", description="activation layout; auto = channels_last (measured faster on CPU and GPU)")
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 autocast of the forward pass (CUDA)")
+    checkpoint_cells: bool = Field(False, description="recompute each cell in backward to save activation memory")
     darts: DartsSettings = DartsSettings()
     gold_nas: GoldNasSettings = GoldNasSettings()
     msg_das: MsgDasSettings = MsgDasSettings()

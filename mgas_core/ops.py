@@ -335,6 +335,8 @@ class Pool(nn.Module):
 
     def __init__(self, kind: str, channels: int, stride: int, with_bn: bool) -> None:
         super().__init__()
+        self.kind = kind
+        self.stride = stride
         if kind == "max":
             self.pool: nn.Module = nn.MaxPool2d(3, stride=stride, padding=1)
         elif kind == "avg":
@@ -343,11 +345,14 @@ class Pool(nn.Module):
             raise ValueError(f"pool kind must be 'max' or 'avg', got {kind!r}")
         self.bn = nn.BatchNorm2d(channels, affine=False) if with_bn else None
 
-    def forward(self, x: Tensor, x_relu: Tensor | None = None, scale: Tensor | None = None) -> Tensor:
-        h = self.pool(x)
+    def normalize(self, pooled: Tensor, scale: Tensor | None = None) -> Tensor:
+        """The op applied to an already pooled map (a cell shares pooling across edges)."""
         if self.bn is not None:
-            return batch_norm(h, self.bn, scale)
-        return h if scale is None else h * scale
+            return batch_norm(pooled, self.bn, scale)
+        return pooled if scale is None else pooled * scale
+
+    def forward(self, x: Tensor, x_relu: Tensor | None = None, scale: Tensor | None = None) -> Tensor:
+        return self.normalize(self.pool(x), scale)
 
 
 class Identity(nn.Module):

@@ -10,17 +10,46 @@ MSG-DAS. Each op's weight is folded into its final affine-free BN (see :mod:`mga
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
-from mgas_core.ops import FactorizedReduce, ReLUConvBN, build_op
+from mgas_core.ops import FactorizedReduce, Pool, ReLUConvBN, build_op
 from mgas_core.space import CellTopology, network_cells
 
 ActiveOps = Sequence[Sequence[int]]
 """Per edge, the op indices to compute."""
+
+
+class StateCache:
+    """What every op reading one state can share: ``relu(x)`` and the pooled maps.
+
+    A cell computes each of these once per state instead of once per edge: the official code
+    applies the same parameter-free ReLU/pool to the same input on every edge leaving the state.
+    """
+
+    __slots__ = ("_pools", "_relu", "x")
+
+    def __init__(self, x: Tensor) -> None:
+        self.x = x
+        self._relu: Tensor | None = None
+        self._pools: dict[tuple[str, int], Tensor] = {}
+
+    @property
+    def relu(self) -> Tensor:
+        if self._relu is None:
+            self._relu = F.relu(self.x)
+        return self._relu
+
+    def pooled(self, op: Pool) -> Tensor:
+        key = (op.kind, op.stride)
+        if key not in self._pools:
+            self._pools[key] = op.pool(self.x)
+        return self._pools[key]
 
 
 class MixedEdge(nn.Module):
@@ -31,10 +60,16 @@ class MixedEdge(nn.Module):
         self.ops = nn.ModuleList(build_op(p, channels, stride, search=True) for p in primitives)
         self.needs_relu = tuple(bool(op.needs_relu) for op in self.ops)
 
-    def forward(self, x: Tensor, x_relu: Tensor | None, weights: Sequence[Tensor], active: Sequence[int]) -> Tensor:
+    def forward(self, state: StateCache | Tensor, weights: Sequence[Tensor], active: Sequence[int]) -> Tensor:
+        if isinstance(state, Tensor):
+            state = StateCache(state)
         out: Tensor | None = None
         for i in active:
-            h = self.ops[i](x, x_relu, weights[i])
+            op = self.ops[i]
+            if isinstance(op, Pool):
+                h = op.normalize(state.pooled(op), weights[i])
+            else:
+                h = op(state.x, state.relu if self.needs_relu[i] else None, weights[i])
             out = h if out is None else out + h
         assert out is not None
         return out
@@ -63,8 +98,7 @@ class SearchCell(nn.Module):
         )
 
     def forward(self, s0: Tensor, s1: Tensor, weights: Tensor, active: ActiveOps) -> Tensor:
-        states: list[Tensor] = [self.preprocess0(s0), self.preprocess1(s1)]
-        relus: list[Tensor | None] = [None] * (self.topology.nodes + 2)
+        states = [StateCache(self.preprocess0(s0)), StateCache(self.preprocess1(s1))]
         rows = weights.unbind(0)
         for edge_slice in self.topology.node_edges:
             acc: Tensor | None = None
@@ -73,22 +107,35 @@ class SearchCell(nn.Module):
                 if not ops:
                     continue
                 src = self.topology.edges[e].source
-                edge: MixedEdge = self.edges[e]  # type: ignore[assignment]
-                x_relu = None
-                if any(edge.needs_relu[i] for i in ops):
-                    if relus[src] is None:
-                        relus[src] = F.relu(states[src])
-                    x_relu = relus[src]
-                h = edge(states[src], x_relu, rows[e].unbind(0), ops)
+                h = self.edges[e](states[src], rows[e].unbind(0), ops)
                 acc = h if acc is None else acc + h
             if acc is None:  # every incoming op pruned: the node outputs zeros
-                ref = states[1]
+                ref = states[1].x
                 h, w = ref.shape[-2:]
                 if self.reduction:
                     h, w = (h + 1) // 2, (w + 1) // 2
                 acc = ref.new_zeros((ref.shape[0], self.channels, h, w))
-            states.append(acc)
-        return torch.cat(states[2:], dim=1)
+            states.append(StateCache(acc))
+        return torch.cat([s.x for s in states[2:]], dim=1)
+
+
+def _frozen_bn_stats(module: nn.Module) -> AbstractContextManager[None]:
+    """During a checkpointed cell's recomputation, BN must not update its running statistics a
+    second time: momentum 0 keeps them unchanged while batch statistics are still used."""
+
+    @contextmanager
+    def ctx() -> Iterator[None]:
+        bns = [m for m in module.modules() if isinstance(m, nn.BatchNorm2d)]
+        saved = [bn.momentum for bn in bns]
+        for bn in bns:
+            bn.momentum = 0.0
+        try:
+            yield
+        finally:
+            for bn, momentum in zip(bns, saved):
+                bn.momentum = momentum
+
+    return ctx()
 
 
 class SuperNetwork(nn.Module):
@@ -124,6 +171,7 @@ class SuperNetwork(nn.Module):
             for s in self.shapes
         )
         self.classifier = nn.Linear(self.shapes[-1].out_channels, num_classes)
+        self.checkpoint_cells = False
         self.exit_heads = nn.ModuleDict(
             {str(i): nn.Linear(self.shapes[i].out_channels, num_classes) for i in exit_cells if i != layers - 1}
         )
@@ -145,7 +193,13 @@ class SuperNetwork(nn.Module):
         upto = self.layers if upto is None else upto
         s0 = s1 = self.stem(x)
         for i in range(upto):
-            s0, s1 = s1, self.cells[i](s0, s1, cell_weights[i], cell_active[i])
+            cell = self.cells[i]
+            if self.checkpoint_cells and torch.is_grad_enabled():
+                out = checkpoint(cell, s0, s1, cell_weights[i], cell_active[i], use_reentrant=False,
+                                 context_fn=lambda cell=cell: (nullcontext(), _frozen_bn_stats(cell)))
+            else:
+                out = cell(s0, s1, cell_weights[i], cell_active[i])
+            s0, s1 = s1, out
         out = F.adaptive_avg_pool2d(s1, 1).flatten(1)
         head = self.classifier if upto == self.layers else self.exit_heads[str(upto - 1)]
         return head(out)

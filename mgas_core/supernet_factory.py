@@ -27,5 +27,10 @@ def build_supernet(
         cls: type[nn.Module] = ReferenceSuperNetwork
     else:
         cls = SuperNetwork
-    return cls(primitives, settings.channels, settings.layers, info.num_classes, info.in_channels,
-               settings.nodes, 3, exit_cells)
+    net = cls(primitives, settings.channels, settings.layers, info.num_classes, info.in_channels,
+              settings.nodes, 3, exit_cells)
+    if settings.checkpoint_cells:
+        if settings.impl == "reference":
+            raise ValueError("checkpoint_cells needs impl=fast")
+        net.checkpoint_cells = True
+    return net

@@ -147,7 +147,8 @@ def run_search(
                 if method.finished:
                     break
         # the epoch's model is judged before end-of-epoch changes (pruning, a new stage's head)
-        val_acc = evaluate(method.predict, method.model, splits.val, batch, device, workers)
+        val_acc = evaluate(lambda t: method.predict(t.contiguous(memory_format=method.memory_format)),
+                           method.model, splits.val, batch, device, workers)
         with watch:
             events = method.end_of_epoch(epoch)
         record = {

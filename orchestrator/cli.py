@@ -111,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="plots, tables and an HTML report from a results folder")
     report.add_argument("results", type=Path, help="results folder (one experiment or a folder of experiments)")
     report.add_argument("--out", type=Path, help="where to write the report (default RESULTS/report)")
+    report.add_argument("--published", type=Path,
+                        help="published reference numbers (default experiments/reference/published.yaml)")
     return parser
 
 
@@ -207,9 +209,13 @@ def _cmd_run(args: argparse.Namespace) -> None:
 
 
 def _cmd_report(args: argparse.Namespace) -> None:
+    from analysis.load import AnalysisError
     from analysis.report import report_command
 
-    report_command(args.results, args.out)
+    try:
+        report_command(args.results, args.out, args.published)
+    except AnalysisError as exc:
+        raise UserInputError(str(exc)) from exc
 
 
 COMMANDS = {"info": _cmd_info, "search": _cmd_search, "train": _cmd_train, "run": _cmd_run, "report": _cmd_report}

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, ClassVar
 
 import torch
@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from mgas_core.arch import Architecture
 from mgas_core.config import SearchSettings
 from mgas_core.data import Batch, DatasetInfo
+from mgas_core.errors import UserInputError
 
 Event = dict[str, Any]
 
@@ -38,6 +39,20 @@ class SearchMethod(ABC):
         self.seed = seed
         self.events: list[Event] = []
         self.epoch = 0
+        self.memory_format = resolve_memory_format(settings)
+        if settings.precision == "bf16" and device.type != "cuda":
+            raise UserInputError("search.precision=bf16 needs a CUDA device; allowed on CPU: fp32")
+
+    def to_device(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        """Move a batch to the device in the supernet's activation layout."""
+        x = batch[0].to(self.device, memory_format=self.memory_format)
+        return x, batch[1].to(self.device)
+
+    def autocast(self) -> AbstractContextManager[Any]:
+        """bf16 autocast of forward passes when ``precision=bf16`` (CUDA), else a no-op."""
+        if self.settings.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return nullcontext()
 
     # --- the protocol -------------------------------------------------------------------------
     model: nn.Module
@@ -133,7 +148,17 @@ def create_method(settings: SearchSettings, info: DatasetInfo, device: torch.dev
 
     if settings.method not in METHOD_REGISTRY:
         raise ValueError(f"unknown method {settings.method!r}; allowed: {', '.join(sorted(METHOD_REGISTRY))}")
-    return METHOD_REGISTRY[settings.method](settings, info, device, seed)
+    method = METHOD_REGISTRY[settings.method](settings, info, device, seed)
+    method.model.to(memory_format=method.memory_format)
+    return method
+
+
+def resolve_memory_format(settings: SearchSettings) -> torch.memory_format:
+    """``auto`` is channels-last for the optimised supernet (measured faster: benchmarks/RESULTS.md)
+    and contiguous for the reference one, which mirrors the official code."""
+    if settings.memory_format == "channels_last" or (settings.memory_format == "auto" and settings.impl == "fast"):
+        return torch.channels_last
+    return torch.contiguous_format
 
 
 # --- helpers shared by the methods ------------------------------------------------------------

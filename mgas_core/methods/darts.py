@@ -90,22 +90,24 @@ class Darts(SearchMethod):
         set_lr(self.w_opt, cosine_lr(s.w_lr, s.w_lr_min, epoch, s.epochs))
 
     def train_step(self, batch: Batch, arch_batch: Batch | None = None) -> dict[str, float]:
-        x, y = batch[0].to(self.device), batch[1].to(self.device)
+        x, y = self.to_device(batch)
         if arch_batch is not None:
-            xa, ya = arch_batch[0].to(self.device), arch_batch[1].to(self.device)
+            xa, ya = self.to_device(arch_batch)
             self.a_opt.zero_grad(set_to_none=True)
             if self.settings.darts.order == 2:
                 grads = self.unrolled_alpha_grads(x, y, xa, ya)
             else:
-                loss_a = F.cross_entropy(self.model(xa), ya)
+                with self.autocast():
+                    loss_a = F.cross_entropy(self.model(xa), ya)
                 grads = list(torch.autograd.grad(loss_a, self.model.arch_parameters(), materialize_grads=True))
             for p, g in zip(self.model.arch_parameters(), grads):
                 p.grad = g
             self.a_opt.step()
         self.w_opt.zero_grad(set_to_none=True)
         with frozen(self.model.arch_parameters()):
-            logits = self.model(x)
-            loss = F.cross_entropy(logits, y)
+            with self.autocast():
+                logits = self.model(x)
+                loss = F.cross_entropy(logits, y)
             loss.backward()
         clip_and_step(self.w_opt, self.model.weight_parameters(), self.settings.grad_clip)
         return {"loss": float(loss.detach()), "acc": accuracy(logits.detach(), y)}
@@ -116,8 +118,10 @@ class Darts(SearchMethod):
     ) -> Tensor:
         net = self.model.net
         buffers = {k: v.clone() for k, v in net.named_buffers()}  # virtual passes leave BN stats alone
-        logits = functional_call(net, {**params, **buffers}, (x, self.model.cell_weights(alphas), self.model.active))
-        return F.cross_entropy(logits, y)
+        with self.autocast():
+            logits = functional_call(net, {**params, **buffers},
+                                     (x, self.model.cell_weights(alphas), self.model.active))
+            return F.cross_entropy(logits, y)
 
     def unrolled_alpha_grads(self, x: Tensor, y: Tensor, xa: Tensor, ya: Tensor) -> list[Tensor]:
         """d L_val(w'(alpha), alpha) / d alpha with the finite-difference Hessian-vector product."""

@@ -142,11 +142,12 @@ class GoldNas(SearchMethod):
         return total
 
     def train_step(self, batch: Batch, arch_batch: Batch | None = None) -> dict[str, float]:
-        x, y = batch[0].to(self.device), batch[1].to(self.device)
+        x, y = self.to_device(batch)
         self.w_opt.zero_grad(set_to_none=True)
         self.a_opt.zero_grad(set_to_none=True)
-        logits = self.model(x)
-        ce = F.cross_entropy(logits, y)
+        with self.autocast():
+            logits = self.model(x)
+            ce = F.cross_entropy(logits, y)
         loss = ce + self.controller.value * self.cost()
         loss.backward()
         clip_and_step(self.w_opt, list(self.model.net.parameters()), self.settings.grad_clip)

@@ -22,6 +22,7 @@ within ``tolerance`` of the target.
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any
 
@@ -134,6 +135,7 @@ class Mgas(SearchMethod):
         self.reached: dict[str, Any] | None = None
         self.ratios = remaining_ratios(net, self.model.op_masks(), self.model.alive, self.granularities)
         self.lr = settings.w_lr
+        self.backtracks = 0
         self._build_optimizers()
 
     # --- structure ------------------------------------------------------------------------------
@@ -239,28 +241,56 @@ class Mgas(SearchMethod):
         self.scope_size_start = self._scope_size()
 
     def train_step(self, batch: Batch, arch_batch: Batch | None = None) -> dict[str, float]:
-        x, y = batch[0].to(self.device), batch[1].to(self.device)
+        x, y = self.to_device(batch)
         for opt in self.opts.values():
             opt.zero_grad(set_to_none=True)
         masks = self.model.op_masks()
-        logits = self.net(x, list(self.model.cell_weights().unbind(0)), self.model.active, self.upto)
-        ce = F.cross_entropy(logits, y)
+        with self.autocast():
+            logits = self.net(x, list(self.model.cell_weights().unbind(0)), self.model.active, self.upto)
+            ce = F.cross_entropy(logits, y)
         size = size_count(self.net, masks, range(self.upto)).to(ce.device)
         cost = size / self.full_size
         # no pruning pressure once the scope is at its share of the target (the forward value of
         # the size count is exact), so no stage can overshoot the target by itself
-        pressure = self.controller.value if float(size.detach()) > self.scope_goal() else 0.0
+        size_before, goal = float(size.detach()), self.scope_goal()
+        pressure = self.controller.value if size_before > goal else 0.0
         loss = ce + pressure * (cost + self.threshold_regulariser())
         loss.backward()
         nn.utils.clip_grad_norm_(self.weight_params, self.settings.grad_clip)
+        near = size_before <= 1.5 * goal
+        saved = self._arch_snapshot() if near else None
         for opt in self.opts.values():
             opt.step()
+        if saved is not None and fixed_count(self.net) + self._scope_size() < goal * (1 - self.cfg.undershoot):
+            self._backtrack(saved)
         if self.in_final_phase:
             self._check_target()
         return {"loss": float(loss.detach()), "ce": float(ce.detach()), "acc": accuracy(logits.detach(), y)}
 
     def predict(self, x: Tensor) -> Tensor:
         return self.model(x, self.upto)
+
+    # --- overshoot guard ------------------------------------------------------------------------
+    ARCH_OPTIMIZERS = ("alpha", "beta", "threshold")
+
+    def _arch_snapshot(self) -> dict[str, Any]:
+        params = [p for k in self.ARCH_OPTIMIZERS if k in self.opts
+                  for group in self.opts[k].param_groups for p in group["params"]]
+        return {"params": [(p, p.detach().clone()) for p in params],
+                "opts": {k: copy.deepcopy(self.opts[k].state_dict()) for k in self.ARCH_OPTIMIZERS if k in self.opts}}
+
+    def _backtrack(self, saved: dict[str, Any]) -> None:
+        """An architecture step that pruned the scope below its goal (minus ``undershoot``) is
+        undone and the architecture learning rates halve, so the size approaches the target from
+        above in ever smaller steps instead of jumping past it."""
+        with torch.no_grad():
+            for p, value in saved["params"]:
+                p.copy_(value)
+        for k, state in saved["opts"].items():
+            self.opts[k].load_state_dict(state)
+            for group in self.opts[k].param_groups:
+                group["lr"] *= 0.5
+        self.backtracks += 1
 
     # --- size and target --------------------------------------------------------------------------
     def _scope_size(self) -> float:
@@ -399,7 +429,7 @@ class Mgas(SearchMethod):
             gate.original = gate.beta.numel()
         for conv in weight_convs_of(fresh).values():
             conv.original_numel = conv.weight.numel()
-        cell.edges[e].ops[o] = fresh.to(self.device)
+        cell.edges[e].ops[o] = fresh.to(self.device, memory_format=self.memory_format)
         with torch.no_grad():
             self.model.alive[ci, e, o] = True
             t = float(self.model.op_threshold.t[ci, 0, o])
@@ -446,7 +476,7 @@ class Mgas(SearchMethod):
         )
 
     def log_metrics(self) -> dict[str, Any]:
-        return {"lambda": self.controller.value, "stage": self.stage + 1,
+        return {"lambda": self.controller.value, "stage": self.stage + 1, "backtracks": self.backtracks,
                 "w_lr": self.lr, "size_estimate_m": self.estimated_size() / 1e6,
                 **{f"remaining_ratio_{k}": v for k, v in self.ratios.items()}}
 
@@ -460,7 +490,7 @@ class Mgas(SearchMethod):
         return {"controller": self.controller.state_dict(), "stage": self.stage,
                 "prune_history": [dict(r) for r in self.prune_history], "generator": self.generator.get_state(),
                 "scope_size_start": self.scope_size_start, "reached": self.reached, "ratios": dict(self.ratios),
-                "optimizer_alive": self.optimizer_alive.clone()}
+                "optimizer_alive": self.optimizer_alive.clone(), "backtracks": self.backtracks}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         self.controller.load_state_dict(state["controller"])
@@ -469,6 +499,7 @@ class Mgas(SearchMethod):
         self.scope_size_start = float(state["scope_size_start"])
         self.reached = state["reached"]
         self.ratios = dict(state["ratios"])
+        self.backtracks = int(state["backtracks"])
 
     def prepare_load(self, state: dict[str, Any]) -> None:
         """Shrink freshly built modules to the saved widths, then rebuild the saved stage's optimisers."""

@@ -321,9 +321,9 @@ def derive_cells(
                     if live:
                         node_ops.append((OpSpec(net.primitives[o], src, node, widths if record_widths else None),
                                          masks))
-            if not node_ops:  # keep the node: its best alive op from a cell input, at >= 1 channel
+            if not node_ops:  # keep the node: its best alive op, at >= 1 channel
                 spec, masks = _fallback_op(net, ci, node, alive, scores, record_widths)
-                if not pre_info[spec.input][1]:
+                if spec.input < 2 and not pre_info[spec.input][1]:
                     pre_info[spec.input] = (derive_op(pres[spec.input], "preprocess", force=True)[0], True)
                 node_ops.append((spec, masks))
             chosen.extend(node_ops)
@@ -343,12 +343,13 @@ def _fallback_op(net: SuperNetwork, ci: int, node: int, alive: Tensor, scores: T
                  record_widths: bool) -> tuple[OpSpec, dict[str, Tensor]]:
     topo = net.topology
     best: tuple[int, int] | None = None
-    for e in range(topo.node_edges[node].start, topo.node_edges[node].start + 2):  # edges from s0, s1
+    # earlier nodes always have an op (this fallback runs node by node), so any incoming edge works
+    for e in range(topo.node_edges[node].start, topo.node_edges[node].stop):
         for o in range(len(net.primitives)):
             if bool(alive[ci, e, o]) and (best is None or scores[ci, e, o] > scores[ci, best[0], best[1]]):
                 best = (e, o)
     if best is None:
-        raise RuntimeError(f"cell {ci} node {node} has no alive op from the cell inputs")
+        raise RuntimeError(f"cell {ci} node {node} has no alive op (pruning keeps one per node)")
     e, o = best
     widths, masks, _ = derive_op(net.cells[ci].edges[e].ops[o], net.primitives[o], force=True)
     return OpSpec(net.primitives[o], topo.edges[e].source, node, widths if record_widths else None), masks

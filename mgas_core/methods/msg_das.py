@@ -131,10 +131,11 @@ class MsgDas(SearchMethod):
     def subgraph_loss(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         """Mean over sub-graphs of CE + distillation; also the ensemble logits."""
         cfg = self.cfg
-        logits = [self.model.net(x, w, a) for w, a in self.sample_subgraphs()]
+        with self.autocast():
+            logits = [self.model.net(x, w, a).float() for w, a in self.sample_subgraphs()]
         if cfg.teacher == "supernet":
-            with torch.no_grad():
-                teacher = self.model(x)
+            with torch.no_grad(), self.autocast():
+                teacher = self.model(x).float()
         else:
             teacher = torch.stack(logits).mean(0).detach()
         t = cfg.distill_temperature
@@ -146,9 +147,9 @@ class MsgDas(SearchMethod):
         return loss / len(logits), torch.stack(logits).mean(0).detach()
 
     def train_step(self, batch: Batch, arch_batch: Batch | None = None) -> dict[str, float]:
-        x, y = batch[0].to(self.device), batch[1].to(self.device)
+        x, y = self.to_device(batch)
         if arch_batch is not None:
-            xa, ya = arch_batch[0].to(self.device), arch_batch[1].to(self.device)
+            xa, ya = self.to_device(arch_batch)
             self.a_opt.zero_grad(set_to_none=True)
             loss_a, _ = self.subgraph_loss(xa, ya)
             grads = torch.autograd.grad(loss_a, self.model.arch_parameters(), materialize_grads=True)

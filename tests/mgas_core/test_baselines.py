@@ -48,17 +48,32 @@ def test_msg_das_subgraphs_are_mutually_exclusive_and_alphas_get_gradient():
         assert a.grad is not None and torch.count_nonzero(a.grad) > 0
 
 
-def test_single_subgraph_runs_exactly_one_op_per_edge():
+def test_single_subgraph_runs_exactly_one_op_per_edge(monkeypatch):
+    from mgas_core.ops import Pool
+    from mgas_core.supernet import MixedEdge
+
     method, splits = make(tiny(search__method="msg_das", search__msg_das__subgraphs=1))
     calls = []
     for cell in method.model.net.cells:
         for edge in cell.edges:
             for op in edge.ops:
                 op.register_forward_hook(lambda m, a, o, edge=edge: calls.append(id(edge)))
+    original_normalize, original_edge = Pool.normalize, MixedEdge.forward
+    monkeypatch.setattr(Pool, "normalize", lambda self, pooled, scale=None: (
+        calls.append(id(self._edge_id)) if hasattr(self, "_edge_id") else None) or original_normalize(self, pooled, scale))
+    for cell in method.model.net.cells:
+        for edge in cell.edges:
+            for op in edge.ops:
+                if isinstance(op, Pool):
+                    op._edge_id = edge
+    lengths = []
+    monkeypatch.setattr(MixedEdge, "forward", lambda self, state, w, active: (
+        lengths.append(len(active)), original_edge(self, state, w, active))[1])
     x, y = splits.train.tensors[0][:8], splits.train.tensors[1][:8]
     method.train_step((x, y))
     edges = 3 * method.model.net.topology.num_edges
-    assert len(calls) == edges and len(set(calls)) == edges
+    assert lengths == [1] * edges  # one sub-graph, one op per edge
+    assert len(calls) == edges and len(set(calls)) == edges  # exactly one op module ran on every edge
 
 
 def test_dropblock_identity_rate_in_training_and_identity_in_eval():
@@ -149,13 +164,36 @@ def test_gold_nas_node_keeps_one_op():
 
 
 def test_gold_nas_snapshots_strictly_decrease():
-    settings = tiny(search__method="gold_nas", search__epochs=20, search__gold_nas__control__lambda0=0.1,
-                    search__gold_nas__n0=8)
+    settings = tiny(search__method="gold_nas", search__epochs=30, search__gold_nas__control__lambda0=0.1,
+                    search__gold_nas__n0=4)
     result = run_search(settings, load_splits(settings.data), torch.device("cpu"))
     snaps = result.summary["snapshots"]
     sizes = [s["params"] for s in snaps]
-    assert len(snaps) >= 3 and sizes == sorted(sizes, reverse=True) and len(set(sizes)) == len(sizes)
+    assert len(snaps) >= 2 and sizes == sorted(sizes, reverse=True) and len(set(sizes)) == len(sizes)
     assert snaps[-1]["final"] and all(s["arch"].cells for s in snaps)
+
+
+def test_gold_nas_snapshots_when_pruning_resumes_after_a_plateau(monkeypatch):
+    method, _ = make(tiny(search__method="gold_nas", search__epochs=10, search__layers=3))
+    script = iter([3, 0, 0, 2, 0, 4, 1, 0, 0, 0])  # ops pruned per epoch (one pass each)
+    ops = [(ci, e, o) for ci in range(3) for e in range(5) for o in range(7)]
+
+    def scripted_pass():
+        n = next(script, 0)
+        for _ in range(n):
+            ci, e, o = ops.pop()
+            method.model.alive[ci, e, o] = False
+        return n
+
+    monkeypatch.setattr(method, "prune_pass", scripted_pass)
+    monkeypatch.setattr(method.cfg, "n0", 1)
+    snap_epochs = []
+    for epoch in range(10):
+        method.begin_epoch(epoch)
+        events = method.end_of_epoch(epoch)
+        snap_epochs += [e["epoch"] for e in events if e["type"] == "snapshot"]
+    # resumes at epochs 3 and 5 (after zero-prune epochs 1-2 and 4); the final snapshot at epoch 9
+    assert snap_epochs[:2] == [3, 5] and snap_epochs[-1] == 9
 
 
 def test_gold_nas_stops_at_the_floor():

@@ -1,0 +1,130 @@
+"""Figures: Pareto trade-offs, remaining-ratio curves, search cost/memory bars, ablations.
+
+Every function writes ``<name>.png`` and ``<name>.pdf`` into a folder and returns the PNG path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from analysis.aggregate import front_steps, pareto_front
+
+METHOD_STYLE = {
+    "darts": ("#1f77b4", "o", "DARTS"),
+    "gold_nas": ("#ff7f0e", "s", "GOLD-NAS"),
+    "msg_das": ("#2ca02c", "^", "MSG-DAS"),
+    "mgas": ("#d62728", "D", "MGAS"),
+}
+FALLBACK = [("#9467bd", "v"), ("#8c564b", "P"), ("#e377c2", "X"), ("#7f7f7f", "*")]
+
+
+def style(method: str, index: int = 0) -> tuple[str, str, str]:
+    if method in METHOD_STYLE:
+        return METHOD_STYLE[method]
+    colour, marker = FALLBACK[index % len(FALLBACK)]
+    return colour, marker, method
+
+
+def _save(fig: plt.Figure, folder: Path, name: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    png = folder / f"{name}.png"
+    fig.savefig(png, dpi=130, bbox_inches="tight")
+    fig.savefig(folder / f"{name}.pdf", bbox_inches="tight")
+    plt.close(fig)
+    return png
+
+
+def pareto_plot(agg: pd.DataFrame, folder: Path, cost: str = "nonzero_params_m", name: str = "pareto",
+                xlabel: str = "nonzero parameters (M)") -> Path:
+    """Test accuracy vs ``cost`` per configuration (mean ± std over seeds); the front of every
+    dataset as a step line, dominated points faded."""
+    datasets = sorted(agg["dataset"].unique())
+    fig, axes = plt.subplots(1, len(datasets), figsize=(6.2 * len(datasets), 4.6), squeeze=False)
+    for ax, dataset in zip(axes[0], datasets):
+        sub = agg[agg["dataset"] == dataset].copy()
+        sub["acc_pct"] = sub["test_acc_mean"] * 100
+        on_front = pareto_front(sub, f"{cost}_mean", "acc_pct")
+        xs, ys = front_steps(sub, f"{cost}_mean", "acc_pct")
+        if len(xs):  # the front holds its best accuracy up to the largest model shown
+            right = float(sub[f"{cost}_mean"].max())
+            xs, ys = np.append(xs, max(right, xs[-1]) * 1.02), np.append(ys, ys[-1])
+            ax.step(xs, ys, where="post", color="black", linewidth=1.2, alpha=0.7, label="Pareto front", zorder=1)
+        for i, method in enumerate(sorted(sub["method"].unique())):
+            colour, marker, label = style(method, i)
+            m = sub[sub["method"] == method]
+            for front_flag, alpha in ((True, 1.0), (False, 0.35)):
+                pts = m[on_front[m.index] == front_flag]
+                if pts.empty:
+                    continue
+                ax.errorbar(pts[f"{cost}_mean"], pts["acc_pct"], yerr=pts["test_acc_std"] * 100,
+                            xerr=pts[f"{cost}_std"], fmt=marker, color=colour, alpha=alpha, markersize=7,
+                            capsize=3, linestyle="none", zorder=2,
+                            label=label if front_flag or m[on_front[m.index]].empty else None)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(f"{dataset}: accuracy vs {xlabel.split(' (')[0]}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+    return _save(fig, folder, name)
+
+
+def remaining_ratio_plot(curves: pd.DataFrame, folder: Path) -> Path | None:
+    """MGAS: remaining ratio of each granularity over search epochs, one line per trial."""
+    if curves.empty or "remaining_ratio_op" not in curves:
+        return None
+    sub = curves[(curves["method"] == "mgas") & (curves["phase"] == "search")]
+    if sub.empty:
+        return None
+    levels = ("op", "filter", "weight")
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8), sharey=True)
+    for ax, level in zip(axes, levels):
+        for trial_id, t in sub.groupby("trial_id"):
+            ax.plot(t["epoch"], t[f"remaining_ratio_{level}"], marker=".", label=trial_id)
+        ax.set_title(f"{level} level")
+        ax.set_xlabel("search epoch")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("remaining ratio (fraction of units kept)")
+    axes[-1].legend(fontsize=6, loc="lower left")
+    return _save(fig, folder, "remaining_ratio")
+
+
+def cost_memory_plot(agg: pd.DataFrame, folder: Path) -> Path:
+    """Mean search time and peak search memory per method (bars), per dataset."""
+    per = agg.groupby(["dataset", "method"]).agg(seconds=("search_time_s_mean", "mean"),
+                                                 mem=("search_peak_mem_mb_mean", "mean")).reset_index()
+    labels = [f"{style(m)[2]}\n{d}" for d, m in zip(per["dataset"], per["method"])]
+    colours = [style(m)[0] for m in per["method"]]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(max(8, 1.3 * len(per) * 2), 3.8))
+    a.bar(labels, per["seconds"] / 60, color=colours)
+    a.set_ylabel("search time (minutes)")
+    a.set_title("search cost per method")
+    b.bar(labels, per["mem"], color=colours)
+    b.set_ylabel("peak search memory (MB)")
+    b.set_title("peak memory per method")
+    for ax in (a, b):
+        ax.tick_params(axis="x", labelsize=8)
+        ax.grid(alpha=0.3, axis="y")
+    return _save(fig, folder, "search_cost_memory")
+
+
+def ablation_plot(table: pd.DataFrame, method: str, factor: str, folder: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    x = np.arange(len(table))
+    ax.bar(x, table["test_acc_mean"] * 100, yerr=table["test_acc_std"] * 100, color=style(method)[0], capsize=3)
+    ax.set_xticks(x, [str(v) for v in table[factor]], rotation=30, ha="right", fontsize=8)
+    ax.set_xlabel(factor)
+    ax.set_ylabel("test accuracy (%)")
+    low = float((table["test_acc_mean"] - table["test_acc_std"]).min() * 100)
+    ax.set_ylim(max(0.0, low - 5), 100)
+    ax2 = ax.twinx()
+    ax2.plot(x, table["nonzero_params_m_mean"], color="black", marker="o")
+    ax2.set_ylabel("nonzero parameters (M)")
+    ax.set_title(f"{style(method)[2]} ablation over {factor}")
+    return _save(fig, folder, f"ablation_{method}_{factor}")
