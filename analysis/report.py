@@ -93,7 +93,8 @@ def _html_report(results: Results, figures: dict[str, Path], sections: list) -> 
                      "".join(f"<li>{html.escape(s)}</li>" for s in results.skipped) + "</ul>")
     for key, path in figures.items():
         data = base64.b64encode(path.read_bytes()).decode("ascii")
-        parts.append(f"<h2>{html.escape(key.replace('_', ' '))}</h2><img alt='{key}' src='data:image/png;base64,{data}'>")
+        title = html.escape(key.replace("_", " "))
+        parts.append(f"<h2>{title}</h2><img alt='{key}' src='data:image/png;base64,{data}'>")
     for title, table, note in sections:
         parts.append(f"<h2>{html.escape(title)}</h2><p>{html.escape(note)}</p>{_html_table(table)}")
     parts.append("</body></html>")

@@ -59,8 +59,12 @@ def test_single_subgraph_runs_exactly_one_op_per_edge(monkeypatch):
             for op in edge.ops:
                 op.register_forward_hook(lambda m, a, o, edge=edge: calls.append(id(edge)))
     original_normalize, original_edge = Pool.normalize, MixedEdge.forward
-    monkeypatch.setattr(Pool, "normalize", lambda self, pooled, scale=None: (
-        calls.append(id(self._edge_id)) if hasattr(self, "_edge_id") else None) or original_normalize(self, pooled, scale))
+
+    def counting_normalize(self, pooled, scale=None):
+        calls.append(id(self._edge_id))
+        return original_normalize(self, pooled, scale)
+
+    monkeypatch.setattr(Pool, "normalize", counting_normalize)
     for cell in method.model.net.cells:
         for edge in cell.edges:
             for op in edge.ops:
