@@ -24,9 +24,10 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
+# The main job: the quickstart sweep on embedded Ray, then its report (plot + Markdown + HTML).
 quickstart: $(STAMP)
-	$(BIN)/mgas search --method darts --dataset digits --preset tiny --out runs/quickstart/search
-	$(BIN)/mgas train --arch runs/quickstart/search/arch.json --dataset digits --preset tiny --out runs/quickstart/train
+	$(BIN)/mgas run experiments/quickstart.yaml
+	$(BIN)/mgas report results/quickstart
 
 clean:
-	rm -rf runs .pytest_cache
+	rm -rf runs results .pytest_cache

@@ -62,12 +62,13 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                for _ in range(2)]
     arch_batch = batches[1] if method.bilevel else None
     method.begin_epoch(0)
+    # memory held before any step (model, optimiser, data): the peak above it is what a step needs
+    baseline = current_rss_mb() if device.type == "cpu" else torch.cuda.memory_allocated(device) / 2**20
+    memory = PeakMemory(device)
     for _ in range(args.warmup):
         method.train_step(batches[0], arch_batch)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    baseline = current_rss_mb() if device.type == "cpu" else torch.cuda.memory_allocated(device) / 2**20
-    memory = PeakMemory(device)
     start = time.perf_counter()
     for _ in range(args.steps):
         method.train_step(batches[0], arch_batch)
@@ -79,7 +80,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "method": args.method, "impl": args.impl, "layers": args.layers, "channels": args.channels,
         "batch": args.batch, "resolution": args.resolution, "steps": args.steps, "threads": args.threads,
         "device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "memory_format": args.memory_format, "precision": args.precision, "order": args.order,
+        "memory_format": "channels_last" if method.memory_format == torch.channels_last else "contiguous",
+        "precision": args.precision, "order": args.order,
         "subgraphs": args.subgraphs if args.method == "msg_das" else None,
         "mgas_stage": args.mgas_stage if args.method == "mgas" else None,
         "cells_run": getattr(method, "upto", args.layers),

@@ -156,6 +156,8 @@ class RetrainSettings(Strict):
     target_params: float | None = Field(
         None, gt=0, description="scale a genotype's width so the network has about this many M params"
     )
+    memory_format: Literal["auto", "contiguous", "channels_last"] = Field(
+        "auto", description="activation layout; auto = channels_last (measured faster)")
 
 
 class RunSettings(Strict):
@@ -172,20 +174,26 @@ class RunSettings(Strict):
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {},
     "tiny": {
-        "search.epochs": 12,
-        "search.layers": 5,
+        # CPU-sized: a 4-cell, 3-node, C=8 supernet on 8x8 digits; minutes per search on 2 cores
+        "search.epochs": 8,
+        "search.layers": 4,
+        "search.nodes": 3,
         "search.channels": 8,
-        "search.batch_size": 64,
+        "search.batch_size": 96,
         "search.w_lr": 0.05,
         "search.darts.order": 1,
         "search.darts.alpha_lr": 3e-3,
         "search.msg_das.alpha_lr": 0.03,
         "search.gold_nas.w_lr": 0.05,
+        "search.gold_nas.control.lambda0": 0.05,
         "search.mgas.stages": 3,
-        "retrain.epochs": 30,
-        "retrain.channels": 16,
-        "retrain.layers": 5,
-        "retrain.batch_size": 64,
+        "search.mgas.stage_epochs": 1,
+        "search.mgas.final_epochs": 6,
+        "search.mgas.control.lambda0": 0.2,
+        "retrain.epochs": 15,
+        "retrain.channels": 12,
+        "retrain.layers": 4,
+        "retrain.batch_size": 96,
         "retrain.lr": 0.05,
         "retrain.cutout": 0,
         "retrain.drop_path": 0.1,

@@ -1,8 +1,8 @@
 """Safe, atomic file I/O: every write goes to a temp file in the same folder, then ``os.replace``.
 
-Checkpoints are ``torch.save`` files loaded with ``weights_only=True`` (no pickled code) and
-carry a SHA-256 sidecar so truncation or tampering is detected before loading. Weight masks use
-safetensors.
+Checkpoints are ``torch.save`` payloads loaded with ``weights_only=True`` (no pickled code),
+preceded in the same file by their SHA-256, so truncation or tampering is detected before
+loading. Weight masks use safetensors.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save
 
-CHECKSUM_SUFFIX = ".sha256"
+CHECKPOINT_MAGIC = b"MGAS-CHECKPOINT-V1\n"  # then 32 bytes of SHA-256, then the torch.save payload
+PREVIOUS_SUFFIX = ".prev"
 
 
 class CorruptFileError(RuntimeError):
@@ -58,27 +59,45 @@ def load_tensor_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> Path:
-    """Atomically write ``state`` (tensors and plain Python values only) with a checksum sidecar."""
+    """Atomically write ``state`` (tensors and plain Python values only) as one self-checking
+    file: a magic line, the SHA-256 of the payload, then the ``torch.save`` payload."""
     buf = io.BytesIO()
     torch.save(state, buf)
     data = buf.getvalue()
+    return atomic_write_bytes(path, CHECKPOINT_MAGIC + hashlib.sha256(data).digest() + data)
+
+
+def save_checkpoint_keeping_previous(state: dict[str, Any], path: str | os.PathLike[str]) -> Path:
+    """:func:`save_checkpoint`, first moving the current file aside to ``<path>.prev`` (one atomic
+    rename), so at every instant a complete checkpoint exists under one of the two names."""
     path = Path(path)
-    digest = hashlib.sha256(data).hexdigest()
-    # the sidecar names the digest of the data file; write data first so a crash between the two
-    # leaves a mismatch (detected) rather than a silently wrong pair
-    atomic_write_bytes(path, data)
-    atomic_write_text(path.with_name(path.name + CHECKSUM_SUFFIX), digest + "\n")
-    return path
+    if path.exists():
+        os.replace(path, path.with_name(path.name + PREVIOUS_SUFFIX))
+    return save_checkpoint(state, path)
+
+
+def load_first_good(paths: list[Path]) -> tuple[dict[str, Any] | None, Path | None, list[str]]:
+    """The first of ``paths`` that exists and loads; also every problem met on the way."""
+    problems: list[str] = []
+    for path in paths:
+        if not path.exists():
+            continue
+        try:
+            return load_checkpoint(path), path, problems
+        except (CorruptFileError, OSError) as exc:
+            problems.append(str(exc))
+    return None, None, problems
 
 
 def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint written by :func:`save_checkpoint`; raise :class:`CorruptFileError` if bad."""
+    """Load a checkpoint written by :func:`save_checkpoint` (checksum verified) or a plain
+    ``torch.save`` file; tensors and plain values only (``weights_only=True``). Raises
+    :class:`CorruptFileError` for a truncated, modified or unsafe file."""
     path = Path(path)
     data = path.read_bytes()
-    sidecar = path.with_name(path.name + CHECKSUM_SUFFIX)
-    if sidecar.exists():
-        expected = sidecar.read_text().strip()
-        if hashlib.sha256(data).hexdigest() != expected:
+    if data.startswith(CHECKPOINT_MAGIC):
+        digest, data = data[len(CHECKPOINT_MAGIC): len(CHECKPOINT_MAGIC) + 32], data[len(CHECKPOINT_MAGIC) + 32:]
+        if hashlib.sha256(data).digest() != digest:
             raise CorruptFileError(f"{path}: checksum mismatch (truncated or modified)")
     try:
         return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)

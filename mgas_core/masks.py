@@ -71,20 +71,23 @@ class FilterGate(nn.Module):
         super().__init__()
         self.beta = nn.Parameter(torch.zeros(channels))
         self.threshold = LearnedThreshold(threshold_init)
+        self.cached: tuple[Tensor, Tensor] | None = None  # (score, mask) batched for one step
 
     def score(self) -> Tensor:
-        return torch.sigmoid(self.beta)
+        return self.cached[0] if self.cached is not None else torch.sigmoid(self.beta)
 
     def mask(self) -> Tensor:
+        if self.cached is not None:
+            return self.cached[1]
         return self.threshold.mask(self.score())
 
     def scale(self) -> Tensor:
-        score = self.score()
-        return score * self.threshold.mask(score)
+        return self.score() * self.mask()
 
     def keep(self, index: Tensor) -> None:
         """Physically drop the channels not in ``index`` (filter shrinking)."""
-        self.beta = nn.Parameter(self.beta.detach()[index].clone())
+        self.beta = nn.Parameter(self.beta.detach()[index.to(self.beta.device)].clone())
+        self.cached = None
 
 
 def remaining_ratio(masks: list[Tensor]) -> float:

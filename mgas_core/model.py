@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mgas_core.arch import Architecture, ArchitectureError, CellArch
-from mgas_core.ops import FactorizedReduce, Identity, MaskableConv2d, ReLUConvBN, build_op
+from mgas_core.ops import FactorizedReduce, Identity, MaskableConv2d, ReLUConvBN, Stem, build_op
 from mgas_core.space import network_cells
 
 
@@ -140,25 +140,8 @@ class EvalNetwork(nn.Module):
         self.variant = variant
         self.drop_path_prob = 0.0
         cells = arch.cells_for(layers)
-        if variant == "cifar":
-            stem_c = 3 * channels
-            self.stem = nn.Sequential(nn.Conv2d(in_channels, stem_c, 3, padding=1, bias=False), nn.BatchNorm2d(stem_c))
-            first_reduction_prev = False
-        else:
-            stem_c = channels
-            self.stem0 = nn.Sequential(
-                nn.Conv2d(in_channels, channels // 2, 3, stride=2, padding=1, bias=False),
-                nn.BatchNorm2d(channels // 2),
-                nn.ReLU(inplace=True),
-                nn.Conv2d(channels // 2, channels, 3, stride=2, padding=1, bias=False),
-                nn.BatchNorm2d(channels),
-            )
-            self.stem1 = nn.Sequential(
-                nn.ReLU(inplace=True),
-                nn.Conv2d(channels, channels, 3, stride=2, padding=1, bias=False),
-                nn.BatchNorm2d(channels),
-            )
-            first_reduction_prev = True
+        self.stem = Stem(in_channels, channels, variant)
+        stem_c, first_reduction_prev = self.stem.out_channels, self.stem.reduces_first_input
         shapes = network_cells(channels, layers, 4, stem_c, first_reduction_prev, [len(c.concat) for c in cells])
         self.cells = nn.ModuleList()
         self.aux_position = 2 * layers // 3
@@ -177,11 +160,7 @@ class EvalNetwork(nn.Module):
             apply_weight_masks(self, arch.masks)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
-        if self.variant == "cifar":
-            s0 = s1 = self.stem(x)
-        else:
-            s0 = self.stem0(x)
-            s1 = self.stem1(s0)
+        s0, s1 = self.stem(x)
         logits_aux = None
         for i, cell in enumerate(self.cells):
             s0, s1 = s1, cell(s0, s1, self.drop_path_prob)

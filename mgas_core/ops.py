@@ -52,10 +52,13 @@ class MaskableConv2d(nn.Conv2d):
         super().__init__(c_in, c_out, kernel_size, stride, padding, dilation, groups, bias=False)
         self.register_buffer("weight_mask", None)
         self.weight_threshold: LearnedThreshold | None = None
+        self.cached_mask: Tensor | None = None  # batched for one step by the MGAS unit batcher
 
     def learned_weight_mask(self) -> Tensor | None:
         if self.weight_threshold is None:
             return None
+        if self.cached_mask is not None:
+            return self.cached_mask
         return self.weight_threshold.mask(self.weight.abs())
 
     def effective_weight(self) -> Tensor:
@@ -102,7 +105,10 @@ def batch_norm(x: Tensor, bn: nn.BatchNorm2d, scale: Tensor | None) -> Tensor:
     if bn.affine:
         raise ValueError("an architecture scale can only be folded into an affine-free BatchNorm")
     if scale.dim() == 0:
-        scale = scale.expand(x.shape[1])
+        # materialised: CPU BN backward returns a wrong input gradient for a stride-0 (expanded)
+        # weight when the input is channels-last and grad_output is not (torch 2.14; caught by
+        # tests/mgas_core/test_supernet_equivalence.py)
+        scale = scale.expand(x.shape[1]).contiguous()
     if bn.training and bn.track_running_stats:
         bn.num_batches_tracked.add_(1)
     use_batch_stats = bn.training or bn.running_mean is None
@@ -374,6 +380,55 @@ class Zero(nn.Module):
     def forward(self, x: Tensor, x_relu: Tensor | None = None, scale: Tensor | None = None) -> Tensor:
         out = x.mul(0.0) if self.stride == 1 else x[:, :, :: self.stride, :: self.stride].mul(0.0)
         return out if scale is None else out * scale
+
+
+class Stem(nn.Module):
+    """The network stem; returns the two states the first cell reads.
+
+    ``cifar``: one 3x3 conv to ``3C`` channels + BN (both states are its output). ``imagenet``
+    (DARTS ``NetworkImageNet``): stem0 = two stride-2 convs to C, stem1 = ReLU, stride-2 conv;
+    the first cell reads stem0 (1/4 resolution) and stem1 (1/8).
+    """
+
+    def __init__(self, in_channels: int, channels: int, variant: str = "cifar") -> None:
+        super().__init__()
+        if variant not in ("cifar", "imagenet"):
+            raise ValueError(f"variant must be 'cifar' or 'imagenet', got {variant!r}")
+        self.variant = variant
+        if variant == "cifar":
+            self.out_channels = 3 * channels
+            self.stem = nn.Sequential(nn.Conv2d(in_channels, self.out_channels, 3, padding=1, bias=False),
+                                      nn.BatchNorm2d(self.out_channels))
+        else:
+            self.out_channels = channels
+            self.stem0 = nn.Sequential(
+                nn.Conv2d(in_channels, channels // 2, 3, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(channels // 2),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(channels // 2, channels, 3, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(channels),
+            )
+            self.stem1 = nn.Sequential(
+                nn.ReLU(inplace=True),
+                nn.Conv2d(channels, channels, 3, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(channels),
+            )
+
+    @property
+    def reduces_first_input(self) -> bool:
+        """True when the first cell's ``s0`` has twice the resolution of ``s1`` (imagenet)."""
+        return self.variant == "imagenet"
+
+    def resolution(self, image_size: int) -> int:
+        """Resolution of the state the first cell computes at."""
+        return image_size if self.variant == "cifar" else max(1, image_size // 8)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        if self.variant == "cifar":
+            s = self.stem(x)
+            return s, s
+        s0 = self.stem0(x)
+        return s0, self.stem1(s0)
 
 
 def _keep_bn(owner: nn.Module, name: str, positions: Tensor) -> None:

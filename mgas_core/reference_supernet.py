@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mgas_core.ops import Stem
 from mgas_core.space import CellTopology, network_cells
 
 
@@ -111,16 +112,18 @@ class ReferenceSuperNetwork(nn.Module):
 
     def __init__(self, primitives: Sequence[str], channels: int, layers: int, num_classes: int,
                  in_channels: int = 3, nodes: int = 4, stem_multiplier: int = 3,
-                 exit_cells: Sequence[int] = ()) -> None:
+                 exit_cells: Sequence[int] = (), variant: str = "cifar") -> None:
         super().__init__()
         if exit_cells:
             raise ValueError("the reference supernet has no stage heads (multi-stage search needs impl=fast)")
         self.primitives = tuple(primitives)
         self.topology = CellTopology(nodes)
         self.layers = layers
-        stem_c = stem_multiplier * channels
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, stem_c, 3, padding=1, bias=False), nn.BatchNorm2d(stem_c))
-        self.shapes = network_cells(channels, layers, nodes, stem_c)
+        if stem_multiplier != 3:
+            raise ValueError("the DARTS stem has 3C channels (stem_multiplier=3)")
+        self.stem = Stem(in_channels, channels, variant)
+        self.shapes = network_cells(channels, layers, nodes, self.stem.out_channels,
+                                    self.stem.reduces_first_input)
         self.cells = nn.ModuleList(
             _Cell(self.topology, primitives, s.c_prev_prev, s.c_prev, s.channels, s.reduction, s.reduction_prev)
             for s in self.shapes
@@ -135,7 +138,7 @@ class ReferenceSuperNetwork(nn.Module):
         del cell_active
         if upto not in (None, self.layers):
             raise ValueError("the reference supernet always runs every cell")
-        s0 = s1 = self.stem(x)
+        s0, s1 = self.stem(x)
         for cell, w in zip(self.cells, cell_weights):
             s0, s1 = s1, cell(s0, s1, w)
         return self.classifier(F.adaptive_avg_pool2d(s1, 1).flatten(1))

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from mgas_core.ops import FactorizedReduce, Pool, ReLUConvBN, build_op
+from mgas_core.ops import FactorizedReduce, Pool, ReLUConvBN, Stem, build_op
 from mgas_core.space import CellTopology, network_cells
 
 ActiveOps = Sequence[Sequence[int]]
@@ -156,6 +156,7 @@ class SuperNetwork(nn.Module):
         nodes: int = 4,
         stem_multiplier: int = 3,
         exit_cells: Sequence[int] = (),
+        variant: str = "cifar",
     ) -> None:
         super().__init__()
         self.primitives = tuple(primitives)
@@ -163,9 +164,11 @@ class SuperNetwork(nn.Module):
         self.layers = layers
         self.channels = channels
         self.num_classes = num_classes
-        stem_c = stem_multiplier * channels
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, stem_c, 3, padding=1, bias=False), nn.BatchNorm2d(stem_c))
-        self.shapes = network_cells(channels, layers, nodes, stem_c)
+        if stem_multiplier != 3:
+            raise ValueError("the DARTS stem has 3C channels (stem_multiplier=3)")
+        self.stem = Stem(in_channels, channels, variant)
+        self.shapes = network_cells(channels, layers, nodes, self.stem.out_channels,
+                                    self.stem.reduces_first_input)
         self.cells = nn.ModuleList(
             SearchCell(self.topology, primitives, s.c_prev_prev, s.c_prev, s.channels, s.reduction, s.reduction_prev)
             for s in self.shapes
@@ -191,7 +194,7 @@ class SuperNetwork(nn.Module):
         upto: int | None = None,
     ) -> Tensor:
         upto = self.layers if upto is None else upto
-        s0 = s1 = self.stem(x)
+        s0, s1 = self.stem(x)
         for i in range(upto):
             cell = self.cells[i]
             if self.checkpoint_cells and torch.is_grad_enabled():

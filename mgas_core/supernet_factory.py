@@ -28,7 +28,7 @@ def build_supernet(
     else:
         cls = SuperNetwork
     net = cls(primitives, settings.channels, settings.layers, info.num_classes, info.in_channels,
-              settings.nodes, 3, exit_cells)
+              settings.nodes, 3, exit_cells, info.variant)
     if settings.checkpoint_cells:
         if settings.impl == "reference":
             raise ValueError("checkpoint_cells needs impl=fast")

@@ -259,7 +259,8 @@ def run_retrain(
     """Train ``arch`` from scratch; select the epoch with the best val accuracy; report its test."""
     cfg = settings.retrain
     seed_everything(settings.seed + 1)
-    model = build_retrain_network(arch, cfg, splits).to(device)
+    layout = torch.contiguous_format if cfg.memory_format == "contiguous" else torch.channels_last
+    model = build_retrain_network(arch, cfg, splits).to(device, memory_format=layout)
     channels, layers = model.channels, model.layers
     params = count_params(model)
     flops = count_flops(model, splits.info.input_shape)
@@ -285,7 +286,7 @@ def run_retrain(
             losses, correct, seen = [], 0, 0
             batches = epoch_batches(train_data, cfg.batch_size, True, settings.seed, epoch, stream=2, workers=workers)
             for x, y in batches:
-                x, y = x.to(device), y.to(device)
+                x, y = x.to(device, memory_format=layout), y.to(device)
                 optimizer.zero_grad(set_to_none=True)
                 logits, logits_aux = model(x)
                 loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
@@ -298,7 +299,8 @@ def run_retrain(
                 check_finite(losses[-1], epoch)
                 correct += int((logits.detach().argmax(1) == y).sum())
                 seen += len(y)
-        val_acc = evaluate(lambda t: model(t)[0], model, splits.val, cfg.batch_size, device, workers)
+        val_acc = evaluate(lambda t: model(t.contiguous(memory_format=layout))[0], model, splits.val,
+                           cfg.batch_size, device, workers)
         if val_acc > best_val:
             best_val = val_acc
             best_state = copy.deepcopy(model.state_dict())
@@ -317,5 +319,6 @@ def run_retrain(
             on_epoch(record, state_fn)
     if best_state is not None:
         model.load_state_dict(best_state)
-    test_acc = evaluate(lambda t: model(t)[0], model, splits.test, cfg.batch_size, device, workers)
+    test_acc = evaluate(lambda t: model(t.contiguous(memory_format=layout))[0], model, splits.test,
+                        cfg.batch_size, device, workers)
     return RetrainResult(best_val, test_acc, params, flops, channels, layers, watch.elapsed, memory.peak_mb(), history)

@@ -107,6 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true", help="continue an interrupted sweep (Tuner.restore)")
     run.add_argument("--dry-run", action="store_true", help="print the trial table and resources; start nothing")
     run.add_argument("--json", action="store_true", help="print a JSON summary at the end")
+    run.add_argument("--dashboard", action="store_true",
+                     help="start embedded Ray's dashboard (off by default; bound to 127.0.0.1)")
+    run.add_argument("--dashboard-host", metavar="ADDR",
+                     help="bind the dashboard to ADDR instead of 127.0.0.1 (e.g. 0.0.0.0: reachable by anyone "
+                          "who can reach this machine, and the dashboard can submit jobs)")
 
     report = sub.add_parser("report", help="plots, tables and an HTML report from a results folder")
     report.add_argument("results", type=Path, help="results folder (one experiment or a folder of experiments)")
@@ -203,7 +208,7 @@ def _cmd_run(args: argparse.Namespace) -> None:
     from orchestrator.sweep import run_command
 
     summary = run_command(args.experiment, out=args.out, address=args.address, resume=args.resume,
-                          dry_run=args.dry_run)
+                          dry_run=args.dry_run, dashboard=args.dashboard, dashboard_host=args.dashboard_host)
     if args.json and summary is not None:
         print(json.dumps(summary, default=str))
 

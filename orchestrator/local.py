@@ -12,7 +12,12 @@ import torch
 from mgas_core.arch import Architecture
 from mgas_core.config import RunSettings
 from mgas_core.data import DatasetInfo, load_splits
-from mgas_core.io import atomic_write_text, load_checkpoint, save_checkpoint
+from mgas_core.io import (
+    PREVIOUS_SUFFIX,
+    atomic_write_text,
+    load_first_good,
+    save_checkpoint_keeping_previous,
+)
 from mgas_core.metrics import count_flops, count_params
 from mgas_core.model import build_eval_network
 from mgas_core.provenance import provenance
@@ -66,6 +71,22 @@ def derived_size(arch: Architecture, settings: RunSettings, info: DatasetInfo) -
             "nonzero_params_m": count.nonzero_m, "channels": channels, "layers": layers}
 
 
+def _resume_state(ckpt: Path) -> dict[str, Any] | None:
+    """The newest good search checkpoint (``checkpoint.pt``, else ``checkpoint.pt.prev``); says
+    on stderr what was damaged and what it fell back to."""
+    previous = ckpt.with_name(ckpt.name + PREVIOUS_SUFFIX)
+    loaded, used, problems = load_first_good([ckpt, previous])
+    for problem in problems:
+        print(f"warning: damaged checkpoint skipped: {problem}", file=sys.stderr)
+    if loaded is None:
+        if problems:
+            print("warning: no good checkpoint left; the search restarts from epoch 0", file=sys.stderr)
+        return None
+    if problems:
+        print(f"resuming from the previous good checkpoint {used}", file=sys.stderr)
+    return loaded["search"]
+
+
 def search_command(settings: RunSettings, out_dir: Path, resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """Run a search into ``out_dir``: arch JSON (+ masks), config, metrics.jsonl, checkpoint, summary."""
     if settings.threads:
@@ -76,8 +97,8 @@ def search_command(settings: RunSettings, out_dir: Path, resume: bool = False, p
     write_run_config(out_dir, settings, "search")
     state = None
     ckpt = out_dir / CHECKPOINT
-    if resume and ckpt.exists():
-        state = load_checkpoint(ckpt)["search"]
+    if resume:
+        state = _resume_state(ckpt)
     bar = EpochProgress(settings.search.epochs, f"search {settings.search.method}") if progress else None
     metrics_path = out_dir / "metrics.jsonl"
     if state is None and metrics_path.exists():
@@ -86,7 +107,7 @@ def search_command(settings: RunSettings, out_dir: Path, resume: bool = False, p
     def on_epoch(record: dict[str, Any], state_fn: Any) -> None:
         with metrics_path.open("a") as fh:
             fh.write(json.dumps(record) + "\n")
-        save_checkpoint({"search": state_fn()}, ckpt)
+        save_checkpoint_keeping_previous({"search": state_fn()}, ckpt)
         if bar is not None:
             bar(record)
 

@@ -49,7 +49,25 @@ def storage_is_shared(storage: str) -> bool:
     return any(kind == fs or kind.startswith(fs) for fs in SHARED_FILESYSTEMS)
 
 
-def init_ray(address: str | None, dashboard: bool = False, dashboard_host: str = "127.0.0.1") -> bool:
+LOOPBACK = "127.0.0.1"
+
+
+def embedded_init_kwargs(dashboard: bool = False, dashboard_host: str | None = None) -> dict[str, object]:
+    """``ray.init`` arguments of embedded Ray: the dashboard (and the job server it hosts) off unless
+    asked for; when on, bound to 127.0.0.1 unless ``dashboard_host`` names another address."""
+    if dashboard_host is not None and not dashboard:
+        raise UserInputError("--dashboard-host needs --dashboard (the dashboard is off by default)")
+    return {
+        "num_cpus": os.cpu_count(),
+        "include_dashboard": dashboard,
+        "dashboard_host": dashboard_host or LOOPBACK,
+        "_temp_dir": short_temp_dir(),
+        "log_to_driver": False,
+        "logging_level": "WARNING",
+    }
+
+
+def init_ray(address: str | None, dashboard: bool = False, dashboard_host: str | None = None) -> bool:
     """Start embedded Ray (returns True) or connect to ``address`` (returns False)."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
@@ -57,19 +75,21 @@ def init_ray(address: str | None, dashboard: bool = False, dashboard_host: str =
     if ray.is_initialized():
         return False
     if address:
+        if dashboard or dashboard_host:
+            raise UserInputError("--dashboard applies to embedded Ray; a cluster's dashboard is set up where "
+                                 "the cluster was started (ray start --include-dashboard ...)")
         try:
             ray.init(address=address, log_to_driver=False, logging_level="WARNING")
         except (ConnectionError, ValueError, RuntimeError) as exc:
             raise UserInputError(f"cannot join the Ray cluster at {address!r}: {exc}") from exc
         return False
-    ray.init(
-        num_cpus=os.cpu_count(),
-        include_dashboard=dashboard,
-        dashboard_host=dashboard_host,
-        _temp_dir=short_temp_dir(),
-        log_to_driver=False,
-        logging_level="WARNING",
-    )
+    kwargs = embedded_init_kwargs(dashboard, dashboard_host)
+    if dashboard:
+        try:
+            import aiohttp  # noqa: F401  (the dashboard's server)
+        except ImportError as exc:
+            raise UserInputError("--dashboard needs the dashboard's packages: pip install 'ray[default]'") from exc
+    ray.init(**kwargs)
     return True
 
 

@@ -43,19 +43,23 @@ def _absolute_data_root(trials: list[dict[str, Any]]) -> None:
 
 
 def run_command(experiment: Path, out: Path | None = None, address: str | None = None, resume: bool = False,
-                dry_run: bool = False) -> dict[str, Any]:
+                dry_run: bool = False, dashboard: bool = False, dashboard_host: str | None = None) -> dict[str, Any]:
+    from orchestrator.ray_runtime import embedded_init_kwargs
+
     spec, folder = load_spec(experiment)
+    embedded_init_kwargs(dashboard, dashboard_host)  # flag errors before anything starts
     trials = expand_trials(spec)
     _absolute_data_root(trials)
     out_root = (out or (folder / spec.output_dir)).resolve()
     experiment_dir = out_root / spec.name
     if dry_run:
         return print_plan(spec, trials, experiment_dir)
-    return run_sweep(spec, trials, experiment_dir, address or os.environ.get("RAY_ADDRESS"), resume)
+    return run_sweep(spec, trials, experiment_dir, address or os.environ.get("RAY_ADDRESS"), resume,
+                     dashboard, dashboard_host)
 
 
 def run_sweep(spec: ExperimentSpec, trials: list[dict[str, Any]], experiment_dir: Path, address: str | None,
-              resume: bool) -> dict[str, Any]:
+              resume: bool, dashboard: bool = False, dashboard_host: str | None = None) -> dict[str, Any]:
     # persist the sweep's state often, so a killed driver resumes with every finished trial known
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -69,7 +73,7 @@ def run_sweep(spec: ExperimentSpec, trials: list[dict[str, Any]], experiment_dir
     if "://" not in storage:
         storage = str(Path(storage).resolve())
     started = time.time()
-    embedded = init_ray(address)
+    embedded = init_ray(address, dashboard, dashboard_host)
     try:
         if not embedded:
             check_cluster_storage(storage, spec.shared_storage)

@@ -11,6 +11,7 @@ Nothing from ``ray.train`` is used inside a trial.
 from __future__ import annotations
 
 import json
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -22,7 +23,7 @@ import torch
 from mgas_core.arch import Architecture, architecture_from_json
 from mgas_core.config import RunSettings
 from mgas_core.data import load_splits
-from mgas_core.io import load_checkpoint, save_checkpoint, save_tensor_file
+from mgas_core.io import CorruptFileError, load_checkpoint, save_checkpoint, save_tensor_file
 from mgas_core.provenance import provenance
 from mgas_core.train import DivergedError, resolve_device, run_retrain, run_search
 
@@ -125,7 +126,8 @@ def run_trial_pipeline(trial: dict[str, Any], state: dict[str, Any] | None, repo
         "retrain_peak_mem_mb": retrained.peak_mem_mb, "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "attempts": state["attempt"], "arch_json": json.dumps(arch.to_json()),
-        "events_json": json.dumps(summary["events"], default=str),
+        "events_json": json.dumps(summary["events"] + [{"type": "recovery", "detail": note}
+                                                        for note in state.get("recovery", [])], default=str),
         "snapshots_json": json.dumps(summary["snapshots"], default=str),
         "history_json": json.dumps(summary["history"] + retrained.history, default=str),
     }
@@ -172,16 +174,44 @@ def _write_state_dir(directory: Path, state: dict[str, Any]) -> None:
             save_tensor_file(arch["masks"], directory / "arch.masks.safetensors")
 
 
+def restore_trial_state(checkpoint: Any) -> dict[str, Any] | None:
+    """The state of Tune's newest checkpoint; if it is damaged (checksum or load failure), the
+    newest good older one that Tune kept beside it (``num_to_keep=2``); if none, ``None`` (the
+    trial restarts). What happened is printed and kept in the state's ``recovery`` list, which
+    ends up in the trial's ``events_json``."""
+    candidates = [Path(checkpoint.path)]
+    parent = candidates[0].parent
+    if parent.is_dir():
+        older = sorted((p for p in parent.glob("checkpoint_*") if p.is_dir() and p != candidates[0]), reverse=True)
+        candidates += older
+    problems: list[str] = []
+    for i, candidate in enumerate(candidates):
+        try:
+            if i == 0:
+                with checkpoint.as_directory() as d:
+                    state = load_checkpoint(Path(d) / STATE_FILE)
+            else:
+                state = load_checkpoint(candidate / STATE_FILE)
+        except (CorruptFileError, OSError) as exc:
+            problems.append(str(exc))
+            continue
+        if problems:
+            note = f"damaged checkpoint ({'; '.join(problems)}); resumed from {candidate.name}"
+            print(f"mgas trial: {note}", file=sys.stderr)
+            state["recovery"] = [*state.get("recovery", []), note]
+        return state
+    note = f"damaged checkpoint ({'; '.join(problems)}); no good checkpoint left, restarting the trial"
+    print(f"mgas trial: {note}", file=sys.stderr)
+    return {"phase": "search", "attempt": 0, "recovery": [note]}
+
+
 def tune_trainable(config: dict[str, Any]) -> None:
     """The function trainable: restore from ``tune.get_checkpoint()``, report every epoch."""
     from ray import tune
 
     trial = config["trial"]
-    state = None
     checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            state = load_checkpoint(Path(d) / STATE_FILE)
+    state = restore_trial_state(checkpoint) if checkpoint is not None else None
     placement = _placement()
 
     def report(metrics: dict[str, Any], full_state: dict[str, Any]) -> None:

@@ -114,7 +114,7 @@ class GoldNas(SearchMethod):
     def _op_costs(self, kind: str) -> Tensor:
         net = self.model.net
         costs = torch.zeros_like(self.model.alpha)
-        res = self.info.image_size
+        res = net.stem.resolution(self.info.image_size)
         for ci, cell in enumerate(net.cells):
             for e, edge in enumerate(net.topology.edges):
                 stride = 2 if cell.reduction and edge.source < 2 else 1

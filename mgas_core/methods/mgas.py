@@ -40,6 +40,7 @@ from mgas_core.methods.lambda_control import LambdaController
 from mgas_core.methods.mgas_stages import make_plan
 from mgas_core.methods.mgas_units import (
     LevelInit,
+    UnitMasks,
     attach_op,
     attach_units,
     cell_count,
@@ -53,7 +54,7 @@ from mgas_core.methods.mgas_units import (
 )
 from mgas_core.metrics import count_params
 from mgas_core.model import build_eval_network
-from mgas_core.ops import ChannelOutput, SepConv, build_op
+from mgas_core.ops import ChannelOutput, SepConv, Stem, build_op
 from mgas_core.space import NO_NONE_PRIMITIVES, network_cells
 from mgas_core.supernet import SuperNetwork
 from mgas_core.supernet_factory import build_supernet
@@ -108,8 +109,11 @@ class Mgas(SearchMethod):
         cfg = settings.mgas
         self.cfg = cfg
         self.granularities = list(cfg.granularities)
-        shapes = network_cells(settings.channels, settings.layers, settings.nodes, 3 * settings.channels)
-        self.plan = make_plan(shapes, cfg.stages, info.image_size, settings.epochs, cfg.stage_epochs, cfg.final_epochs)
+        stem = Stem(info.in_channels, settings.channels, info.variant)
+        shapes = network_cells(settings.channels, settings.layers, settings.nodes, stem.out_channels,
+                               stem.reduces_first_input)
+        self.plan = make_plan(shapes, cfg.stages, stem.resolution(info.image_size), settings.epochs,
+                              cfg.stage_epochs, cfg.final_epochs)
         net = build_supernet(settings, self.primitives, info, exit_cells=[c - 1 for c in self.plan.cuts[:-1]])
         self.init = LevelInit(cfg.threshold_init_op, cfg.threshold_init_filter, cfg.threshold_init_weight)
         attach_units(net, self.granularities, self.init)
@@ -189,6 +193,7 @@ class Mgas(SearchMethod):
         """
         s = self.settings
         cells = range(self.upto)
+        self.unit_masks = UnitMasks([self.net.cells[ci] for ci in cells])
         alive = self.model.alive.clone() if alive is None else alive
         self.optimizer_alive = alive
         weights, betas, thresholds = self._unit_params(cells, alive)
@@ -244,18 +249,19 @@ class Mgas(SearchMethod):
         x, y = self.to_device(batch)
         for opt in self.opts.values():
             opt.zero_grad(set_to_none=True)
-        masks = self.model.op_masks()
-        with self.autocast():
-            logits = self.net(x, list(self.model.cell_weights().unbind(0)), self.model.active, self.upto)
-            ce = F.cross_entropy(logits, y)
-        size = size_count(self.net, masks, range(self.upto)).to(ce.device)
-        cost = size / self.full_size
-        # no pruning pressure once the scope is at its share of the target (the forward value of
-        # the size count is exact), so no stage can overshoot the target by itself
-        size_before, goal = float(size.detach()), self.scope_goal()
-        pressure = self.controller.value if size_before > goal else 0.0
-        loss = ce + pressure * (cost + self.threshold_regulariser())
-        loss.backward()
+        with self.unit_masks.lent():
+            masks = self.model.op_masks()
+            with self.autocast():
+                logits = self.net(x, list(self.model.cell_weights().unbind(0)), self.model.active, self.upto)
+                ce = F.cross_entropy(logits, y)
+            size = size_count(self.net, masks, range(self.upto)).to(ce.device)
+            cost = size / self.full_size
+            # no pruning pressure once the scope is at its share of the target (the forward value
+            # of the size count is exact), so no stage can overshoot the target by itself
+            size_before, goal = float(size.detach()), self.scope_goal()
+            pressure = self.controller.value if size_before > goal else 0.0
+            loss = ce + pressure * (cost + self.threshold_regulariser())
+            loss.backward()
         nn.utils.clip_grad_norm_(self.weight_params, self.settings.grad_clip)
         near = size_before <= 1.5 * goal
         saved = self._arch_snapshot() if near else None

@@ -16,13 +16,14 @@ network then drops it), so it is an upper bound of the derived count.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from mgas_core.arch import CellArch, OpSpec, prune_dead_ops
-from mgas_core.masks import FilterGate, LearnedThreshold
+from mgas_core.masks import FilterGate, LearnedThreshold, binary_step
 from mgas_core.ops import ChannelOutput, DilConv, FactorizedReduce, MaskableConv2d, SepConv
 from mgas_core.supernet import SuperNetwork
 
@@ -76,6 +77,47 @@ def attach_op(op: nn.Module, granularities: Sequence[str], init: LevelInit) -> N
             conv.weight_threshold = LearnedThreshold(init.weight)
 
 
+# --- batched masks --------------------------------------------------------------------------------
+
+
+class UnitMasks:
+    """Computes every filter gate's and weight threshold's mask of a network in two batched ops
+    (instead of one small op per unit) and lends them to the units for the duration of one step,
+    so the forward pass and the size cost share them.
+    """
+
+    def __init__(self, scope: Sequence[nn.Module]) -> None:
+        """``scope``: the modules that run this stage (units outside it get no gradient at all)."""
+        modules = [m for part in scope for m in part.modules()]
+        self.gates = [m for m in modules if isinstance(m, FilterGate)]
+        self.convs = [m for m in modules if isinstance(m, MaskableConv2d) and m.weight_threshold is not None]
+
+    @contextmanager
+    def lent(self) -> Iterator[None]:
+        try:
+            if self.gates:
+                betas = torch.cat([g.beta for g in self.gates])
+                sizes = [g.beta.numel() for g in self.gates]
+                ts = torch.cat([g.threshold.t.expand(n) for g, n in zip(self.gates, sizes)])
+                scores = torch.sigmoid(betas)
+                masks = binary_step(scores - ts)
+                for g, sc, m in zip(self.gates, scores.split(sizes), masks.split(sizes)):
+                    g.cached = (sc, m)
+            if self.convs:
+                sizes = [c.weight.numel() for c in self.convs]
+                flat = torch.cat([c.weight.reshape(-1) for c in self.convs]).abs()
+                ts = torch.cat([c.weight_threshold.t.expand(n) for c, n in zip(self.convs, sizes)])
+                masks = binary_step(flat - ts)
+                for c, m in zip(self.convs, masks.split(sizes)):
+                    c.cached_mask = m.view_as(c.weight)
+            yield
+        finally:
+            for g in self.gates:
+                g.cached = None
+            for c in self.convs:
+                c.cached_mask = None
+
+
 # --- size ---------------------------------------------------------------------------------------
 
 
@@ -100,7 +142,8 @@ def _any(mask: Tensor | None) -> Tensor:
     """1 if any unit of ``mask`` is on (differentiable through the masks' surrogate)."""
     if mask is None:
         return torch.ones(())
-    return 1 - torch.prod(1 - mask)
+    total = mask.sum()  # exactly 0 or 1 forward; gradient 1 / (number of units on)
+    return total / total.detach().clamp_min(1.0)
 
 
 def _gate_mask(gate: FilterGate | None) -> Tensor | None:

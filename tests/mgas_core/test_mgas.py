@@ -64,7 +64,7 @@ def test_pruned_op_filter_and_weight_contribute_exactly_zero():
     ci, e, o = 0, 2, 3  # sep_conv_3x3 on an edge of cell 0
     op = method.net.cells[ci].edges[e].ops[o]
     assert isinstance(op, SepConv)
-    h = method.net.stem(x)
+    h, _ = method.net.stem(x)
     s0 = method.net.cells[ci].preprocess0(h)
     with torch.no_grad():
         model.alpha[ci, e, o] = -10.0  # op level: sigmoid << threshold

@@ -132,3 +132,19 @@ def test_impossible_widths_are_an_architecture_error():
 def test_genotype_json_is_plain_data():
     data = json.loads(json.dumps(DARTS_V2.to_json()))
     assert data["normal"]["ops"][0] == {"op": "sep_conv_3x3", "input": 0, "node": 0}
+
+
+def test_imagenet_supernet_and_derived_mgas_count():
+    from mgas_core.config import build_settings
+    from mgas_core.data import DatasetInfo
+    from mgas_core.methods import create_method
+
+    info = DatasetInfo("imagenet", 7, 3, 64, "imagenet")
+    s = build_settings("paper", {"search.method": "mgas", "search.layers": 3, "search.channels": 4,
+                                 "search.nodes": 2, "search.mgas.stages": 1})
+    method = create_method(s.search, info, torch.device("cpu"), 0)
+    logits = method.predict(torch.randn(2, 3, 64, 64))
+    assert logits.shape == (2, 7)
+    assert method.net.cells[0].preprocess0.__class__.__name__ == "FactorizedReduce"  # stem0 is at 1/4
+    dense, nonzero = method.derived_count()
+    assert nonzero == round(method.estimated_size()) == dense
