@@ -64,6 +64,8 @@ class GoldNasSettings(Strict):
     n0: int = Field(4, ge=1)
     control: LambdaControl = LambdaControl()
     warmup_epochs: int = Field(0, ge=0)
+    snapshot: Literal["plateau", "epoch"] = Field(
+        "plateau", description="Pareto snapshot when pruning resumes after a plateau, or after every pruning epoch")
 
 
 class MsgDasSettings(Strict):
@@ -175,7 +177,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper": {},
     "tiny": {
         # CPU-sized: a 4-cell, 3-node, C=8 supernet on 8x8 digits; minutes per search on 2 cores
-        "search.epochs": 8,
+        "search.epochs": 6,
         "search.layers": 4,
         "search.nodes": 3,
         "search.channels": 8,
@@ -186,11 +188,12 @@ PRESETS: dict[str, dict[str, Any]] = {
         "search.msg_das.alpha_lr": 0.03,
         "search.gold_nas.w_lr": 0.05,
         "search.gold_nas.control.lambda0": 0.05,
+        "search.gold_nas.snapshot": "epoch",
         "search.mgas.stages": 3,
         "search.mgas.stage_epochs": 1,
         "search.mgas.final_epochs": 6,
         "search.mgas.control.lambda0": 0.2,
-        "retrain.epochs": 15,
+        "retrain.epochs": 6,
         "retrain.channels": 12,
         "retrain.layers": 4,
         "retrain.batch_size": 96,

@@ -12,7 +12,9 @@ is the op's parameters or FLOPs (``cost``), normalised by the largest op's. Afte
 to ``n0`` passes prune every op with ``sigma(a_o) <= eta_min``, else the weakest one if it is
 ``<= eta_max``; then the lambda controller. Whenever pruning resumes after a plateau (an epoch
 that pruned nothing), the architecture of that plateau is snapshotted, so one search yields a
-series of Pareto points. ``target_params`` is the resource floor at which the search stops.
+series of Pareto points (``snapshot: epoch`` instead snapshots the pruned architecture after every
+epoch that pruned, for short searches that never plateau). ``target_params`` is the resource
+floor at which the search stops.
 
 Pruning thresholds apply to the op weight ``sigma(a_o)`` itself, as in the paper's algorithm.
 (Applying them to ``sigma / S_n`` instead, as one reading suggests, cannot work: that share starts
@@ -203,7 +205,7 @@ class GoldNas(SearchMethod):
             pruned += n
         if pruned:
             self.model.refresh_active()
-            if self.ever_pruned and self.last_pruned == 0:  # pruning resumes after a plateau
+            if self.cfg.snapshot == "plateau" and self.ever_pruned and self.last_pruned == 0:  # resumes
                 events.append(self._snapshot(before, epoch))
             self.ever_pruned = True
             events.append({"type": "prune", "epoch": epoch, "ops": pruned,
@@ -217,6 +219,8 @@ class GoldNas(SearchMethod):
                 events.append({"type": "floor_reached", "epoch": epoch, "params": dense})
         if self.stopped or epoch + 1 >= self.max_epochs:
             events.append(self._snapshot(self.derive(), epoch, final=True))
+        elif pruned and self.cfg.snapshot == "epoch":
+            events.append(self._snapshot(self.derive(), epoch))
         self.events += events
         return events
 

@@ -10,16 +10,19 @@ from mgas_core.space import CellShape
 
 
 def cell_activation_costs(shapes: Sequence[CellShape], image_size: int) -> list[float]:
-    """Relative activation memory of each cell: channels x resolution^2 of the tensors it keeps.
+    """Relative activation memory of each cell: channels x resolution^2 of its outputs.
 
-    A reduction cell pre-processes its inputs at the incoming resolution, so it is charged at
-    that resolution with its (doubled) width.
+    What a cell keeps for backward is dominated by its ops' outputs and intermediates (every
+    candidate op of every edge), all at the cell's output resolution; a reduction cell's ops have
+    stride 2, so it is charged at the halved resolution with its doubled width (measured: charging
+    it at the incoming resolution put two full-resolution cells into stage 1 of 3, which then
+    needed 0.67x the single-stage peak instead of about a third).
     """
     costs, res = [], float(image_size)
     for s in shapes:
-        costs.append(s.channels * res * res)
         if s.reduction:
             res = max(1.0, res / 2)
+        costs.append(s.channels * res * res)
     return costs
 
 

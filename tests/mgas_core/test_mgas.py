@@ -114,7 +114,7 @@ def test_regrown_op_gets_fresh_weights_and_live_alpha():
 
 def test_stage_cuts_balance_activation_memory():
     shapes = network_cells(16, 8, 4, 48)
-    assert stage_cuts(shapes, 3, 32) == [2, 4, 8]
+    assert stage_cuts(shapes, 3, 32) == [1, 4, 8]
     assert stage_cuts(shapes, 1, 32) == [8]
     assert stage_cuts(shapes, 8, 32) == list(range(1, 9))
     for bad in (0, 9):

@@ -57,9 +57,12 @@ def test_sweep_writes_exactly_one_filled_row_per_trial(tmp_path):
     assert phases == {"search", "retrain"}
     assert (experiment_dir / "archs" / mgas["trial_id"] / "arch.masks.safetensors").exists()
 
-    # running the same experiment again replaces rows, never duplicates them
-    run_command(path)
-    assert len(read_rows(experiment_dir)) == 5
+    # running a trial of the experiment again replaces its row, never duplicates it
+    first = {r["trial_id"]: r["finished_at"] for r in rows}
+    again = write_spec(tmp_path, sweep={"method": ["darts"], "seed": [0]})
+    run_command(again)
+    rerun = {r["trial_id"]: r["finished_at"] for r in read_rows(experiment_dir)}
+    assert len(rerun) == 5 and sum(rerun[k] != first[k] for k in first) == 1
     assert len(list((experiment_dir / "results").glob("method=*/*.parquet"))) == 5
 
 
