@@ -78,7 +78,28 @@ class MaskableConv2d(nn.Conv2d):
             self.weight.mul_(self.weight_mask)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self._conv_forward(x, self.effective_weight(), None)
+        weight = self.effective_weight()
+        crop = self.reachable_taps(x.shape[-2], x.shape[-1])
+        if crop is None:
+            return self._conv_forward(x, weight, None)
+        (h0, h1, pad_h), (w0, w1, pad_w) = crop
+        return F.conv2d(x, weight[:, :, h0:h1, w0:w1], None, self.stride, (pad_h, pad_w), self.dilation, self.groups)
+
+    def reachable_taps(self, height: int, width: int) -> tuple[tuple[int, int, int], ...] | None:
+        """On a map smaller than the kernel's reach, the outer taps of a 'same'-padded conv only
+        ever multiply zero padding: per spatial dim ``(first, end, padding)`` of the taps that can
+        touch the input (an exact rewrite: same output, zero gradient for the dropped taps), or
+        ``None`` when every tap is reachable. Matters on tiny maps (digits' 2x2 and 4x4 cells,
+        where a 5x5 dilated conv reduces to its centre tap)."""
+        out, cropped = [], False
+        for size, k, d, p in zip((height, width), self.kernel_size, self.dilation, self.padding):  # type: ignore[arg-type]
+            centre = (k - 1) // 2
+            if k % 2 == 0 or p != d * centre:
+                return None
+            keep = min(centre, (size - 1) // d)
+            cropped |= keep < centre
+            out.append((centre - keep, centre + keep + 1, keep * d))
+        return tuple(out) if cropped else None
 
     def keep_out(self, index: Tensor) -> None:
         """Keep output channels ``index`` (and the matching depthwise groups)."""

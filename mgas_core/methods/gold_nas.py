@@ -227,6 +227,8 @@ class GoldNas(SearchMethod):
     def _snapshot(self, arch: Architecture, epoch: int, final: bool = False) -> dict[str, Any]:
         dense, nonzero = self.derived_count(arch)
         if self.snapshots and self.snapshots[-1]["params"] <= dense:
+            if final:  # the search ends on the architecture already snapshotted
+                self.snapshots[-1]["final"] = True
             return {"type": "snapshot_skipped", "epoch": epoch, "params": dense}
         snap = {"index": len(self.snapshots), "epoch": epoch, "params": dense, "nonzero_params": nonzero,
                 "final": final, "arch": arch.to_json()}

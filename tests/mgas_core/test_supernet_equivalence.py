@@ -68,3 +68,25 @@ def test_logits_and_gradients_match_reference(variant, size, layout, dtype):
     for b1, b2 in zip(bf, br):  # BN running statistics move identically
         torch.testing.assert_close(b1.float(), b2.float(), atol=TOL, rtol=TOL)
     assert af.abs().sum() > 0 and lf.abs().sum() > 0
+
+
+@pytest.mark.parametrize("kernel,dilation,stride,size", [
+    (5, 2, 1, 2), (5, 2, 1, 4), (5, 2, 2, 4), (5, 1, 1, 2), (3, 1, 1, 1), (3, 2, 2, 3), (5, 2, 1, 9),
+])
+def test_conv_on_maps_smaller_than_its_reach_drops_only_padding_taps(kernel, dilation, stride, size):
+    from mgas_core.ops import MaskableConv2d
+
+    torch.manual_seed(0)
+    conv = MaskableConv2d(4, 4, kernel, stride, dilation * (kernel - 1) // 2, dilation, groups=4)
+    x = torch.randn(3, 4, size, size, requires_grad=True)
+    out = conv(x)
+    full = F.conv2d(x, conv.weight, None, conv.stride, conv.padding, conv.dilation, conv.groups)
+    torch.testing.assert_close(out, full, atol=1e-6, rtol=1e-6)
+    g = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (x, conv.weight), g)
+    full_grads = torch.autograd.grad(full, (x, conv.weight), g)
+    for a, b in zip(grads, full_grads):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
+    crop = conv.reachable_taps(size, size)
+    reach = (size - 1) // dilation
+    assert (crop is None) == (reach >= (kernel - 1) // 2)
