@@ -14,7 +14,7 @@ from orchestrator.results import read_rows
 from orchestrator.sweep import run_command
 from tests.orchestrator.helpers import write_spec
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]  # Ray tests run one after another
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ def two_node_cluster():
 def test_half_gpu_trials_run_two_per_gpu_and_record_placement(tmp_path, two_node_cluster):
     path = write_spec(tmp_path, name="cluster", sweep={"method": ["darts"], "seed": [0, 1, 2, 3]},
                       resources={"cpu": 1, "gpu": 0.5}, max_concurrent_trials=4, shared_storage=True,
-                      base={"search.epochs": 4})
+                      base={"search.epochs": 2})
     summary = run_command(path, address=two_node_cluster.address)
     assert summary["ok"] == 4
     rows = read_rows(tmp_path / "out" / "cluster")

@@ -14,7 +14,7 @@ import pytest
 from orchestrator.results import read_rows
 from tests.orchestrator.helpers import write_spec
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]  # Ray tests run one after another
 
 
 def _kill_session(proc: subprocess.Popen) -> None:
@@ -31,7 +31,7 @@ def _kill_session(proc: subprocess.Popen) -> None:
 
 
 def test_killed_driver_then_resume_runs_only_unfinished_trials(tmp_path):
-    path = write_spec(tmp_path, name="resume", sweep={"method": ["darts"], "seed": [0, 1, 2]},
+    path = write_spec(tmp_path, name="resume", sweep={"method": ["darts"], "seed": [0, 1]},
                       max_concurrent_trials=1, base={"search.epochs": 3})
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "orchestrator.cli", "run", str(path)]
@@ -46,14 +46,14 @@ def test_killed_driver_then_resume_runs_only_unfinished_trials(tmp_path):
     finally:
         _kill_session(proc)
     before = {r["trial_id"]: r["finished_at"] for r in read_rows(experiment_dir)}
-    assert 1 <= len(before) < 3, before
+    assert len(before) == 1, before
 
     done = subprocess.run([*cmd, "--resume", "--json"], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "resuming sweep" in done.stdout
     rows = read_rows(experiment_dir)
     ids = [r["trial_id"] for r in rows]
-    assert len(ids) == 3 and len(set(ids)) == 3
+    assert len(ids) == 2 and len(set(ids)) == 2
     assert all(r["status"] == "ok" for r in rows)
     after = {r["trial_id"]: r["finished_at"] for r in rows}
     for trial_id, finished in before.items():  # finished trials were not run again

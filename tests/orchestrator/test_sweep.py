@@ -19,7 +19,7 @@ from orchestrator.sweep import run_command
 from orchestrator.trainable import run_trial_pipeline
 from tests.orchestrator.helpers import write_spec
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]  # Ray tests run one after another
 
 
 @pytest.fixture(scope="module", autouse=True)
