@@ -12,8 +12,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mgas_core.arch import Architecture, ArchitectureError, CellArch
-from mgas_core.ops import FactorizedReduce, Identity, MaskableConv2d, ReLUConvBN, Stem, build_op
+from mgas_core.ops import FactorizedReduce, Identity, MaskableConv2d, ReLUConvBN, build_op
 from mgas_core.space import network_cells
+from mgas_core.stem import Stem
 
 
 def drop_path(x: Tensor, drop_prob: float) -> Tensor:

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mgas_core.ops import Stem
 from mgas_core.space import CellTopology, network_cells
+from mgas_core.stem import Stem
 
 
 def _relu_conv_bn(c_in: int, c_out: int) -> nn.Module:

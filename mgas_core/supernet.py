@@ -18,8 +18,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from mgas_core.ops import FactorizedReduce, Pool, ReLUConvBN, Stem, build_op
+from mgas_core.ops import FactorizedReduce, Pool, ReLUConvBN, build_op
 from mgas_core.space import CellTopology, network_cells
+from mgas_core.stem import Stem
 
 ActiveOps = Sequence[Sequence[int]]
 """Per edge, the op indices to compute."""

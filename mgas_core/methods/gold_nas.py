@@ -33,13 +33,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
 
 from mgas_core.arch import Architecture, CellArch, OpSpec, architecture_from_json, prune_dead_ops
 from mgas_core.config import SearchSettings
 from mgas_core.data import Batch, DatasetInfo
 from mgas_core.methods.base import SearchMethod, accuracy, clip_and_step, cosine_lr, register_method, set_lr
+from mgas_core.methods.cell_alphas import PerCellAlphaModel
 from mgas_core.methods.lambda_control import LambdaController
 from mgas_core.metrics import count_params
 from mgas_core.model import build_eval_network
@@ -59,34 +60,6 @@ def op_resource(name: str, channels: int, stride: int, resolution: int, kind: st
     with torch.no_grad(), counter:
         op(x)
     return counter.get_total_flops() / 2
-
-
-class PerCellAlphaModel(nn.Module):
-    """Supernet + independent alphas for every cell + the alive mask of pruned ops."""
-
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
-        layers, edges, ops = len(net.cells), net.topology.num_edges, len(net.primitives)
-        self.alpha = nn.Parameter(torch.zeros(layers, edges, ops))
-        self.register_buffer("alive", torch.ones(layers, edges, ops, dtype=torch.bool))
-        self._active: list[list[list[int]]] | None = None
-
-    def refresh_active(self) -> None:
-        self._active = [[torch.nonzero(row).flatten().tolist() for row in cell] for cell in self.alive]
-
-    @property
-    def active(self) -> list[list[list[int]]]:
-        if self._active is None:
-            self.refresh_active()
-        assert self._active is not None
-        return self._active
-
-    def cell_weights(self) -> Tensor:
-        return torch.sigmoid(self.alpha) * self.alive.to(self.alpha.dtype)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.net(x, list(self.cell_weights().unbind(0)), self.active)
 
 
 @register_method("gold_nas")

@@ -36,6 +36,7 @@ from mgas_core.data import Batch, DatasetInfo
 from mgas_core.errors import UserInputError
 from mgas_core.masks import FilterGate, LearnedThreshold
 from mgas_core.methods.base import SearchMethod, accuracy, cosine_lr, register_method, set_lr
+from mgas_core.methods.cell_alphas import PerCellAlphaModel
 from mgas_core.methods.lambda_control import LambdaController
 from mgas_core.methods.mgas_stages import make_plan
 from mgas_core.methods.mgas_units import (
@@ -54,35 +55,22 @@ from mgas_core.methods.mgas_units import (
 )
 from mgas_core.metrics import count_params
 from mgas_core.model import build_eval_network
-from mgas_core.ops import ChannelOutput, SepConv, Stem, build_op
+from mgas_core.ops import ChannelOutput, SepConv, build_op
 from mgas_core.space import NO_NONE_PRIMITIVES, network_cells
+from mgas_core.stem import Stem
 from mgas_core.supernet import SuperNetwork
 from mgas_core.supernet_factory import build_supernet
 
 
-class MgasModel(nn.Module):
+class MgasModel(PerCellAlphaModel):
     """Supernet + per-cell op scores, op thresholds and the alive mask of permanently pruned ops."""
 
     def __init__(self, net: SuperNetwork, op_threshold_init: float, use_op_level: bool) -> None:
-        super().__init__()
-        self.net = net
-        layers, edges, ops = len(net.cells), net.topology.num_edges, len(net.primitives)
-        self.alpha = nn.Parameter(torch.zeros(layers, edges, ops))
+        super().__init__(net)
+        layers, ops = len(net.cells), len(net.primitives)
         self.op_threshold = LearnedThreshold(op_threshold_init)
         self.op_threshold.t = nn.Parameter(torch.full((layers, 1, ops), float(op_threshold_init)))
-        self.register_buffer("alive", torch.ones(layers, edges, ops, dtype=torch.bool))
         self.use_op_level = use_op_level
-        self._active: list[list[list[int]]] | None = None
-
-    def refresh_active(self) -> None:
-        self._active = [[torch.nonzero(row).flatten().tolist() for row in cell] for cell in self.alive]
-
-    @property
-    def active(self) -> list[list[list[int]]]:
-        if self._active is None:
-            self.refresh_active()
-        assert self._active is not None
-        return self._active
 
     def op_masks(self) -> Tensor:
         alive = self.alive.to(self.alpha.dtype)
