@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mgas_core.cpu_conv import choose_path, depthwise_matmul, depthwise_scale, pointwise_linear
 from mgas_core.masks import FilterGate, LearnedThreshold
 
 OpWidths = dict[str, object]
@@ -79,11 +80,21 @@ class MaskableConv2d(nn.Conv2d):
 
     def forward(self, x: Tensor) -> Tensor:
         weight = self.effective_weight()
+        padding: tuple[int, int] = self.padding  # type: ignore[assignment]
         crop = self.reachable_taps(x.shape[-2], x.shape[-1])
-        if crop is None:
-            return self._conv_forward(x, weight, None)
-        (h0, h1, pad_h), (w0, w1, pad_w) = crop
-        return F.conv2d(x, weight[:, :, h0:h1, w0:w1], None, self.stride, (pad_h, pad_w), self.dilation, self.groups)
+        if crop is not None:
+            (h0, h1, pad_h), (w0, w1, pad_w) = crop
+            weight, padding = weight[:, :, h0:h1, w0:w1], (pad_h, pad_w)
+        stride: tuple[int, int] = self.stride  # type: ignore[assignment]
+        dilation: tuple[int, int] = self.dilation  # type: ignore[assignment]
+        path = choose_path(x, tuple(weight.shape), stride, padding, dilation, self.groups)
+        if path == "scale":
+            return depthwise_scale(x, weight, stride)
+        if path == "matmul":
+            return depthwise_matmul(x, weight, stride, padding, dilation)
+        if path == "linear":
+            return pointwise_linear(x, weight)
+        return F.conv2d(x, weight, None, stride, padding, dilation, self.groups)
 
     def reachable_taps(self, height: int, width: int) -> tuple[tuple[int, int, int], ...] | None:
         """On a map smaller than the kernel's reach, the outer taps of a 'same'-padded conv only

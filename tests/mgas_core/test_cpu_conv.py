@@ -1,0 +1,78 @@
+"""The CPU conv rewrites (mgas_core/cpu_conv.py) compute what the convolution computes."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mgas_core.cpu_conv import choose_path, tap_index
+from mgas_core.ops import MaskableConv2d
+
+CASES = [
+    # (channels, height, width, kernel, stride, dilation, depthwise)
+    *itertools.product([1, 5], [1, 2, 3, 4, 8], [2, 5, 8], [3, 5], [1, 2], [1, 2], [True]),
+    *itertools.product([6], [2, 4, 7], [4], [1], [1, 2], [1], [True, False]),
+]
+
+
+def _conv(channels: int, kernel: int, stride: int, dilation: int, depthwise: bool) -> MaskableConv2d:
+    return MaskableConv2d(channels, channels, kernel, stride, dilation * (kernel // 2), dilation,
+                          groups=channels if depthwise else 1)
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "contiguous"])
+@pytest.mark.parametrize(("channels", "height", "width", "kernel", "stride", "dilation", "depthwise"), CASES)
+def test_every_path_matches_a_float64_convolution(channels, height, width, kernel, stride, dilation, depthwise, layout):
+    torch.manual_seed(channels * 1000 + height * 100 + width * 10 + kernel)
+    conv = _conv(channels, kernel, stride, dilation, depthwise)
+    mask = (torch.rand_like(conv.weight) > 0.3).float()
+    conv.set_fixed_mask(mask)
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    x = torch.randn(3, channels, height, width).contiguous(memory_format=fmt).requires_grad_()
+    out = conv(x)
+    ref = F.conv2d(x.double(), (conv.weight * mask).double(), None, conv.stride, conv.padding, conv.dilation,
+                   conv.groups)
+    grad = torch.randn_like(ref)
+    gx, gw = torch.autograd.grad(out, (x, conv.weight), grad.float())
+    rx, rw = torch.autograd.grad(ref, (x, conv.weight), grad)
+    assert out.shape == ref.shape
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out.double(), ref, atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(gx.double(), rx.double(), atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(gw.double(), rw.double(), atol=2e-5, rtol=1e-5)
+    assert (gw[mask == 0] == 0).all(), "masked-out taps must get no gradient"
+    if out.shape[1] > 1 and out.shape[-2] * out.shape[-1] > 1:
+        assert out.is_contiguous(memory_format=fmt), "the rewrite must keep the input's memory layout"
+
+
+def test_the_rule_routes_the_slow_shapes_and_leaves_the_rest_to_the_convolution():
+    cl = torch.channels_last
+    tiny = torch.zeros(2, 8, 2, 2).contiguous(memory_format=cl)
+    small = torch.zeros(2, 8, 4, 4).contiguous(memory_format=cl)
+    mid = torch.zeros(2, 8, 8, 8).contiguous(memory_format=cl)
+    big = torch.zeros(2, 8, 32, 32).contiguous(memory_format=cl)
+    one = (1, 1)
+    assert choose_path(mid, (8, 1, 1, 1), one, (0, 0), (2, 2), 8) == "scale"
+    assert choose_path(mid, (8, 1, 3, 3), one, (2, 2), (2, 2), 8) == "matmul"  # dilated
+    assert choose_path(tiny, (8, 1, 3, 3), one, one, one, 8) == "matmul"
+    assert choose_path(small, (8, 1, 5, 5), one, (2, 2), one, 8) == "matmul"
+    assert choose_path(small, (8, 1, 3, 3), one, one, one, 8) == "conv"
+    assert choose_path(mid, (8, 1, 3, 3), one, one, one, 8) == "conv"
+    assert choose_path(big, (8, 1, 3, 3), one, (2, 2), (2, 2), 8) == "conv"  # too many pixels
+    assert choose_path(small, (16, 8, 1, 1), one, (0, 0), one, 1) == "linear"
+    assert choose_path(small.contiguous(), (16, 8, 1, 1), one, (0, 0), one, 1) == "conv"
+    assert choose_path(mid, (16, 8, 1, 1), one, (0, 0), one, 1) == "conv"
+    assert choose_path(small, (16, 8, 1, 1), (2, 2), (0, 0), one, 1) == "conv"
+
+
+def test_tap_index_links_each_output_pixel_to_the_taps_a_convolution_uses():
+    # 1-D view: a 3-tap kernel, padding 1, on 3 pixels: output o reads inputs o-1, o, o+1
+    index, h_out, w_out = tap_index(1, 3, (1, 3), (1, 1), (0, 1), (1, 1))
+    assert (h_out, w_out) == (1, 3)
+    none = 3
+    assert index.tolist() == [[1, 2, none], [0, 1, 2], [none, 0, 1]]
+    with pytest.raises(ValueError, match="empty"):
+        tap_index(1, 1, (1, 5), (1, 1), (0, 0), (1, 1))
