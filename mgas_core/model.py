@@ -7,11 +7,14 @@ convs). Per-cell architectures (GOLD-NAS, MGAS) add per-op channel widths and fi
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mgas_core.arch import Architecture, ArchitectureError, CellArch
+from mgas_core.metrics import ParamCount, count_params
 from mgas_core.ops import FactorizedReduce, Identity, MaskableConv2d, ReLUConvBN, build_op
 from mgas_core.space import network_cells
 from mgas_core.stem import Stem
@@ -202,3 +205,16 @@ def build_eval_network(
     if channels is None or layers is None:
         raise ArchitectureError(f"architecture {arch.name!r} is a genotype: give channels and layers")
     return EvalNetwork(arch, channels, layers, num_classes, in_channels, auxiliary, variant)
+
+
+def count_architecture_params(arch: Architecture, num_classes: int, in_channels: int = 3,
+                              variant: str = "cifar") -> ParamCount:
+    """What ``count_params(build_eval_network(arch, ..., auxiliary=False))`` gives, without
+    allocating or initialising a weight: the network is built on the meta device and the weights
+    its fixed masks remove are counted from the masks (search loops ask this every few steps)."""
+    with torch.device("meta"):
+        net = build_eval_network(replace(arch, masks=None), num_classes, in_channels, auxiliary=False,
+                                 variant=variant)
+    dense = count_params(net).dense
+    removed = sum(int((mask == 0).sum()) for mask in (arch.masks or {}).values())
+    return ParamCount(dense=dense, nonzero=dense - removed)

@@ -195,3 +195,16 @@ def accuracy(logits: Tensor, target: Tensor) -> float:
 def clip_and_step(optimizer: torch.optim.Optimizer, params: list[nn.Parameter], clip: float) -> None:
     nn.utils.clip_grad_norm_(params, clip)
     optimizer.step()
+
+
+def clone_tensors(state: Any) -> Any:
+    """A copy of a nested dict/list/tuple structure (an optimiser ``state_dict()``) in which every
+    tensor is cloned and everything else shared: what ``copy.deepcopy`` gives for such a state,
+    at a fraction of its cost (no memo, no pickling protocol per tensor)."""
+    if isinstance(state, Tensor):
+        return state.clone()
+    if isinstance(state, dict):
+        return {k: clone_tensors(v) for k, v in state.items()}
+    if isinstance(state, list | tuple):
+        return type(state)(clone_tensors(v) for v in state)
+    return state

@@ -22,7 +22,6 @@ within ``tolerance`` of the target.
 
 from __future__ import annotations
 
-import copy
 import math
 from typing import Any
 
@@ -35,7 +34,7 @@ from mgas_core.config import SearchSettings
 from mgas_core.data import Batch, DatasetInfo
 from mgas_core.errors import UserInputError
 from mgas_core.masks import FilterGate, LearnedThreshold
-from mgas_core.methods.base import SearchMethod, accuracy, cosine_lr, register_method, set_lr
+from mgas_core.methods.base import SearchMethod, accuracy, clone_tensors, cosine_lr, register_method, set_lr
 from mgas_core.methods.cell_alphas import PerCellAlphaModel
 from mgas_core.methods.lambda_control import LambdaController
 from mgas_core.methods.mgas_stages import make_plan
@@ -53,8 +52,7 @@ from mgas_core.methods.mgas_units import (
     size_count,
     weight_convs_of,
 )
-from mgas_core.metrics import count_params
-from mgas_core.model import build_eval_network
+from mgas_core.model import count_architecture_params
 from mgas_core.ops import ChannelOutput, SepConv, build_op
 from mgas_core.space import NO_NONE_PRIMITIVES, network_cells
 from mgas_core.stem import Stem
@@ -271,7 +269,7 @@ class Mgas(SearchMethod):
         params = [p for k in self.ARCH_OPTIMIZERS if k in self.opts
                   for group in self.opts[k].param_groups for p in group["params"]]
         return {"params": [(p, p.detach().clone()) for p in params],
-                "opts": {k: copy.deepcopy(self.opts[k].state_dict()) for k in self.ARCH_OPTIMIZERS if k in self.opts}}
+                "opts": {k: clone_tensors(self.opts[k].state_dict()) for k in self.ARCH_OPTIMIZERS if k in self.opts}}
 
     def _backtrack(self, saved: dict[str, Any]) -> None:
         """An architecture step that pruned the scope below its goal (minus ``undershoot``) is
@@ -304,9 +302,7 @@ class Mgas(SearchMethod):
 
     def derived_count(self, arch: Architecture | None = None) -> tuple[int, int]:
         arch = arch or self.derive()
-        net = build_eval_network(arch, self.info.num_classes, self.info.in_channels, auxiliary=False,
-                                 variant=self.info.variant)
-        count = count_params(net)
+        count = count_architecture_params(arch, self.info.num_classes, self.info.in_channels, self.info.variant)
         return count.dense, count.nonzero
 
     def _check_target(self, epoch_end: bool = False) -> None:
