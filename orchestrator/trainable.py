@@ -23,7 +23,7 @@ import torch
 from mgas_core.arch import Architecture, architecture_from_json
 from mgas_core.config import RunSettings
 from mgas_core.data import load_splits
-from mgas_core.io import CorruptFileError, load_checkpoint, save_checkpoint, save_tensor_file
+from mgas_core.io import CorruptFileError, load_checkpoint, save_checkpoint
 from mgas_core.provenance import provenance
 from mgas_core.train import DivergedError, resolve_device, run_retrain, run_search
 
@@ -169,9 +169,8 @@ def _write_state_dir(directory: Path, state: dict[str, Any]) -> None:
     save_checkpoint(state, directory / STATE_FILE)
     arch = state.get("arch")
     if arch:
-        (directory / "arch.json").write_text(arch["json"])
-        if arch["masks"]:
-            save_tensor_file(arch["masks"], directory / "arch.masks.safetensors")
+        # the JSON names its mask file, so `mgas train --arch .../arch.json` retrains with the masks
+        _arch_from_state(arch).save(directory / "arch.json")
 
 
 def restore_trial_state(checkpoint: Any) -> dict[str, Any] | None:

@@ -13,6 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 
+from mgas_core.arch import load_architecture
+from mgas_core.model import count_architecture_params
 from orchestrator.results import RESULT_SCHEMA, read_rows
 from orchestrator.spec import expand_trials, load_spec
 from orchestrator.sweep import run_command
@@ -56,6 +58,9 @@ def test_sweep_writes_exactly_one_filled_row_per_trial(tmp_path):
     phases = set(pq.read_table(curves[0]).column("phase").to_pylist())
     assert phases == {"search", "retrain"}
     assert (experiment_dir / "archs" / mgas["trial_id"] / "arch.masks.safetensors").exists()
+    # the saved JSON names its mask file: retraining it (`mgas train --arch`) uses the masks
+    saved = load_architecture(experiment_dir / "archs" / mgas["trial_id"] / "arch.json")
+    assert saved.masks and count_architecture_params(saved, 4, 3).nonzero == round(mgas["nonzero_params_m"] * 1e6)
 
     # running a trial of the experiment again replaces its row, never duplicates it
     first = {r["trial_id"]: r["finished_at"] for r in rows}
