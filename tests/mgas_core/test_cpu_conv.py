@@ -62,6 +62,8 @@ def test_the_rule_routes_the_slow_shapes_and_leaves_the_rest_to_the_convolution(
     assert choose_path(small, (8, 1, 3, 3), one, one, one, 8) == "conv"
     assert choose_path(mid, (8, 1, 3, 3), one, one, one, 8) == "conv"
     assert choose_path(big, (8, 1, 3, 3), one, (2, 2), (2, 2), 8) == "conv"  # too many pixels
+    wide = torch.zeros(2, 64, 8, 8).contiguous(memory_format=cl)
+    assert choose_path(wide, (64, 1, 3, 3), one, (2, 2), (2, 2), 64) == "conv"  # too many values
     assert choose_path(small, (16, 8, 1, 1), one, (0, 0), one, 1) == "linear"
     assert choose_path(small.contiguous(), (16, 8, 1, 1), one, (0, 0), one, 1) == "conv"
     assert choose_path(mid, (16, 8, 1, 1), one, (0, 0), one, 1) == "conv"
