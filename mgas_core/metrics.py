@@ -40,15 +40,27 @@ def count_params(model: nn.Module, exclude: str = "auxiliary") -> ParamCount:
 
 
 def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
-    """Multiply-adds of one forward pass at batch 1 (PyTorch's counter reports 2 FLOPs per MAC)."""
+    """Multiply-adds of one forward pass at batch 1 (PyTorch's counter reports 2 FLOPs per MAC).
+
+    Convolutions count as declared (every kernel tap, padding included, as papers count them):
+    their exact rewrites (``MaskableConv2d.rewrites``) are off while counting, since a dropped
+    padding tap or a tap-matrix product would change the count but not the function."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     x = torch.zeros((1, *input_shape), device=device)
     counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        model(x)
-    model.train(was_training)
+    convs = [m for m in model.modules() if isinstance(m, MaskableConv2d)]
+    rewrites = [conv.rewrites for conv in convs]
+    try:
+        for conv in convs:
+            conv.rewrites = False
+        with torch.no_grad(), counter:
+            model(x)
+    finally:
+        for conv, on in zip(convs, rewrites):
+            conv.rewrites = on
+        model.train(was_training)
     return counter.get_total_flops() // 2
 
 

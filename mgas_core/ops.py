@@ -54,6 +54,9 @@ class MaskableConv2d(nn.Conv2d):
         self.register_buffer("weight_mask", None)
         self.weight_threshold: LearnedThreshold | None = None
         self.cached_mask: Tensor | None = None  # batched for one step by the MGAS unit batcher
+        # exact faster formulations (padding-only taps dropped, mgas_core/cpu_conv.py paths); off,
+        # the conv runs as declared, which is what FLOP counting must see (count_flops)
+        self.rewrites = True
 
     def learned_weight_mask(self) -> Tensor | None:
         if self.weight_threshold is None:
@@ -80,6 +83,8 @@ class MaskableConv2d(nn.Conv2d):
 
     def forward(self, x: Tensor) -> Tensor:
         weight = self.effective_weight()
+        if not self.rewrites:
+            return self._conv_forward(x, weight, None)
         padding: tuple[int, int] = self.padding  # type: ignore[assignment]
         crop = self.reachable_taps(x.shape[-2], x.shape[-1])
         if crop is not None:

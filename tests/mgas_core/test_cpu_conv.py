@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from mgas_core.cpu_conv import choose_path, tap_index
+from mgas_core.metrics import count_flops
 from mgas_core.ops import MaskableConv2d
 
 CASES = [
@@ -78,3 +79,18 @@ def test_tap_index_links_each_output_pixel_to_the_taps_a_convolution_uses():
     assert index.tolist() == [[1, 2, none], [0, 1, 2], [none, 0, 1]]
     with pytest.raises(ValueError, match="empty"):
         tap_index(1, 1, (1, 5), (1, 1), (0, 0), (1, 1))
+
+
+def test_flops_count_every_declared_tap_whatever_path_runs():
+    # on a 2x2 map: a 5x5 dilated depthwise conv (centre tap only -> scale path), a 3x3 depthwise
+    # conv (matrix path) and a 1x1 conv on channels-last (linear path); papers count all taps
+    channels, size = 4, 2
+    model = torch.nn.Sequential(
+        MaskableConv2d(channels, channels, 5, 1, 4, 2, groups=channels),
+        MaskableConv2d(channels, channels, 3, 1, 1, 1, groups=channels),
+        MaskableConv2d(channels, channels, 1),
+    ).to(memory_format=torch.channels_last)
+    pixels = size * size
+    declared = pixels * channels * 25 + pixels * channels * 9 + pixels * channels * channels
+    assert count_flops(model, (channels, size, size)) == declared
+    assert all(conv.rewrites for conv in model), "counting must leave the rewrites on"
