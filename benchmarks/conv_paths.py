@@ -17,8 +17,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from mgas_core.cpu_conv import choose_path
-from mgas_core.ops import MaskableConv2d
+from mgas_core.maskable_conv import MaskableConv2d
 
 # (channels, map size, kernel, stride, dilation, depthwise)
 SHAPES = [
@@ -52,11 +51,7 @@ def measure(shape: tuple[int, int, int, int, int, bool], batch: int, repeats: in
     def routed() -> None:
         torch.autograd.backward(conv(x), grad)
 
-    crop = conv.reachable_taps(size, size)
-    taps = kernel if crop is None else crop[0][1] - crop[0][0]
-    padding = conv.padding if crop is None else (crop[0][2], crop[1][2])
-    path = choose_path(x, (channels, 1 if depthwise else channels, taps, taps), conv.stride, padding,  # type: ignore[arg-type]
-                       conv.dilation, conv.groups)  # type: ignore[arg-type]
+    path = conv.path_for(x)
     plain_ms, routed_ms = _time(plain, repeats), _time(routed, repeats)
     return {"channels": channels, "size": size, "kernel": kernel, "stride": stride, "dilation": dilation,
             "depthwise": depthwise, "path": path, "conv_ms": round(plain_ms, 3), "routed_ms": round(routed_ms, 3),

@@ -4,7 +4,7 @@ On CPU, oneDNN's backward pass for a depthwise convolution is many times slower 
 when the conv is dilated or the map is only a few pixels wide (a 5x5 dilated depthwise conv on an
 8x8 map: ~6 ms forward+backward against ~1.5 ms for an undilated one). Those are exactly the
 shapes of the DARTS space on small inputs (digits: cells at 8x8, 4x4 and 2x2), so
-:class:`~mgas_core.ops.MaskableConv2d` routes them to an equivalent formulation:
+:class:`~mgas_core.maskable_conv.MaskableConv2d` routes them to an equivalent formulation:
 
 * ``scale``: a depthwise conv whose only reachable tap is the centre (after the tap crop) is a
   per-channel scale of the (strided) input;

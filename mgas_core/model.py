@@ -14,8 +14,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mgas_core.arch import Architecture, ArchitectureError, CellArch
+from mgas_core.maskable_conv import MaskableConv2d
 from mgas_core.metrics import ParamCount, count_params
-from mgas_core.ops import FactorizedReduce, Identity, MaskableConv2d, ReLUConvBN, build_op
+from mgas_core.ops import FactorizedReduce, Identity, ReLUConvBN, build_op
 from mgas_core.space import network_cells
 from mgas_core.stem import Stem
 

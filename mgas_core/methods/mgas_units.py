@@ -23,8 +23,9 @@ import torch
 from torch import Tensor, nn
 
 from mgas_core.arch import CellArch, OpSpec, prune_dead_ops
+from mgas_core.maskable_conv import MaskableConv2d
 from mgas_core.masks import FilterGate, LearnedThreshold, binary_step
-from mgas_core.ops import ChannelOutput, DilConv, FactorizedReduce, MaskableConv2d, SepConv
+from mgas_core.ops import ChannelOutput, DilConv, FactorizedReduce, SepConv
 from mgas_core.supernet import SuperNetwork
 
 

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from mgas_core.cpu_conv import choose_path, tap_index
+from mgas_core.maskable_conv import MaskableConv2d
 from mgas_core.metrics import count_flops
-from mgas_core.ops import MaskableConv2d
 
 CASES = [
     # (channels, height, width, kernel, stride, dilation, depthwise)
@@ -90,6 +90,8 @@ def test_flops_count_every_declared_tap_whatever_path_runs():
         MaskableConv2d(channels, channels, 3, 1, 1, 1, groups=channels),
         MaskableConv2d(channels, channels, 1),
     ).to(memory_format=torch.channels_last)
+    x = torch.zeros(1, channels, size, size).contiguous(memory_format=torch.channels_last)
+    assert [conv.path_for(x) for conv in model] == ["scale", "matmul", "linear"]
     pixels = size * size
     declared = pixels * channels * 25 + pixels * channels * 9 + pixels * channels * channels
     assert count_flops(model, (channels, size, size)) == declared

@@ -74,7 +74,7 @@ def test_logits_and_gradients_match_reference(variant, size, layout, dtype):
     (5, 2, 1, 2), (5, 2, 1, 4), (5, 2, 2, 4), (5, 1, 1, 2), (3, 1, 1, 1), (3, 2, 2, 3), (5, 2, 1, 9),
 ])
 def test_conv_on_maps_smaller_than_its_reach_drops_only_padding_taps(kernel, dilation, stride, size):
-    from mgas_core.ops import MaskableConv2d
+    from mgas_core.maskable_conv import MaskableConv2d
 
     torch.manual_seed(0)
     conv = MaskableConv2d(4, 4, kernel, stride, dilation * (kernel - 1) // 2, dilation, groups=4)
