@@ -209,13 +209,14 @@ def build_eval_network(
 
 
 def count_architecture_params(arch: Architecture, num_classes: int, in_channels: int = 3,
-                              variant: str = "cifar") -> ParamCount:
+                              variant: str = "cifar", channels: int | None = None,
+                              layers: int | None = None) -> ParamCount:
     """What ``count_params(build_eval_network(arch, ..., auxiliary=False))`` gives, without
     allocating or initialising a weight: the network is built on the meta device and the weights
     its fixed masks remove are counted from the masks (search loops ask this every few steps)."""
     with torch.device("meta"):
-        net = build_eval_network(replace(arch, masks=None), num_classes, in_channels, auxiliary=False,
-                                 variant=variant)
+        net = build_eval_network(replace(arch, masks=None), num_classes, in_channels, channels, layers,
+                                 auxiliary=False, variant=variant)
     dense = count_params(net).dense
     removed = sum(int((mask == 0).sum()) for mask in (arch.masks or {}).values())
     return ParamCount(dense=dense, nonzero=dense - removed)

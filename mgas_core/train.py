@@ -26,7 +26,7 @@ from mgas_core.config import RetrainSettings, RunSettings
 from mgas_core.data import DatasetInfo, Splits, epoch_batches, split_in_half
 from mgas_core.methods.base import SearchMethod, cosine_lr, create_method, set_lr
 from mgas_core.metrics import ParamCount, PeakMemory, Stopwatch, count_flops, count_params
-from mgas_core.model import EvalNetwork, build_eval_network
+from mgas_core.model import EvalNetwork, build_eval_network, count_architecture_params
 
 EpochCallback = Callable[[dict[str, Any], Callable[[], dict[str, Any]]], None]
 """``callback(record, state_fn)`` after every epoch; ``state_fn()`` builds the resumable state."""
@@ -196,9 +196,7 @@ def width_for_target(arch: Architecture, target_m: float, layers: int, num_class
     width at or above the target; the closer of it and the next smaller width wins.
     """
     def params(c: int) -> int:
-        with torch.device("meta"):
-            net = EvalNetwork(arch, c, layers, num_classes, in_channels, auxiliary=False, variant=variant)
-        return count_params(net).dense
+        return count_architecture_params(arch, num_classes, in_channels, variant, channels=c, layers=layers).dense
 
     target = target_m * 1e6
     lo, hi = 1, 1024  # in units of 2 channels
