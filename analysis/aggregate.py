@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 METRICS = ("test_acc", "val_acc", "params_m", "nonzero_params_m", "flops_m", "search_time_s",
-           "search_peak_mem_mb", "retrain_time_s")
+           "search_peak_mem_mb", "retrain_time_s", "target_gap")
 
 
 def aggregate(ok: pd.DataFrame) -> pd.DataFrame:
@@ -19,7 +19,7 @@ def aggregate(ok: pd.DataFrame) -> pd.DataFrame:
             continue
         out[f"{metric}_mean"] = grouped[metric].mean()
         out[f"{metric}_std"] = grouped[metric].std(ddof=1).fillna(0.0)
-    for extra in ("target_params_m", "granularities", "stages", "subgraphs", "device"):
+    for extra in ("target_params_m", "granularities", "stages", "subgraphs", "device", "target_missed"):
         if extra in ok:
             out[extra] = grouped[extra].first()
     return out.reset_index()

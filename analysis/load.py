@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -97,6 +98,8 @@ def load_results(root: str | Path) -> Results:
         raise AnalysisError(f"{root} has {len(rows)} trial(s) but none finished successfully ({errors})")
     curves = _frame(_read_tables([p for d in dirs for p in sorted((d / "curves").glob("method=*/*.parquet"))],
                                  skipped))
+    reached = rows["target_reached"] if "target_reached" in rows else pd.Series(None, index=rows.index, dtype=object)
+    rows["target_missed"] = reached.map(lambda v: v is False or v is np.False_)
     rows["group"] = rows.apply(group_label, axis=1)
     return Results(rows=rows, curves=curves, experiments=sorted(rows["experiment"].unique()), skipped=skipped)
 
@@ -114,4 +117,6 @@ def group_label(row: pd.Series) -> str:
         value = axes[key]
         text = "+".join(map(str, value)) if isinstance(value, list) else str(value)
         parts.append(f"{key.split('.')[-1]}={text}")
+    if bool(row.get("target_missed", False)):
+        parts.append("[target missed]")  # never averaged with runs that reached the target
     return " ".join(parts)

@@ -59,14 +59,17 @@ def pareto_plot(agg: pd.DataFrame, folder: Path, cost: str = "nonzero_params_m",
         for i, method in enumerate(sorted(sub["method"].unique())):
             colour, marker, label = style(method, i)
             m = sub[sub["method"] == method]
+            missed = m["target_missed"].fillna(False).astype(bool) if "target_missed" in m else m["n"] < 0
             for front_flag, alpha in ((True, 1.0), (False, 0.35)):
-                pts = m[on_front[m.index] == front_flag]
-                if pts.empty:
-                    continue
-                ax.errorbar(pts[f"{cost}_mean"], pts["acc_pct"], yerr=pts["test_acc_std"] * 100,
-                            xerr=pts[f"{cost}_std"], fmt=marker, color=colour, alpha=alpha, markersize=7,
-                            capsize=3, linestyle="none", zorder=2,
-                            label=label if front_flag or m[on_front[m.index]].empty else None)
+                for miss in (False, True):
+                    pts = m[(on_front[m.index] == front_flag) & (missed == miss)]
+                    if pts.empty:
+                        continue
+                    first = front_flag or m[on_front[m.index]].empty
+                    ax.errorbar(pts[f"{cost}_mean"], pts["acc_pct"], yerr=pts["test_acc_std"] * 100,
+                                xerr=pts[f"{cost}_std"], fmt=marker, color=colour, alpha=alpha, markersize=7,
+                                capsize=3, linestyle="none", zorder=2, mfc="none" if miss else colour,
+                                label=(f"{label} (target missed)" if miss else label) if first else None)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(f"{dataset}: accuracy vs {xlabel.split(' (')[0]}")

@@ -82,22 +82,57 @@ class MsgDasSettings(Strict):
     teacher: Literal["ensemble", "supernet"] = "ensemble"
 
 
+class MgasLambdaControl(Strict):
+    """The official MG-DARTS lambda controller, applied at every mask epoch.
+
+    With ``n`` ops pruned at the mask epoch: ``n >= high`` -> lambda /= c0 and the increment resets
+    to lambda0; ``n < low`` -> (unless lambda sits at its cap) increment *= c0^2, lambda += increment.
+    The cap is lambda itself once the epoch's mean CE falls below ``cap_ratio`` x its mean
+    lambda x size term (``stage_cap_ratio`` in the stages, ``final_cap_ratio`` in the final phase),
+    else ``max_lambda``. ``high``/``low`` are the official counts for its 784-op supernet
+    (8 cells x 14 edges x 7 ops); they scale with the supernet's number of ops.
+    """
+
+    lambda0: float = Field(1e-5, gt=0)
+    c0: float = Field(2.0, gt=1)
+    high: int = Field(48, ge=1, description="ops pruned at a mask epoch that halve lambda (784-op supernet)")
+    low: int = Field(24, ge=1, description="fewer ops pruned than this grow lambda (784-op supernet)")
+    reference_ops: int = Field(784, ge=1, description="op count the high/low counts were set for")
+    stage_cap_ratio: float = Field(1.0, ge=0, description="0: lambda has no cap")
+    final_cap_ratio: float = Field(0.5, ge=0, description="0: lambda has no cap")
+    max_lambda: float = Field(100.0, gt=0)
+
+
 class MgasSettings(Strict):
+    """MG-DARTS as in its official code (lxy12357/MG_DARTS); docs/fidelity.md lists every deviation."""
+
     granularities: list[Literal["op", "filter", "weight"]] = ["op", "filter", "weight"]
     stages: int = Field(3, ge=1)
-    stage_epochs: int | None = Field(None, ge=1, description="epochs per stage; default epochs // (stages + 1)")
-    final_epochs: int | None = Field(None, ge=1, description="max epochs of the final phase; default the rest")
-    regrow_fraction: float = Field(0.2, ge=0, le=1)
-    alpha_lr: float = Field(0.05, gt=0)
-    beta_lr: float = Field(0.05, gt=0)
-    threshold_lr: float = Field(0.01, gt=0)
-    threshold_init_op: float = Field(0.3, description="initial op-level threshold (scores start at 0.5)")
-    threshold_init_filter: float = Field(0.3, description="initial filter-level threshold (scores start at 0.5)")
-    threshold_init_weight: float = Field(0.0, description="initial weight-level threshold on |w|")
+    warmup_epochs: int = Field(5, ge=0, description="weights-only epochs (lambda 0) opening every stage and the "
+                                                    "final phase")
+    mask_interval: int = Field(2, ge=1, description="stored masks are recomputed every k-th search epoch")
+    stage_goal: float = Field(0.3, gt=0, lt=1, description="a stage ends once its size is below this fraction "
+                                                           "of its size when it began")
+    stage_epochs: int | None = Field(None, ge=1, description="max search epochs of a stage (after warm-up); "
+                                                             "default search.epochs")
+    final_epochs: int | None = Field(None, ge=1, description="max search epochs of the final phase (after "
+                                                             "warm-up); default search.epochs")
+    regrow_fraction: float = Field(0.2, ge=0, le=1, description="ops regrown after stages 2.. as a fraction of "
+                                                                "the ops pruned in the stage")
+    min_width_fraction: float = Field(0.5, gt=0, le=1, description="filter removal keeps at least this fraction "
+                                                                   "of every unit's initial width")
+    w_lr: float = Field(0.01, gt=0, description="weight learning rate (constant)")
+    alpha_lr: float = Field(1.0, gt=0)
+    beta_lr: float = Field(1.0, gt=0)
+    op_threshold_lr: float = Field(0.1, gt=0)
+    filter_threshold_lr: float = Field(0.1, gt=0)
+    weight_threshold_lr: float = Field(0.001, gt=0)
+    arch_momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum of alpha, beta and the thresholds")
+    control: MgasLambdaControl = MgasLambdaControl()
+    augment: Literal["autoaugment", "standard"] = Field(
+        "autoaugment", description="search-time CIFAR augmentation: crop+flip+AutoAugment (official) or crop+flip")
+    cutout: int = Field(16, ge=0, description="search-time cutout length on CIFAR (0 disables it)")
     default_target_ratio: float = Field(0.5, gt=0, lt=1, description="target = ratio * supernet size if no target")
-    control: LambdaControl = LambdaControl(lambda0=0.05, c0=2.0)
-    tolerance: float = Field(0.02, ge=0, lt=0.5, description="stop once size <= target * (1 + tolerance)")
-    undershoot: float = Field(0.05, gt=0, lt=0.5, description="undo arch steps that prune below goal * (1 - this)")
 
     @field_validator("granularities")
     @classmethod
@@ -189,10 +224,18 @@ PRESETS: dict[str, dict[str, Any]] = {
         "search.gold_nas.w_lr": 0.05,
         "search.gold_nas.control.lambda0": 0.05,
         "search.gold_nas.snapshot": "epoch",
+        # MG-DARTS scaled to digits (docs/fidelity.md, "presets"): 1 warm-up epoch per phase, a
+        # mask update every epoch, short budgets; lambda0 for 12 steps per epoch instead of the
+        # ~520 of CIFAR; no lambda cap, since digits' CE is ~0 and the cap would freeze lambda
         "search.mgas.stages": 3,
-        "search.mgas.stage_epochs": 1,
+        "search.mgas.warmup_epochs": 1,
+        "search.mgas.mask_interval": 1,
+        "search.mgas.stage_epochs": 2,
         "search.mgas.final_epochs": 6,
-        "search.mgas.control.lambda0": 0.2,
+        "search.mgas.w_lr": 0.05,
+        "search.mgas.control.lambda0": 0.001,
+        "search.mgas.control.stage_cap_ratio": 0,
+        "search.mgas.control.final_cap_ratio": 0,
         "retrain.epochs": 6,
         "retrain.channels": 12,
         "retrain.layers": 4,

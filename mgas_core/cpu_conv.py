@@ -15,7 +15,12 @@ shapes of the DARTS space on small inputs (digits: cells at 8x8, 4x4 and 2x2), s
   convolution (at the paper's 8x8 cells with C=64 it measured faster per call but cost 430 MB
   more peak memory over the search supernet and no throughput);
 * ``linear``: a 1x1, stride-1 dense conv on a channels-last map of at most 16 pixels is a matrix
-  product over the channel dimension of the same memory (no copy).
+  product over the channel dimension of the same memory (no copy); a strided 1x1 conv (the
+  FactorizedReduce halves) on a channels-last map is always one, on the subsampled map. This is
+  also a correctness fix: oneDNN's 1x1 weight-gradient kernel for strided channels-last convs
+  (torch 2.14, ``jit_avx2_1x1_convolution_bwd_weights``) wrote out of bounds under valgrind once
+  filter removal left channel counts that are not multiples of 8 (heap corruption and aborts),
+  and gave wrong weight gradients for 3 input channels.
 
 Each computes the same sums as the convolution (only the summation order can differ, ~1e-6
 relative) and gives the same gradients to the input and to every real tap; padding taps get
@@ -60,7 +65,9 @@ def choose_path(
         if small and (max(dilation) > 1 or pixels <= 4 or (k_h * k_w >= 25 and pixels <= 16)):
             return "matmul"
         return "conv"
-    pointwise = groups == 1 and (k_h, k_w) == (1, 1) and stride == (1, 1) and padding == (0, 0)
+    pointwise = groups == 1 and (k_h, k_w) == (1, 1) and padding == (0, 0)
+    if pointwise and stride != (1, 1) and x.stride(1) == 1:  # channels-last, also a sliced one
+        return "linear"
     if pointwise and pixels <= LINEAR_MAX_PIXELS and x.is_contiguous(memory_format=torch.channels_last):
         return "linear"
     return "conv"
@@ -129,7 +136,9 @@ def depthwise_matmul(
     return out.reshape(batch, channels, h_out, w_out)
 
 
-def pointwise_linear(x: Tensor, weight: Tensor) -> Tensor:
-    """A 1x1 stride-1 dense conv on a channels-last map as a product over the channel dim."""
+def pointwise_linear(x: Tensor, weight: Tensor, stride: tuple[int, int] = (1, 1)) -> Tensor:
+    """A 1x1 dense conv (no padding) on a channels-last map as a product over the channel dim."""
+    if stride != (1, 1):
+        x = x[:, :, :: stride[0], :: stride[1]]
     out = torch.nn.functional.linear(x.permute(0, 2, 3, 1), weight.reshape(weight.shape[0], weight.shape[1]))
     return out.permute(0, 3, 1, 2)

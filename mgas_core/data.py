@@ -41,6 +41,15 @@ class DatasetInfo:
         return (self.in_channels, self.image_size, self.image_size)
 
 
+@dataclass(frozen=True)
+class SearchAugment:
+    """Extra search-time augmentation of the CIFAR training view (MG-DARTS searches with the
+    AutoAugment CIFAR policy and cutout; DARTS-style searches with crop and flip only)."""
+
+    autoaugment: bool = False
+    cutout: int = 0
+
+
 @dataclass
 class Splits:
     info: DatasetInfo
@@ -128,15 +137,16 @@ def _require_root(settings: DataSettings, what: str) -> Path:
     return root
 
 
-def _cifar(settings: DataSettings, cutout: int) -> Splits:
+def _cifar(settings: DataSettings, cutout: int, augment: SearchAugment) -> Splits:
     from torchvision import datasets, transforms
 
     cls = datasets.CIFAR10 if settings.name == "cifar10" else datasets.CIFAR100
     root = _require_root(settings, f"the torchvision {cls.__name__} files")
     mean, std = CIFAR_STATS[settings.name]
     normalize = [transforms.ToTensor(), transforms.Normalize(mean, std)]
+    policy = [transforms.AutoAugment(transforms.AutoAugmentPolicy.CIFAR10)] if augment.autoaugment else []
     search_tf = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
-                                    *normalize])
+                                    *policy, *normalize, *([Cutout(augment.cutout)] if augment.cutout else [])])
     retrain_tf = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
                                      *normalize, *([Cutout(cutout)] if cutout else [])])
     plain_tf = transforms.Compose(normalize)
@@ -177,20 +187,21 @@ def _imagenet(settings: DataSettings, cutout: int) -> Splits:
     return Splits(info, Subset(train_full, keep.tolist()), Subset(train_plain, held.tolist()), test)
 
 
-DATASET_BUILDERS: dict[str, Callable[[DataSettings, int], Splits]] = {
-    "digits": lambda s, _c: _digits(s),
-    "synthetic": lambda s, _c: _synthetic(s),
+DATASET_BUILDERS: dict[str, Callable[[DataSettings, int, SearchAugment], Splits]] = {
+    "digits": lambda s, _c, _a: _digits(s),
+    "synthetic": lambda s, _c, _a: _synthetic(s),
     "cifar10": _cifar,
     "cifar100": _cifar,
-    "imagenet": _imagenet,
+    "imagenet": lambda s, c, _a: _imagenet(s, c),
 }
 
 
-def load_splits(settings: DataSettings, cutout: int = 0) -> Splits:
-    """Load ``settings.name``; ``cutout`` is applied to the retraining view of the train split."""
+def load_splits(settings: DataSettings, cutout: int = 0, search_augment: SearchAugment | None = None) -> Splits:
+    """Load ``settings.name``; ``cutout`` is applied to the retraining view of the train split,
+    ``search_augment`` to its search view (CIFAR; the embedded sets have no augmentation)."""
     if settings.name not in DATASET_BUILDERS:
         raise DatasetError(f"unknown dataset {settings.name!r}; allowed: {', '.join(DATASET_BUILDERS)}")
-    return DATASET_BUILDERS[settings.name](settings, cutout)
+    return DATASET_BUILDERS[settings.name](settings, cutout, search_augment or SearchAugment())
 
 
 def shuffle_generator(seed: int, epoch: int, stream: int = 0) -> torch.Generator:

@@ -1,26 +1,29 @@
 """The convolution every supernet and retrained network uses: :class:`MaskableConv2d`.
 
-Its effective weight is ``weight * masks`` (a fixed 0/1 mask of a derived architecture and/or the
-learned-threshold mask of MGAS's weight level). Its forward drops the kernel taps that can only
-touch zero padding (tiny maps) and, on CPU, runs the exact faster formulations of
+Its effective weight is ``weight * masks``: a stored 0/1 mask (``weight_mask``: the fixed mask of a
+derived architecture, or MGAS's permanent weight-level mask) and, during an MGAS step, the live
+learned-threshold mask ``Step(|w| - t)`` that MGAS computes for all its convs at once. Its forward
+drops the kernel taps that can only touch zero padding (tiny maps) and, on CPU, runs the exact
+faster formulations of
 :mod:`mgas_core.cpu_conv`; ``rewrites = False`` runs the conv as declared (FLOP counting).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mgas_core.cpu_conv import ConvPath, choose_path, depthwise_matmul, depthwise_scale, pointwise_linear
-from mgas_core.masks import LearnedThreshold
 
 
 class MaskableConv2d(nn.Conv2d):
     """A bias-free conv whose effective weight is ``weight * masks``.
 
-    ``weight_mask`` (buffer, fixed 0/1) is used by derived architectures; ``weight_threshold``
-    (a :class:`LearnedThreshold`, MGAS weight level) gives ``Step(|w| - t)``.
+    ``weight_mask`` (buffer, 0/1 or None) is the stored mask; ``cached_mask`` the live mask an MGAS
+    step lends it (None outside a step).
     """
 
     def __init__(
@@ -35,27 +38,22 @@ class MaskableConv2d(nn.Conv2d):
     ) -> None:
         super().__init__(c_in, c_out, kernel_size, stride, padding, dilation, groups, bias=False)
         self.register_buffer("weight_mask", None)
-        self.weight_threshold: LearnedThreshold | None = None
-        self.cached_mask: Tensor | None = None  # batched for one step by the MGAS unit batcher
+        self.cached_mask: Tensor | None = None  # live learned mask, lent for one MGAS step
         # exact faster formulations (padding-only taps dropped, mgas_core/cpu_conv.py paths); off,
         # the conv runs as declared, which is what FLOP counting must see (count_flops)
         self.rewrites = True
 
-    def learned_weight_mask(self) -> Tensor | None:
-        if self.weight_threshold is None:
-            return None
-        if self.cached_mask is not None:
-            return self.cached_mask
-        return self.weight_threshold.mask(self.weight.abs())
-
     def effective_weight(self) -> Tensor:
         w = self.weight
-        learned = self.learned_weight_mask()
-        if learned is not None:
-            w = w * learned
+        if self.cached_mask is not None:
+            w = w * self.cached_mask
         if self.weight_mask is not None:
             w = w * self.weight_mask
         return w
+
+    def stored_nonzero(self) -> int:
+        """Weights the stored mask keeps (all of them without one)."""
+        return self.weight.numel() if self.weight_mask is None else int(self.weight_mask.sum())
 
     def set_fixed_mask(self, mask: Tensor) -> None:
         if mask.shape != self.weight.shape:
@@ -77,7 +75,7 @@ class MaskableConv2d(nn.Conv2d):
         if path == "matmul":
             return depthwise_matmul(x, weight, stride, padding, dilation)
         if path == "linear":
-            return pointwise_linear(x, weight)
+            return pointwise_linear(x, weight, stride)
         return F.conv2d(x, weight, None, stride, padding, dilation, self.groups)
 
     def path_for(self, x: Tensor) -> ConvPath:
@@ -123,7 +121,33 @@ class MaskableConv2d(nn.Conv2d):
 
     def keep_in(self, index: Tensor) -> None:
         """Keep input channels ``index`` of a dense (groups=1) conv."""
-        self.weight = nn.Parameter(self.weight.detach()[:, index].clone())
-        if self.weight_mask is not None:
-            self.weight_mask = self.weight_mask[:, index].clone()
-        self.in_channels = len(index)
+        self.remap_in(index, torch.arange(len(index)), len(index))
+
+    def remap_in(self, source: Tensor, target: Tensor, width: int) -> None:
+        """New input layout of ``width`` channels: old input ``source[i]`` becomes ``target[i]``.
+
+        Dense conv: other new columns are zero (the output is unchanged; they learn from there).
+        Depthwise conv: input channels are its groups, so the same remap applies to its outputs;
+        new groups get the default initialisation (a zero group next to a zero consumer column
+        would never receive gradient).
+        """
+        old = self.weight.detach()
+        if self.groups > 1:
+            new = torch.empty((width, *old.shape[1:]), dtype=old.dtype, device=old.device)
+            nn.init.kaiming_uniform_(new, a=math.sqrt(5))
+            new[target] = old[source]
+            mask = None
+            if self.weight_mask is not None:
+                mask = torch.ones_like(new)
+                mask[target] = self.weight_mask[source]
+            self.groups = self.in_channels = self.out_channels = width
+        else:
+            new = old.new_zeros((old.shape[0], width, *old.shape[2:]))
+            new[:, target] = old[:, source]
+            mask = None
+            if self.weight_mask is not None:
+                mask = torch.ones_like(new)
+                mask[:, target] = self.weight_mask[:, source]
+            self.in_channels = width
+        self.weight = nn.Parameter(new)
+        self.weight_mask = mask

@@ -8,7 +8,9 @@ pass is the exact 0/1 step; the backward pass uses the long-tailed surrogate of 
                0.4        for 0.4 < |x| <= 1
                0          beyond
 
-so thresholds and scores keep receiving gradient near the decision boundary.
+so thresholds and scores keep receiving gradient near the decision boundary. MGAS keeps its
+thresholds as tensors of its own (one per unit and level); :class:`FilterGate` holds the
+filter-level scores and their stored mask.
 """
 
 from __future__ import annotations
@@ -42,58 +44,35 @@ def binary_step(x: Tensor) -> Tensor:
     return _StepWithSurrogate.apply(x)
 
 
-class LearnedThreshold(nn.Module):
-    """A learnable scalar threshold ``t``; ``mask(score) = Step(score - t)``.
-
-    ``regulariser()`` is ``exp(-t)``: minimising it raises ``t`` (prunes more), balanced by the
-    task loss whose gradient reaches ``t`` through the surrogate.
-    """
-
-    def __init__(self, init: float = 0.0) -> None:
-        super().__init__()
-        self.t = nn.Parameter(torch.tensor(float(init)))
-
-    def mask(self, score: Tensor) -> Tensor:
-        return binary_step(score - self.t)
-
-    def regulariser(self) -> Tensor:
-        return torch.exp(-self.t)
-
-
 class FilterGate(nn.Module):
-    """Filter-level unit scores ``sigmoid(beta_c)`` per output channel with a learned threshold.
+    """Filter-level scores ``sigmoid(beta_c)`` per output channel of a conv stage.
 
-    ``scale()`` returns ``sigmoid(beta) * Step(sigmoid(beta) - t)``: the factor each channel's
-    output is multiplied by; a pruned channel contributes exactly zero.
+    The channel's output is multiplied by ``scale() = sigmoid(beta) * mask``. ``stored`` is the
+    permanent 0/1 mask (updated by MGAS every mask interval; its zeros are later removed for real);
+    during a step MGAS lends the gate its live mask ``Step(sigmoid(beta) - t) * stored`` through
+    ``cached``. A gate with ``maskable=False`` only scales (the official MG-DARTS
+    FactorizedReduce: scores, but never pruned).
     """
 
-    def __init__(self, channels: int, threshold_init: float = 0.0) -> None:
+    def __init__(self, channels: int, maskable: bool = True) -> None:
         super().__init__()
         self.beta = nn.Parameter(torch.zeros(channels))
-        self.threshold = LearnedThreshold(threshold_init)
-        self.cached: tuple[Tensor, Tensor] | None = None  # (score, mask) batched for one step
+        self.register_buffer("stored", torch.ones(channels))
+        self.maskable = maskable
+        self.cached: tuple[Tensor, Tensor] | None = None  # (score, live mask) lent for one step
 
     def score(self) -> Tensor:
         return self.cached[0] if self.cached is not None else torch.sigmoid(self.beta)
 
     def mask(self) -> Tensor:
-        if self.cached is not None:
-            return self.cached[1]
-        return self.threshold.mask(self.score())
+        return self.cached[1] if self.cached is not None else self.stored
 
     def scale(self) -> Tensor:
         return self.score() * self.mask()
 
     def keep(self, index: Tensor) -> None:
-        """Physically drop the channels not in ``index`` (filter shrinking)."""
-        self.beta = nn.Parameter(self.beta.detach()[index.to(self.beta.device)].clone())
+        """Physically drop the channels not in ``index`` (filter removal)."""
+        index = index.to(self.beta.device)
+        self.beta = nn.Parameter(self.beta.detach()[index].clone())
+        self.stored = self.stored[index].clone()
         self.cached = None
-
-
-def remaining_ratio(masks: list[Tensor]) -> float:
-    """Fraction of units whose hard mask is 1, over a list of mask tensors."""
-    total = sum(int(m.numel()) for m in masks)
-    if total == 0:
-        return 1.0
-    kept = sum(float(m.detach().sum()) for m in masks)
-    return kept / total

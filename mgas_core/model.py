@@ -2,23 +2,50 @@
 
 Structure and parameter counts follow the official DARTS ``NetworkCIFAR`` / ``NetworkImageNet``
 (auxiliary head after cell 2L//3, drop-path on non-identity ops, ImageNet stem of three stride-2
-convs). Per-cell architectures (GOLD-NAS, MGAS) add per-op channel widths and fixed weight masks.
+convs). Per-cell architectures (GOLD-NAS, MGAS) add per-op channel widths and fixed weight masks;
+removed filters are gone for real: every state keeps only the channels some op writes
+(:mod:`mgas_core.channels`) and the convs reading it have only those input columns.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mgas_core.arch import Architecture, ArchitectureError, CellArch
+from mgas_core.channels import CellChannels, OpChannels, plan_cell
 from mgas_core.maskable_conv import MaskableConv2d
-from mgas_core.metrics import ParamCount, count_params
-from mgas_core.ops import FactorizedReduce, Identity, ReLUConvBN, build_op
-from mgas_core.space import network_cells
+from mgas_core.metrics import ParamCount
+from mgas_core.ops import (
+    EVALUATION,
+    FactorizedReduce,
+    Identity,
+    OpWidths,
+    ReLUConvBN,
+    build_op,
+    writes_input_channels,
+)
+from mgas_core.space import CellShape, network_cells
 from mgas_core.stem import Stem
+
+
+def cell_channel_plan(cell: CellArch, channels: int, reduction: bool) -> CellChannels:
+    """The channels every state of ``cell`` keeps (see :mod:`mgas_core.channels`)."""
+    inputs = [(p or {}).get("out") for p in cell.preprocess]
+    ops = []
+    for spec in cell.ops:
+        stride = 2 if reduction and spec.input < 2 else 1
+        out = None
+        if not writes_input_channels(spec.op, stride):
+            out = tuple((spec.widths or {}).get("out", range(channels)))  # type: ignore[arg-type]
+        ops.append(OpChannels(spec.input, spec.node, out))
+    nodes = 1 + max(o.node for o in cell.ops)
+    return plan_cell(channels, [tuple(x) if x is not None else None for x in inputs], ops, nodes, cell.concat)
 
 
 def drop_path(x: Tensor, drop_prob: float) -> Tensor:
@@ -28,38 +55,105 @@ def drop_path(x: Tensor, drop_prob: float) -> Tensor:
     return x / keep * mask
 
 
+@dataclass(frozen=True)
+class ModuleSpec:
+    """How to build one module of an evaluation cell (hashable, so its size can be cached)."""
+
+    kind: str  # "op", "relu_conv_bn" or "factorized_reduce"
+    args: tuple
+
+    def build(self) -> nn.Module:
+        if self.kind == "op":
+            name, channels, stride, widths, in_channels = self.args
+            return build_op(name, channels, stride, EVALUATION, _unfreeze(widths), in_channels)
+        c_in, c_out, kept = self.args
+        cls = FactorizedReduce if self.kind == "factorized_reduce" else ReLUConvBN
+        return cls(c_in, c_out, True, list(kept) if kept is not None else None)
+
+    def params(self) -> int:
+        return _spec_params(self)
+
+
+@lru_cache(maxsize=8192)
+def _spec_params(spec: ModuleSpec) -> int:
+    with torch.device("meta"):
+        return sum(p.numel() for p in spec.build().parameters())
+
+
+def _freeze(widths: OpWidths | None) -> tuple:
+    return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in (widths or {}).items()))
+
+
+def _unfreeze(widths: tuple) -> OpWidths:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in widths}
+
+
+@dataclass(frozen=True)
+class CellSpecs:
+    plan: CellChannels
+    preprocess0: ModuleSpec | None
+    preprocess1: ModuleSpec | None
+    ops: tuple[ModuleSpec, ...]
+
+    @property
+    def modules(self) -> list[ModuleSpec]:
+        return [m for m in (self.preprocess0, self.preprocess1, *self.ops) if m is not None]
+
+
+def cell_specs(cell: CellArch, c_prev_prev: int, c_prev: int, channels: int, reduction: bool,
+               reduction_prev: bool) -> CellSpecs:
+    """The modules of an evaluation cell: pre-processing of the inputs it reads, and its ops, each
+    reading the channels its state keeps."""
+    plan = cell_channel_plan(cell, channels, reduction)
+    pre0, pre1 = cell.preprocess
+    spec0 = spec1 = None
+    if cell.uses_input(0):
+        kept0 = (pre0 or {}).get("out")
+        spec0 = ModuleSpec("factorized_reduce" if reduction_prev else "relu_conv_bn",
+                           (c_prev_prev, channels, tuple(kept0) if kept0 is not None else None))
+    if cell.uses_input(1):
+        kept1 = (pre1 or {}).get("out")
+        spec1 = ModuleSpec("relu_conv_bn", (c_prev, channels, tuple(kept1) if kept1 is not None else None))
+    ops = tuple(ModuleSpec("op", (o.op, channels, 2 if reduction and o.input < 2 else 1, _freeze(o.widths),
+                                  len(plan.states[o.input]))) for o in cell.ops)
+    return CellSpecs(plan, spec0, spec1, ops)
+
+
+def network_specs(arch: Architecture, channels: int, layers: int, stem_channels: int,
+                  first_reduction_prev: bool) -> Iterator[tuple[CellShape, CellSpecs]]:
+    """Every cell's shape and module specs; a cell's inputs are its predecessors' real outputs."""
+    cells = arch.cells_for(layers)
+    shapes = network_cells(channels, layers, 4, stem_channels, first_reduction_prev, [len(c.concat) for c in cells])
+    c_pp, c_p = stem_channels, stem_channels
+    for shape, cell in zip(shapes, cells):
+        try:
+            specs = cell_specs(cell, c_pp, c_p, shape.channels, shape.reduction, shape.reduction_prev)
+        except ValueError as exc:
+            raise ArchitectureError(f"cell {shape.index} of {arch.name!r}: {exc}") from exc
+        yield shape, specs
+        c_pp, c_p = c_p, specs.plan.output_width()
+
+
 class EvalCell(nn.Module):
-    def __init__(
-        self,
-        cell: CellArch,
-        c_prev_prev: int,
-        c_prev: int,
-        channels: int,
-        reduction: bool,
-        reduction_prev: bool,
-    ) -> None:
+    def __init__(self, specs: CellSpecs, channels: int, reduction: bool, cell: CellArch) -> None:
         super().__init__()
         self.reduction = reduction
         self.channels = channels
-        pre0, pre1 = cell.preprocess
-        self.preprocess0: nn.Module | None = None
-        if cell.uses_input(0):
-            kept0 = (pre0 or {}).get("out")
-            self.preprocess0 = (FactorizedReduce(c_prev_prev, channels, True, kept0) if reduction_prev
-                                else ReLUConvBN(c_prev_prev, channels, True, kept0))
-        self.preprocess1: nn.Module | None = None
-        if cell.uses_input(1):
-            self.preprocess1 = ReLUConvBN(c_prev, channels, True, (pre1 or {}).get("out"))
-        self.ops = nn.ModuleList()
-        for spec in cell.ops:
-            stride = 2 if reduction and spec.input < 2 else 1
-            self.ops.append(build_op(spec.op, channels, stride, search=False, widths=spec.widths))
+        self.plan = specs.plan
+        self.preprocess0: nn.Module | None = specs.preprocess0.build() if specs.preprocess0 else None
+        self.preprocess1: nn.Module | None = specs.preprocess1.build() if specs.preprocess1 else None
+        self.ops = nn.ModuleList(spec.build() for spec in specs.ops)
         self.inputs = [o.input for o in cell.ops]
+        self.positions = list(self.plan.positions)
         self.num_states = 2 + max(o.node + 1 for o in cell.ops)
         self.node_ops: list[list[int]] = [[] for _ in range(self.num_states)]
         for k, o in enumerate(cell.ops):
             self.node_ops[o.node + 2].append(k)
         self.concat = list(cell.concat)
+
+    @property
+    def out_channels(self) -> int:
+        return self.plan.output_width()
 
     def forward(self, s0: Tensor, s1: Tensor, drop_prob: float) -> Tensor:
         states: list[Tensor | None] = [None] * self.num_states
@@ -82,7 +176,14 @@ class EvalCell(nn.Module):
                 h = op(x, x_relu)
                 if self.training and drop_prob > 0.0 and not isinstance(op, Identity):
                     h = drop_path(h, drop_prob)
-                acc = h if acc is None else acc + h
+                pos = self.positions[k]
+                if pos is None:
+                    acc = h if acc is None else acc + h
+                else:
+                    if acc is None:
+                        width = len(self.plan.states[node_state])
+                        acc = h.new_zeros((h.shape[0], width, *h.shape[2:]))
+                    acc = acc.index_add(1, pos.to(h.device), h)
             states[node_state] = acc
         return torch.cat([states[i] for i in self.concat], dim=1)  # type: ignore[misc]
 
@@ -146,21 +247,21 @@ class EvalNetwork(nn.Module):
         self.drop_path_prob = 0.0
         cells = arch.cells_for(layers)
         self.stem = Stem(in_channels, channels, variant)
-        stem_c, first_reduction_prev = self.stem.out_channels, self.stem.reduces_first_input
-        shapes = network_cells(channels, layers, 4, stem_c, first_reduction_prev, [len(c.concat) for c in cells])
         self.cells = nn.ModuleList()
         self.aux_position = 2 * layers // 3
-        c_aux = shapes[-1].out_channels
-        for shape, cell in zip(shapes, cells):
+        c_p = c_aux = self.stem.out_channels
+        for shape, specs in network_specs(arch, channels, layers, self.stem.out_channels,
+                                          self.stem.reduces_first_input):
             try:
-                self.cells.append(EvalCell(cell, shape.c_prev_prev, shape.c_prev, shape.channels,
-                                           shape.reduction, shape.reduction_prev))
+                built = EvalCell(specs, shape.channels, shape.reduction, cells[shape.index])
             except ValueError as exc:
                 raise ArchitectureError(f"cell {shape.index} of {arch.name!r}: {exc}") from exc
+            self.cells.append(built)
+            c_p = built.out_channels
             if shape.index == self.aux_position:
-                c_aux = shape.out_channels
+                c_aux = c_p
         self.auxiliary_head = AuxiliaryHead(c_aux, num_classes, variant == "imagenet") if auxiliary else None
-        self.classifier = nn.Linear(shapes[-1].out_channels, num_classes)
+        self.classifier = nn.Linear(c_p, num_classes)
         if arch.masks:
             apply_weight_masks(self, arch.masks)
 
@@ -212,11 +313,26 @@ def count_architecture_params(arch: Architecture, num_classes: int, in_channels:
                               variant: str = "cifar", channels: int | None = None,
                               layers: int | None = None) -> ParamCount:
     """What ``count_params(build_eval_network(arch, ..., auxiliary=False))`` gives, without
-    allocating or initialising a weight: the network is built on the meta device and the weights
-    its fixed masks remove are counted from the masks (search loops ask this every few steps)."""
-    with torch.device("meta"):
-        net = build_eval_network(replace(arch, masks=None), num_classes, in_channels, channels, layers,
-                                 auxiliary=False, variant=variant)
-    dense = count_params(net).dense
+    building the network: the same module specs, each module's size counted once on the meta
+    device and cached; the weights fixed masks remove are counted from the masks (MGAS asks this
+    at every mask epoch, once per op it prunes)."""
+    if not arch.is_genotype:
+        channels = arch.channels if channels is None else channels
+        layers = len(arch.cells or []) if layers is None else layers
+    if channels is None or layers is None:
+        raise ArchitectureError(f"architecture {arch.name!r} is a genotype: give channels and layers")
+    stem_c, first_reduction_prev, stem_params = _stem_facts(in_channels, channels, variant)
+    dense, last = stem_params, stem_c
+    for _, specs in network_specs(arch, channels, layers, stem_c, first_reduction_prev):
+        dense += sum(m.params() for m in specs.modules)
+        last = specs.plan.output_width()
+    dense += last * num_classes + num_classes
     removed = sum(int((mask == 0).sum()) for mask in (arch.masks or {}).values())
     return ParamCount(dense=dense, nonzero=dense - removed)
+
+
+@lru_cache(maxsize=64)
+def _stem_facts(in_channels: int, channels: int, variant: str) -> tuple[int, bool, int]:
+    with torch.device("meta"):
+        stem = Stem(in_channels, channels, variant)
+    return stem.out_channels, stem.reduces_first_input, sum(p.numel() for p in stem.parameters())

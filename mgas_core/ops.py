@@ -2,25 +2,29 @@
 
 Definitions follow the official DARTS code: SepConv = twice (ReLU, depthwise kxk, pointwise 1x1,
 BN) with only the first depthwise strided; DilConv = ReLU, depthwise dilated kxk, pointwise, BN;
-skip with stride 2 = FactorizedReduce. Search-time BN is affine-free and search-time pools are
-followed by an affine-free BN.
+skip with stride 2 = FactorizedReduce. An :class:`OpStyle` says how BN is used: DARTS-style search
+ops have affine-free BN and pools followed by affine-free BN; the evaluation network (and the
+MG-DARTS search supernet, as its official code builds it) has affine BN and bare pools.
 
 Three things differ from a textbook implementation, none of which changes what is computed:
 
 * every op takes ``(x, x_relu, scale)``: ``x_relu`` is ``relu(x)`` computed once per input state
   and shared by every op that starts with a ReLU (the official code recomputes it per op);
 * ``scale`` (the op's architecture weight, a scalar or a per-channel vector) is folded into the
-  weight of the op's final affine-free BN, so ``w * BN(h)`` costs no extra tensor: the BN keeps
-  its input for backward anyway and ``dL/dw`` is recovered from it;
-* output channels can be physically pruned (filter shrinking): the op then computes only the kept
-  channels and scatters them into a zero tensor of the full width, so the cell still sums and
-  concatenates full-width states.
+  op's final BN (``scale * BN(h)`` is one BN with weight and bias multiplied by ``scale``), so
+  ``w * BN(h)`` costs no extra tensor: the BN keeps its input for backward anyway;
+* filters can be removed for real (MGAS): an op then computes only the output channels it kept
+  (``kept_out``, ids in the cell's channel space) and reads only the input channels its state
+  still has (:meth:`ChannelOutput.remap_in`); :mod:`mgas_core.channels` places them in the node.
 
-Convolutions are :class:`~mgas_core.maskable_conv.MaskableConv2d`: a fixed weight mask (derived
-architectures) and/or a learned-threshold weight mask (MGAS weight level) can be attached.
+Convolutions are :class:`~mgas_core.maskable_conv.MaskableConv2d`: a stored weight mask (derived
+architectures, MGAS's weight level) and MGAS's live learned mask can be attached.
 """
 
 from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -33,21 +37,60 @@ OpWidths = dict[str, object]
 """Per-op width description stored in architectures: ``{"mid": int, "out": [kept channel ids]}``."""
 
 
+@dataclass(frozen=True)
+class OpStyle:
+    """How an op uses BatchNorm: ``affine`` BN after its convs; ``pool_bn``: BN after a pool."""
+
+    affine: bool
+    pool_bn: bool
+
+
+DARTS_SEARCH = OpStyle(affine=False, pool_bn=True)
+"""DARTS search ops (official ``model_search.py``): affine-free BN, pools followed by BN."""
+EVALUATION = OpStyle(affine=True, pool_bn=False)
+"""Evaluation-network ops (official ``model.py``), also MG-DARTS's search ops: affine BN, bare pools."""
+
+
 def batch_norm(x: Tensor, bn: nn.BatchNorm2d, scale: Tensor | None) -> Tensor:
-    """``bn(x)``, or ``scale * affine_free_bn(x)`` computed as one BN with weight ``scale``."""
+    """``bn(x)``, or ``scale * bn(x)`` computed as one BN whose weight (and bias) carry ``scale``."""
     if scale is None:
         return bn(x)
-    if bn.affine:
-        raise ValueError("an architecture scale can only be folded into an affine-free BatchNorm")
     if scale.dim() == 0:
         # materialised: CPU BN backward returns a wrong input gradient for a stride-0 (expanded)
         # weight when the input is channels-last and grad_output is not (torch 2.14; caught by
         # tests/mgas_core/test_supernet_equivalence.py)
         scale = scale.expand(x.shape[1]).contiguous()
+    weight, bias = (bn.weight * scale, bn.bias * scale) if bn.affine else (scale, None)
     if bn.training and bn.track_running_stats:
         bn.num_batches_tracked.add_(1)
     use_batch_stats = bn.training or bn.running_mean is None
-    return F.batch_norm(x, bn.running_mean, bn.running_var, scale, None, use_batch_stats, bn.momentum, bn.eps)
+    return F.batch_norm(x, bn.running_mean, bn.running_var, weight, bias, use_batch_stats, bn.momentum, bn.eps)
+
+
+class _DenseGrad(torch.autograd.Function):
+    """Identity whose backward hands on its gradient dense, in the input's memory format.
+
+    ``torch.cat`` gives each input a channel slice of the output gradient; in channels-last that
+    slice is not dense, and oneDNN's 1x1 convolution weight-gradient kernel (torch 2.14 CPU,
+    ``jit_avx2_1x1_convolution_bwd_weights``) writes out of bounds on such a gradient when the
+    channel counts are not multiples of 8 (found with valgrind on a FactorizedReduce whose input
+    had lost filters: heap corruption, "double free or corruption"). FactorizedReduce's two convs
+    feed a ``cat``, so their outputs pass through this.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(
+            memory_format=torch.channels_last)
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
+        return grad.contiguous(memory_format=torch.channels_last if ctx.channels_last else torch.contiguous_format)
+
+
+def dense_grad(x: Tensor) -> Tensor:
+    return _DenseGrad.apply(x)
 
 
 def combine_scales(scale: Tensor | None, gate: FilterGate | None) -> Tensor | None:
@@ -55,14 +98,6 @@ def combine_scales(scale: Tensor | None, gate: FilterGate | None) -> Tensor | No
         return scale
     g = gate.scale()
     return g if scale is None else g * scale
-
-
-def scatter_channels(x: Tensor, index: Tensor | None, channels: int) -> Tensor:
-    """Place the kept channels of ``x`` at ``index`` in a zero tensor with ``channels`` channels."""
-    if index is None:
-        return x
-    out = x.new_zeros((x.shape[0], channels, *x.shape[2:]))
-    return out.index_copy(1, index, x)
 
 
 def _kept_index(kept: list[int] | None, channels: int) -> Tensor | None:
@@ -73,8 +108,9 @@ def _kept_index(kept: list[int] | None, channels: int) -> Tensor | None:
     return torch.tensor(sorted(kept), dtype=torch.long)
 
 
-class ChannelOutput(nn.Module):
-    """Base for ops whose output filters can be shrunk: a kept-channel index into ``channels``."""
+class ChannelOutput(nn.Module, ABC):
+    """Base for ops whose filters can be removed: ``kept_out`` ids into the ``channels``-wide cell
+    channel space, and an input layout that can change (:meth:`remap_in`)."""
 
     needs_relu = True
 
@@ -97,6 +133,20 @@ class ChannelOutput(nn.Module):
         if self.out_gate is not None:
             self.out_gate.keep(kept_positions)
 
+    def remap_in(self, source: Tensor, target: Tensor, width: int) -> None:
+        """New input layout of ``width`` channels: old input ``source[i]`` becomes ``target[i]``
+        (see :meth:`MaskableConv2d.remap_in`)."""
+        for conv in self.input_convs():
+            conv.remap_in(source, target, width)
+
+    @abstractmethod
+    def input_convs(self) -> list[MaskableConv2d]:
+        """The convs that read the op's input (their input columns follow its state's channels)."""
+
+    @property
+    def in_width(self) -> int:
+        return self.input_convs()[0].in_channels
+
 
 class ReLUConvBN(ChannelOutput):
     """ReLU -> 1x1 conv -> BN: the cell pre-processing op (a filter-level unit in MGAS)."""
@@ -109,13 +159,15 @@ class ReLUConvBN(ChannelOutput):
 
     def forward(self, x: Tensor, x_relu: Tensor | None = None, scale: Tensor | None = None) -> Tensor:
         h = self.conv(F.relu(x) if x_relu is None else x_relu)
-        h = batch_norm(h, self.bn, combine_scales(scale, self.out_gate))
-        return scatter_channels(h, self.out_index, self.channels)
+        return batch_norm(h, self.bn, combine_scales(scale, self.out_gate))
 
     def keep_out(self, positions: Tensor) -> None:
         self.conv.keep_out(positions)
         _keep_bn(self, "bn", positions)
         self._set_out_index(positions)
+
+    def input_convs(self) -> list[MaskableConv2d]:
+        return [self.conv]
 
     def widths(self) -> OpWidths:
         return {"out": self.kept_out}
@@ -144,9 +196,11 @@ class FactorizedReduce(ChannelOutput):
             parts.append(self.conv_1(xr))
         if self.conv_2 is not None:
             parts.append(self.conv_2(xr[:, :, 1:, 1:]))
-        h = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
-        h = batch_norm(h, self.bn, combine_scales(scale, self.out_gate))
-        return scatter_channels(h, self.out_index, self.channels)
+        h = torch.cat([dense_grad(p) for p in parts], dim=1) if len(parts) > 1 else parts[0]
+        return batch_norm(h, self.bn, combine_scales(scale, self.out_gate))
+
+    def input_convs(self) -> list[MaskableConv2d]:
+        return [c for c in (self.conv_1, self.conv_2) if c is not None]
 
     @property
     def half_sizes(self) -> tuple[int, int]:
@@ -179,8 +233,8 @@ class FactorizedReduce(ChannelOutput):
 class SepConv(ChannelOutput):
     """(ReLU, depthwise kxk, pointwise, BN) twice; only the first depthwise conv is strided.
 
-    ``mid`` is the width after the first pointwise conv (shrinkable); ``kept`` the kept output
-    channel ids.
+    ``mid`` is the width after the first pointwise conv (default ``c_out``, removable); ``kept``
+    the kept output channel ids.
     """
 
     def __init__(
@@ -195,7 +249,7 @@ class SepConv(ChannelOutput):
         kept: list[int] | None = None,
     ) -> None:
         super().__init__(c_out, kept)
-        m = c_in if mid is None else mid
+        m = c_out if mid is None else mid
         n = c_out if kept is None else len(kept)
         self.dw1 = MaskableConv2d(c_in, c_in, kernel_size, stride, padding, groups=c_in)
         self.pw1 = MaskableConv2d(c_in, m, 1)
@@ -209,8 +263,7 @@ class SepConv(ChannelOutput):
         h = self.pw1(self.dw1(F.relu(x) if x_relu is None else x_relu))
         h = F.relu(batch_norm(h, self.bn1, combine_scales(None, self.mid_gate)))
         h = self.pw2(self.dw2(h))
-        h = batch_norm(h, self.bn2, combine_scales(scale, self.out_gate))
-        return scatter_channels(h, self.out_index, self.channels)
+        return batch_norm(h, self.bn2, combine_scales(scale, self.out_gate))
 
     def keep_mid(self, positions: Tensor) -> None:
         self.pw1.keep_out(positions)
@@ -227,6 +280,9 @@ class SepConv(ChannelOutput):
 
     def weight_convs(self) -> dict[str, MaskableConv2d]:
         return {"dw1": self.dw1, "pw1": self.pw1, "dw2": self.dw2, "pw2": self.pw2}
+
+    def input_convs(self) -> list[MaskableConv2d]:
+        return [self.dw1, self.pw1]
 
     def widths(self) -> OpWidths:
         return {"mid": self.pw1.out_channels, "out": self.kept_out}
@@ -254,8 +310,7 @@ class DilConv(ChannelOutput):
 
     def forward(self, x: Tensor, x_relu: Tensor | None = None, scale: Tensor | None = None) -> Tensor:
         h = self.pw(self.dw(F.relu(x) if x_relu is None else x_relu))
-        h = batch_norm(h, self.bn, combine_scales(scale, self.out_gate))
-        return scatter_channels(h, self.out_index, self.channels)
+        return batch_norm(h, self.bn, combine_scales(scale, self.out_gate))
 
     def keep_out(self, positions: Tensor) -> None:
         self.pw.keep_out(positions)
@@ -265,12 +320,15 @@ class DilConv(ChannelOutput):
     def weight_convs(self) -> dict[str, MaskableConv2d]:
         return {"dw": self.dw, "pw": self.pw}
 
+    def input_convs(self) -> list[MaskableConv2d]:
+        return [self.dw, self.pw]
+
     def widths(self) -> OpWidths:
         return {"out": self.kept_out}
 
 
 class Pool(nn.Module):
-    """3x3 max or average pool (count_include_pad=False); followed by affine-free BN in search."""
+    """3x3 max or average pool (count_include_pad=False); optionally followed by affine-free BN."""
 
     needs_relu = False
 
@@ -336,36 +394,43 @@ def build_op(
     name: str,
     channels: int,
     stride: int,
-    search: bool,
+    style: OpStyle,
     widths: OpWidths | None = None,
+    in_channels: int | None = None,
 ) -> nn.Module:
-    """Build primitive ``name`` on ``channels`` channels.
+    """Build primitive ``name`` writing into a ``channels``-wide cell channel space.
 
-    ``search=True`` gives the search-time variant (affine-free BN, pools followed by BN);
-    ``widths`` applies pruned filter widths (``mid``, ``out``) from a derived architecture.
+    ``style`` sets BN use (:data:`DARTS_SEARCH`, :data:`EVALUATION`); ``widths`` applies removed
+    filters (``mid``, ``out`` ids) of a derived architecture; ``in_channels`` is the width of the
+    state the op reads when filters were removed there (default ``channels``).
     """
-    affine = not search
+    affine = style.affine
     widths = widths or {}
     unknown = set(widths) - {"mid", "out"}
     if unknown:
         raise ValueError(f"unknown width keys {sorted(unknown)} for op {name!r}; allowed: mid, out")
     kept = widths.get("out")
     mid = widths.get("mid")
+    c_in = channels if in_channels is None else in_channels
     if name == "none":
         return Zero(stride)
-    if name == "max_pool_3x3":
-        return Pool("max", channels, stride, with_bn=search)
-    if name == "avg_pool_3x3":
-        return Pool("avg", channels, stride, with_bn=search)
+    if name in ("max_pool_3x3", "avg_pool_3x3"):
+        return Pool(name[:3], c_in, stride, with_bn=style.pool_bn)
     if name == "skip_connect":
-        return Identity() if stride == 1 else FactorizedReduce(channels, channels, affine, kept)  # type: ignore[arg-type]
+        return Identity() if stride == 1 else FactorizedReduce(c_in, channels, affine, kept)  # type: ignore[arg-type]
     if name in ("sep_conv_3x3", "sep_conv_5x5", "sep_conv_7x7"):
         k = int(name[-1])
-        return SepConv(channels, channels, k, stride, k // 2, affine, mid, kept)  # type: ignore[arg-type]
+        return SepConv(c_in, channels, k, stride, k // 2, affine, mid, kept)  # type: ignore[arg-type]
     if name in ("dil_conv_3x3", "dil_conv_5x5"):
         k = int(name[-1])
-        return DilConv(channels, channels, k, stride, k - 1, 2, affine, kept)  # type: ignore[arg-type]
+        return DilConv(c_in, channels, k, stride, k - 1, 2, affine, kept)  # type: ignore[arg-type]
     raise ValueError(f"unknown operation {name!r}")
+
+
+def writes_input_channels(name: str, stride: int) -> bool:
+    """True for ops that write exactly the channels they read (pools, the stride-1 identity);
+    every other op writes its own kept filters (a stride-2 skip is a FactorizedReduce conv)."""
+    return name in ("max_pool_3x3", "avg_pool_3x3") or (name == "skip_connect" and stride == 1)
 
 
 KNOWN_OPS = (

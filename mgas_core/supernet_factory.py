@@ -8,6 +8,7 @@ from torch import nn
 
 from mgas_core.config import SearchSettings
 from mgas_core.data import DatasetInfo
+from mgas_core.ops import DARTS_SEARCH, OpStyle
 from mgas_core.reference_supernet import ReferenceSuperNetwork
 from mgas_core.supernet import SuperNetwork
 
@@ -19,16 +20,18 @@ def build_supernet(
     primitives: Sequence[str],
     info: DatasetInfo,
     exit_cells: Sequence[int] = (),
+    style: OpStyle = DARTS_SEARCH,
 ) -> nn.Module:
+    net: nn.Module
     if settings.impl == "reference":
         if settings.method not in REFERENCE_METHODS:
             raise ValueError(f"impl=reference supports methods {', '.join(REFERENCE_METHODS)}, "
                              f"not {settings.method!r}")
-        cls: type[nn.Module] = ReferenceSuperNetwork
+        net = ReferenceSuperNetwork(primitives, settings.channels, settings.layers, info.num_classes,
+                                    info.in_channels, settings.nodes, 3, exit_cells, info.variant)
     else:
-        cls = SuperNetwork
-    net = cls(primitives, settings.channels, settings.layers, info.num_classes, info.in_channels,
-              settings.nodes, 3, exit_cells, info.variant)
+        net = SuperNetwork(primitives, settings.channels, settings.layers, info.num_classes, info.in_channels,
+                           settings.nodes, 3, exit_cells, info.variant, style, info.image_size)
     if settings.checkpoint_cells:
         if settings.impl == "reference":
             raise ValueError("checkpoint_cells needs impl=fast")

@@ -18,6 +18,7 @@ from mgas_core.io import (
     load_first_good,
     save_checkpoint_keeping_previous,
 )
+from mgas_core.methods.base import search_augment_for
 from mgas_core.metrics import count_flops, count_params
 from mgas_core.model import build_eval_network
 from mgas_core.provenance import provenance
@@ -92,7 +93,7 @@ def search_command(settings: RunSettings, out_dir: Path, resume: bool = False, p
     if settings.threads:
         torch.set_num_threads(settings.threads)
     device = resolve_device(settings.device)
-    splits = load_splits(settings.data)
+    splits = load_splits(settings.data, search_augment=search_augment_for(settings.search))
     out_dir.mkdir(parents=True, exist_ok=True)
     write_run_config(out_dir, settings, "search")
     state = None

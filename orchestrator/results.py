@@ -39,6 +39,8 @@ RESULT_SCHEMA = pa.schema([
     ("subgraphs", pa.int64()),
     ("status", pa.string()),
     ("error", pa.string()),
+    ("target_reached", pa.bool_()),
+    ("target_gap", pa.float64()),
     ("test_acc", pa.float64()),
     ("val_acc", pa.float64()),
     ("search_val_acc", pa.float64()),
@@ -81,6 +83,7 @@ CURVE_SCHEMA = pa.schema([
     ("method", pa.string()),
     ("seed", pa.int64()),
     ("phase", pa.string()),
+    ("search_phase", pa.string()),
     ("epoch", pa.int64()),
     ("loss", pa.float64()),
     ("train_acc", pa.float64()),
@@ -105,6 +108,8 @@ def _coerce(value: Any, kind: pa.DataType) -> Any:
         return value if isinstance(value, str) else json.dumps(value, default=str)
     if pa.types.is_integer(kind):
         return int(value)
+    if pa.types.is_boolean(kind):
+        return bool(value)
     if pa.types.is_floating(kind):
         value = float(value)
         return None if math.isnan(value) else value
@@ -138,10 +143,11 @@ def curve_rows(history: list[dict[str, Any]], base: dict[str, Any]) -> list[dict
     for rec in history:
         rows.append({
             **base,
-            "phase": rec.get("phase"), "epoch": rec.get("epoch"), "loss": rec.get("loss"),
+            "phase": rec.get("phase"), "search_phase": rec.get("search_phase"), "epoch": rec.get("epoch"),
+            "loss": rec.get("loss"),
             "train_acc": rec.get("train_acc"), "val_acc": rec.get("val_acc"), "time_s": rec.get("time_s"),
             "lr": rec.get("lr", rec.get("w_lr")), "lambda": rec.get("lambda"), "tau": rec.get("tau"),
-            "stage": rec.get("stage"), "size_m": rec.get("size_estimate_m"),
+            "stage": rec.get("stage"), "size_m": rec.get("stage_size_m"),
             "remaining_ratio_op": rec.get("remaining_ratio_op"),
             "remaining_ratio_filter": rec.get("remaining_ratio_filter"),
             "remaining_ratio_weight": rec.get("remaining_ratio_weight"),

@@ -24,6 +24,7 @@ from mgas_core.arch import Architecture, architecture_from_json
 from mgas_core.config import RunSettings
 from mgas_core.data import load_splits
 from mgas_core.io import CorruptFileError, load_checkpoint, save_checkpoint
+from mgas_core.methods.base import search_augment_for
 from mgas_core.provenance import provenance
 from mgas_core.train import DivergedError, resolve_device, run_retrain, run_search
 
@@ -80,7 +81,8 @@ def run_trial_pipeline(trial: dict[str, Any], state: dict[str, Any] | None, repo
     device = resolve_device(settings.device)
     state = dict(state or {"phase": "search", "attempt": 0})
     state["attempt"] = int(state.get("attempt", 0)) + 1
-    splits = load_splits(settings.data, cutout=settings.retrain.cutout)
+    splits = load_splits(settings.data, cutout=settings.retrain.cutout,
+                         search_augment=search_augment_for(settings.search))
     phase = state["phase"]
     try:
         if phase == "search":
@@ -115,6 +117,7 @@ def run_trial_pipeline(trial: dict[str, Any], state: dict[str, Any] | None, repo
     ratios = summary.get("remaining_ratio", {})
     final = {
         "status": "ok", "error": None,
+        "target_reached": summary.get("target_reached"), "target_gap": summary.get("target_gap"),
         "test_acc": retrained.test_acc, "val_acc": retrained.val_acc, "search_val_acc": summary["val_acc"],
         "params_m": retrained.params.dense_m, "nonzero_params_m": retrained.params.nonzero_m,
         "flops_m": retrained.flops / 1e6, "channels": retrained.channels, "layers": retrained.layers,
@@ -157,7 +160,8 @@ def trial_row(experiment: str, trial: dict[str, Any], metrics: dict[str, Any]) -
 
 
 _ROW_FIELDS = {
-    "status", "error", "test_acc", "val_acc", "search_val_acc", "params_m", "nonzero_params_m", "flops_m",
+    "status", "error", "target_reached", "target_gap", "test_acc", "val_acc", "search_val_acc", "params_m",
+    "nonzero_params_m", "flops_m",
     "supernet_params_m", "channels", "layers", "remaining_ratio_op", "remaining_ratio_filter",
     "remaining_ratio_weight", "search_epochs", "search_time_s", "retrain_time_s", "search_peak_mem_mb",
     "retrain_peak_mem_mb", "device", "device_name", "node_id", "node_ip", "gpu_ids", "attempts",

@@ -27,6 +27,11 @@ def tiny(**overrides: Any) -> RunSettings:
         "search.batch_size": 16,
         "search.epochs": 3,
         "search.darts.order": 1,
+        # MG-DARTS at its smallest schedule (every phase: 1 warm-up epoch, then 1-2 search epochs)
+        "search.mgas.warmup_epochs": 1,
+        "search.mgas.mask_interval": 1,
+        "search.mgas.stage_epochs": 1,
+        "search.mgas.final_epochs": 2,
         "retrain.epochs": 2,
         "retrain.channels": 4,
         "retrain.layers": 3,

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from mgas_core.arch import Architecture
 from mgas_core.config import SearchSettings
-from mgas_core.data import Batch, DatasetInfo
+from mgas_core.data import Batch, DatasetInfo, SearchAugment
 from mgas_core.errors import UserInputError
 
 Event = dict[str, Any]
@@ -42,6 +42,12 @@ class SearchMethod(ABC):
         self.memory_format = resolve_memory_format(settings)
         if settings.precision == "bf16" and device.type != "cuda":
             raise UserInputError("search.precision=bf16 needs a CUDA device; allowed on CPU: fp32")
+
+    @classmethod
+    def search_augment(cls, settings: SearchSettings) -> SearchAugment:
+        """Extra search-time augmentation the method's official code uses (none by default)."""
+        del settings
+        return SearchAugment()
 
     def to_device(self, batch: Batch) -> tuple[Tensor, Tensor]:
         """Move a batch to the device in the supernet's activation layout."""
@@ -151,6 +157,14 @@ def create_method(settings: SearchSettings, info: DatasetInfo, device: torch.dev
     method = METHOD_REGISTRY[settings.method](settings, info, device, seed)
     method.model.to(memory_format=method.memory_format)
     return method
+
+
+def search_augment_for(settings: SearchSettings) -> SearchAugment:
+    """The search-time augmentation of ``settings.method`` (see :meth:`SearchMethod.search_augment`)."""
+    import mgas_core.methods  # noqa: F401  (registers the built-in methods)
+
+    cls = METHOD_REGISTRY.get(settings.method)
+    return cls.search_augment(settings) if cls is not None else SearchAugment()
 
 
 def resolve_memory_format(settings: SearchSettings) -> torch.memory_format:

@@ -44,7 +44,7 @@ from mgas_core.methods.cell_alphas import PerCellAlphaModel
 from mgas_core.methods.lambda_control import LambdaController
 from mgas_core.metrics import count_params
 from mgas_core.model import build_eval_network
-from mgas_core.ops import build_op
+from mgas_core.ops import EVALUATION, build_op
 from mgas_core.space import NO_NONE_PRIMITIVES
 from mgas_core.supernet_factory import build_supernet
 
@@ -52,7 +52,7 @@ from mgas_core.supernet_factory import build_supernet
 @cache
 def op_resource(name: str, channels: int, stride: int, resolution: int, kind: str) -> float:
     """Parameters or multiply-adds of one evaluation-network op on a ``resolution`` input."""
-    op = build_op(name, channels, stride, search=False)
+    op = build_op(name, channels, stride, EVALUATION)
     if kind == "params":
         return float(sum(p.numel() for p in op.parameters()))
     x = torch.zeros(1, channels, resolution, resolution)

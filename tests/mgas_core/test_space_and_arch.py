@@ -92,7 +92,8 @@ def test_per_cell_arch_with_widths_and_masks_round_trips(tmp_path):
                OpSpec("dil_conv_3x3", 2, 1, {"out": [1, 2]})]
         pre = [{"out": [0, 1, 3]}, None] if i == 0 else [None, None]
         cells.append(CellArch(ops, [2, 3], reduction=i in (1, 2), preprocess=pre))
-    masks = {"cells.0.ops.0.pw1": (torch.rand(3, 4, 1, 1) > 0.5).float()}
+    # cell 0's input 0 keeps 3 of 4 channels, so the sep conv reading it has 3 input columns
+    masks = {"cells.0.ops.0.pw1": (torch.rand(3, 3, 1, 1) > 0.5).float()}
     arch = Architecture("custom", nodes=2, cells=cells, channels=4, masks=masks)
     path = arch.save(tmp_path / "a.json")
     assert (tmp_path / "a.masks.safetensors").exists()
@@ -100,6 +101,10 @@ def test_per_cell_arch_with_widths_and_masks_round_trips(tmp_path):
     assert back.to_json() == arch.to_json()
     assert torch.equal(back.masks["cells.0.ops.0.pw1"], masks["cells.0.ops.0.pw1"])
     net = build_eval_network(back, 10, 3)
+    assert net.cells[0].ops[0].dw1.in_channels == 3 and net.cells[1].ops[0].dw1.in_channels == 8  # cell 1 reduces
+    # node 0 of cell 0: sep conv writes {0, 2, 3}, the skip writes all 4 -> 4; node 1 writes {1, 2}
+    assert net.cells[0].out_channels == 4 + 2
+    assert net.cells[1].preprocess1.conv.in_channels == 6
     count = count_params(net)
     assert count.nonzero == count.dense - int((masks["cells.0.ops.0.pw1"] == 0).sum())
     assert net(torch.randn(2, 3, 8, 8))[0].shape == (2, 10)
@@ -147,4 +152,10 @@ def test_imagenet_supernet_and_derived_mgas_count():
     assert logits.shape == (2, 7)
     assert method.net.cells[0].preprocess0.__class__.__name__ == "FactorizedReduce"  # stem0 is at 1/4
     dense, nonzero = method.derived_count()
-    assert nonzero == round(method.estimated_size()) == dense
+    arch = method.derive()
+    counted = count_params(build_eval_network(arch, 7, 3, auxiliary=False, variant="imagenet"))
+    assert nonzero == dense == counted.dense == round(method.full_size)
+    s3 = build_settings("paper", {"search.method": "mgas", "search.layers": 3, "search.channels": 4,
+                                  "search.nodes": 2, "search.mgas.stages": 3})
+    staged = create_method(s3.search, info, torch.device("cpu"), 0)  # conv stage heads at 1/8 and 1/16
+    assert staged.predict(torch.randn(2, 3, 64, 64)).shape == (2, 7)

@@ -26,13 +26,21 @@ TINY_BASE = {
 }
 
 
+MGAS_TINY = {
+    "search.layers": 4, "search.mgas.stages": 2, "search.mgas.warmup_epochs": 0, "search.mgas.mask_interval": 1,
+    "search.mgas.stage_epochs": 1, "search.mgas.final_epochs": 1, "search.mgas.control.lambda0": 0.5,
+    "search.mgas.control.stage_cap_ratio": 0, "search.mgas.control.final_cap_ratio": 0,
+}
+"""MG-DARTS at its smallest: 2 stages of 1 search epoch, a regrow epoch, a final epoch (no warm-up)."""
+
+
 def write_spec(folder: Path, name: str = "tiny", **fields: Any) -> Path:
     spec: dict[str, Any] = {
         "name": name,
         "output_dir": "out",
         "dataset": "synthetic",
         "base": dict(TINY_BASE),
-        "methods": {"mgas": {"search.layers": 4, "search.mgas.stages": 2, "search.mgas.control.lambda0": 0.5}},
+        "methods": {"mgas": dict(MGAS_TINY)},
         "sweep": {"method": ["darts", "mgas"], "seed": [0, 1]},
         "resources": {"cpu": 1},
         "max_concurrent_trials": 2,

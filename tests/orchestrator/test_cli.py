@@ -5,6 +5,7 @@ import json
 import pytest
 
 from orchestrator.cli import main
+from tests.orchestrator.helpers import MGAS_TINY as HELPER_MGAS
 
 TINY_SEARCH = ["--set", "search.layers=3", "--set", "search.channels=4", "--set", "search.nodes=2",
                "--set", "search.batch_size=16", "--set", "data.synthetic.size=8",
@@ -101,8 +102,9 @@ def test_search_resume_continues_from_checkpoint(tmp_path, capsys):
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 3
 
 
-MGAS_TINY = [*TINY_SEARCH, "--set", "search.layers=4", "--set", "retrain.layers=4",
-             "--set", "search.mgas.control.lambda0=0.5", "--set", "search.mgas.threshold_lr=0.05"]
+MGAS_TINY = [*TINY_SEARCH, "--set", "retrain.layers=4",
+             *[arg for key, value in HELPER_MGAS.items() if key != "search.mgas.stages"
+               for arg in ("--set", f"{key}={value}")]]
 
 
 @pytest.mark.parametrize("extra,fragment", [
@@ -124,10 +126,14 @@ def test_mgas_search_summary_and_info_agree(tmp_path, capsys):
     main(["search", "--method", "mgas", "--dataset", "synthetic", "--epochs", "5", "--stages", "2",
           "--target-params", "0.02", "--out", str(out), "--json", "--no-progress", *MGAS_TINY])
     summary = json.loads(capsys.readouterr().out)
-    for key in ("supernet_params", "params", "nonzero_params", "remaining_ratio", "events", "arch_path"):
+    for key in ("supernet_params", "params", "nonzero_params", "remaining_ratio", "events", "arch_path",
+                "schedule", "target_reached", "target_gap"):
         assert key in summary, key
     assert set(summary["remaining_ratio"]) == {"op", "filter", "weight"}
-    assert {"stage", "shrink"} <= {e["type"] for e in summary["events"]}
+    assert {"phase", "filters_removed"} <= {e["type"] for e in summary["events"]}
+    phases = [p["phase"] for p in summary["schedule"]]
+    assert phases == ["stage 1 search", "stage 2 search", "stage 2 regrow", "final search"]
+    assert summary["epochs_run"] == sum(p["epochs"] for p in summary["schedule"])
     assert (out / "arch.masks.safetensors").exists()
     main(["info", "--arch", summary["arch_path"], "--dataset", "synthetic", "--json"])
     info = json.loads(capsys.readouterr().out)
