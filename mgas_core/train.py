@@ -159,6 +159,7 @@ def run_search(
             "val_acc": val_acc,
             "time_s": watch.elapsed,
             "events": events,
+            "max_epochs": method.max_epochs,
             **method.log_metrics(),
         }
         history.append(record)

@@ -44,9 +44,12 @@ class EpochProgress:
 
     def __call__(self, record: dict[str, Any]) -> None:
         done = record["epoch"] + 1
+        self.total = int(record.get("max_epochs", self.total))  # MGAS: phases end early
         filled = min(self.width, round(self.width * done / max(1, self.total)))
         bar = "#" * filled + "." * (self.width - filled)
-        extra = "".join(f" {k} {record[k]:.3g}" for k in ("lambda", "tau", "params_m") if k in record)
+        extra = "".join(f" {k} {record[k]:.3g}" for k in ("lambda", "tau", "params_m") if record.get(k) is not None)
+        if record.get("search_phase"):
+            extra += f" [{record['search_phase']}]"
         line = (f"{self.label} [{bar}] epoch {done}/{self.total} loss {record['loss']:.3f} "
                 f"val {record['val_acc']:.3f}{extra} {record['time_s']:.0f}s")
         self.stream.write(("\r" + line) if self.tty else line + "\n")
