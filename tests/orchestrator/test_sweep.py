@@ -90,7 +90,7 @@ def test_killed_worker_resumes_from_checkpoint_and_matches_undisturbed_run(tmp_p
                       base={"search.epochs": 5})
     spec, _ = load_spec(path)
     trial = expand_trials(spec)[0]
-    trial_dir = tmp_path / "out" / "kill" / "tune" / "sweep" / trial["trial_id"]
+    trial_dir = tmp_path / "out" / "kill" / "tune" / trial["trial_id"]
     killed: dict = {}
     watcher = threading.Thread(target=_watch_and_kill, args=(trial_dir, 1, killed), daemon=True)
     watcher.start()
