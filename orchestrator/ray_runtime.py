@@ -153,16 +153,27 @@ def check_cluster_storage(storage: str, declared_shared: bool, client: bool = Fa
                          f"{len(nodes)} nodes: {fix}")
 
 
+TRIAL_DEPENDENCIES = ("torch", "torchvision", "numpy", "pyarrow", "pydantic", "yaml", "safetensors", "sklearn",
+                      "filelock")
+
+
 def _import_probe() -> dict[str, str]:
     """Runs on one worker of a node: the package must import there (from the shipped working_dir,
-    the runtime env's pip packages or an install on the node)."""
+    the runtime env's pip packages or an install on the node) and the trials' dependencies must
+    be installed (found, not imported: the check stays cheap)."""
+    import importlib.util
+
     import ray
 
-    import mgas_core.train  # noqa: F401  (the trial's dependencies: torch, the methods)
-    import orchestrator.trainable  # noqa: F401
+    import mgas_core
+    import orchestrator
     from mgas_core.provenance import git_revision
 
-    return {"node_ip": ray.util.get_node_ip_address(), "git_sha": git_revision()}
+    missing = [name for name in TRIAL_DEPENDENCIES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ImportError(f"No module named {missing[0]!r} (missing here: {', '.join(missing)})")
+    return {"node_ip": ray.util.get_node_ip_address(), "git_sha": git_revision(),
+            "package": str(Path(orchestrator.__file__).parent.parent), "mgas_core": str(mgas_core.__file__)}
 
 
 def check_nodes_import(timeout_s: float = 600.0) -> list[dict[str, str]]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -84,82 +85,77 @@ def s3_delete(env: dict[str, str], uri: str) -> None:
         resolve(uri).delete_dir()
 
 
-def test_readme_job_submit_runs_the_sweep_with_its_rows_in_s3(cluster, tmp_path):
-    # the README's command, run from another folder (--working-dir names the checkout)
-    runtime = {"excludes": [".git", ".venv", "results", "runs"], "env_vars": {"MGAS_GIT_SHA": "test-sha"}}
-    out = f"s3://{BUCKET}/jobs"
-    done = subprocess.run([*RAY_CLI, "job", "submit", "--address", cluster.dashboard, "--working-dir", str(REPO),
-                           "--runtime-env-json", json.dumps(runtime), "--",
-                           "python", "-m", "orchestrator.cli", "run", "experiments/cluster_smoke.yaml", "--out", out],
-                          cwd=tmp_path, env=cluster.env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
-    assert "sweep cluster_smoke: 3/3 trials ok" in done.stdout
-    rows = s3_rows(cluster.env, f"{out}/cluster_smoke")
-    assert sorted(r["trial_id"] for r in rows) == ["darts_seed0", "darts_seed1", "mgas_seed0"]
-    assert all(r["status"] == "ok" and r["node_ip"] in WORKERS for r in rows)  # trials ran on the workers
-    assert {r["git_sha"] for r in rows} == {"test-sha"}  # the shipped copy has no .git: provenance from env
-    files = s3_files(cluster.env, f"{out}/cluster_smoke")
-    assert sum(name.startswith("/curves/") for name in files) == 3
-    assert "/archs/mgas_seed0/arch.masks.safetensors" in files
-    assert not (REPO / "results" / "cluster_smoke").exists()  # nothing landed in a local folder
-
-
-def _per_method_spec(folder: Path) -> Path:
+def _checkout(folder: Path) -> Path:
+    """A copy of the code, as on the machine a user submits from, with the test's experiment in it."""
+    for package in ("mgas_core", "orchestrator", "analysis"):
+        shutil.copytree(REPO / package, folder / package, ignore=shutil.ignore_patterns("__pycache__"))
     spec = {
         "name": "placed", "dataset": "synthetic", "storage_path": f"s3://{BUCKET}/sweeps",
-        "base": {**TINY_BASE, "search.epochs": 3},
+        "base": {**TINY_BASE, "search.epochs": 2, "retrain.epochs": 1},
         "methods": {"mgas": {"search.layers": 4, "retrain.layers": 4, "search.mgas.stages": 2,
                              "search.mgas.control.lambda0": 0.5}},
-        "sweep": {"method": ["darts"], "seed": [0, 1, 2]},
+        "sweep": {"method": ["darts"], "seed": [0, 1]},
         "include": [{"method": "mgas", "seed": 0}],
         "resources": {"default": {"cpu": 1, "gpu": 0.5}, "mgas": {"accelerator_type": "FAKE_A"}},
-        "max_concurrent_trials": 4, "max_failures": 1,
+        "max_concurrent_trials": 3, "max_failures": 1,
     }
-    path = folder / "placed.yaml"
+    (folder / "experiments").mkdir()
+    path = folder / "experiments" / "placed.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
 
 
-def test_killed_driver_resume_elsewhere_collect_and_report_from_s3(cluster, tmp_path):
-    spec = _per_method_spec(tmp_path)
-    uri = f"s3://{BUCKET}/sweeps/placed"
-    first_dir, second_dir, third_dir = (tmp_path / name for name in ("a", "b", "c"))
-    for d in (first_dir, second_dir, third_dir):
+def test_killed_driver_job_submit_resume_collect_and_report_from_s3(cluster, tmp_path):
+    checkout, first_dir, other_dir = (tmp_path / name for name in ("checkout", "a", "c"))
+    for d in (checkout, first_dir, other_dir):
         d.mkdir()
+    spec = _checkout(checkout)
+    uri = f"s3://{BUCKET}/sweeps/placed"
+    trial_ids = ["darts_seed0", "darts_seed1", "mgas_seed0"]
+
+    # 1. a driver on a node (`mgas run --address`), killed once the first trial's row is in S3
     command = [sys.executable, "-m", "orchestrator.cli", "run", str(spec), "--address", cluster.address]
     driver = subprocess.Popen(command, cwd=first_dir, env=cluster.env, stdout=(tmp_path / "driver.log").open("w"),
                               stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_for(lambda: s3_rows(cluster.env, uri) or driver.poll() is not None, 240, "the first row in S3", poll=0.3)
     finally:
-        os.killpg(driver.pid, signal.SIGKILL)  # the driver's own session: the trials' actors die with its job
+        os.killpg(driver.pid, signal.SIGKILL)  # the driver's own session: its trials die with its job
         driver.wait(timeout=30)
-    assert 1 <= len(s3_rows(cluster.env, uri)) < 4, (tmp_path / "driver.log").read_text()[-2000:]
+    assert 1 <= len(s3_rows(cluster.env, uri)) < 3, (tmp_path / "driver.log").read_text()[-2000:]
 
-    resumed = mgas(cluster.env, second_dir, "run", str(spec), "--address", cluster.address, "--resume", "--json")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resuming sweep" in resumed.stdout and json.loads(resumed.stdout.splitlines()[-1])["ok"] == 4
+    # 2. the README's `ray job submit` from the checkout (code shipped as the job's working_dir) resumes it
+    runtime = {"excludes": [".git", ".venv", "results", "runs"], "env_vars": {"MGAS_GIT_SHA": "unused-here"}}
+    job = subprocess.run([*RAY_CLI, "job", "submit", "--address", cluster.dashboard, "--working-dir", ".",
+                          "--runtime-env-json", json.dumps(runtime), "--",
+                          "python", "-m", "orchestrator.cli", "run", "experiments/placed.yaml", "--resume"],
+                         cwd=checkout, env=cluster.env, capture_output=True, text=True, timeout=300)
+    assert job.returncode == 0, (job.stdout + job.stderr)[-3000:]
+    assert "resuming sweep" in job.stdout and "sweep placed: 3/3 trials ok" in job.stdout
     rows = s3_rows(cluster.env, uri)
-    assert sorted(r["trial_id"] for r in rows) == ["darts_seed0", "darts_seed1", "darts_seed2", "mgas_seed0"]
-    assert all(r["status"] == "ok" and r["gpu_ids"] for r in rows)
+    assert sorted(r["trial_id"] for r in rows) == trial_ids  # exactly one row per trial
+    assert all(r["status"] == "ok" and r["gpu_ids"] and r["node_ip"] in WORKERS for r in rows)
     fake_a = next(n["id"] for n in cluster.nodes_info if "accelerator_type:FAKE_A" in n["resources"])
     assert next(r for r in rows if r["method"] == "mgas")["node_id"] == fake_a  # per-method placement
+    assert not (checkout / "results").exists()  # nothing landed in the job's working directory
 
+    # 3. every file rebuilt byte for byte from Tune's saved state, from another directory
     before = s3_files(cluster.env, uri)
+    assert sum(name.startswith("/curves/") for name in before) == 3 and "/archs/mgas_seed0/arch.json" in before
     for folder in ("results", "curves", "archs"):
         s3_delete(cluster.env, f"{uri}/{folder}")
     assert s3_rows(cluster.env, uri) == []
-    collected = mgas(cluster.env, third_dir, "collect", uri, "--json")
+    collected = mgas(cluster.env, other_dir, "collect", uri, "--json")
     assert collected.returncode == 0, collected.stderr[-3000:]
-    assert json.loads(collected.stdout.splitlines()[-1])[0]["rows"] == 4
+    assert json.loads(collected.stdout.splitlines()[-1])[0]["trial_ids"] == trial_ids
     after = s3_files(cluster.env, uri)
     assert sorted(after) == sorted(before)
-    assert after == before  # byte-identical rows, curves and architectures
+    assert after == before  # byte-identical rows (same values, same trial ids), curves and architectures
 
-    report = mgas(cluster.env, third_dir, "report", uri)
+    # 4. the report straight from S3
+    report = mgas(cluster.env, other_dir, "report", uri)
     assert report.returncode == 0, report.stderr[-3000:]
-    html = (third_dir / "placed-report" / "report.html").read_text()
-    assert "4 trials (4 ok, 0 failed)" in html
+    assert "3 trials (3 ok, 0 failed)" in (other_dir / "placed-report" / "report.html").read_text()
 
 
 def test_unimportable_code_and_node_local_storage_are_refused_in_one_line(cluster, tmp_path):
@@ -168,7 +164,7 @@ def test_unimportable_code_and_node_local_storage_are_refused_in_one_line(cluste
     (broken / "mgas_core" / "__init__.py").write_text("raise ImportError('a stale copy of mgas_core')\n")
     runtime = tmp_path / "runtime.yaml"
     runtime.write_text(yaml.safe_dump({"working_dir": str(broken)}))
-    spec = _per_method_spec(tmp_path)
+    spec = _checkout(tmp_path)
     refused = mgas(cluster.env, tmp_path, "run", str(spec), "--address", cluster.address, "--runtime-env", str(runtime))
     assert refused.returncode == 2, refused.stderr[-2000:]
     line = refused.stderr.strip().splitlines()[-1]
