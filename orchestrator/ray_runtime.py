@@ -95,14 +95,17 @@ def init_ray(address: str | None, dashboard: bool = False, dashboard_host: str |
         if dashboard or dashboard_host:
             raise UserInputError("--dashboard applies to embedded Ray; a cluster's dashboard is set up where "
                                  "the cluster was started (ray start --include-dashboard ...)")
-        if "RAY_AUTH_MODE" not in os.environ and _token_available():
-            os.environ["RAY_AUTH_MODE"] = "token"  # a token is here: clusters started with `ray start` want it
+        token = _token_available()
+        if "RAY_AUTH_MODE" not in os.environ and token:
+            # a token is here: clusters started with `ray start` want it (and clusters without auth ignore it)
+            os.environ["RAY_AUTH_MODE"] = "token"
         try:
             ray.init(address=address, log_to_driver=False, logging_level="WARNING", **extra)
         except ray.exceptions.AuthenticationError as exc:
             raise UserInputError(f"cannot join the Ray cluster at {address!r}: {AUTH_HINT}") from exc
         except (ConnectionError, ValueError, RuntimeError) as exc:
-            hint = f"; {AUTH_HINT}" if "auth" in str(exc).lower() else ""
+            # a refused token shows up only as a connection failure (after Ray's own retries)
+            hint = f"; if {AUTH_HINT}" if not token or "auth" in str(exc).lower() else ""
             raise UserInputError(f"cannot join the Ray cluster at {address!r}: {exc}{hint}") from exc
         return False
     kwargs = embedded_init_kwargs(dashboard, dashboard_host)

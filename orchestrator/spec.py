@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError, field_validator, model_validator
 
 from mgas_core.config import DATASETS, METHODS, PRESETS, RunSettings, build_settings, known_paths
 from mgas_core.errors import UserInputError, format_validation_error
@@ -81,46 +81,47 @@ class TrialResources(BaseModel):
 RESOURCE_FIELDS = set(TrialResources.model_fields)
 
 
-class ResourcesSpec(BaseModel):
-    """``resources: {cpu: 1, gpu: 0.5}`` for every trial, or per method:
+class ResourcesSpec(RootModel[dict[str, TrialResources]]):
+    """``resources: {cpu: 1, gpu: 0.5}`` for every trial, or per method over a default:
     ``resources: {default: {cpu: 1}, mgas: {gpu: 1}, msg_das: {gpu: 0.5, accelerator_type: A100}}``."""
 
-    model_config = ConfigDict(extra="forbid")
-    default: TrialResources = TrialResources()
-    methods: dict[str, TrialResources] = {}
+    root: dict[str, TrialResources] = {}
 
     @model_validator(mode="before")
     @classmethod
     def _shorthand(cls, v: Any) -> Any:
-        if not isinstance(v, dict) or "methods" in v:
+        if not isinstance(v, dict):
             return v
         flat = {k: v[k] for k in v if k in RESOURCE_FIELDS}
-        default = v.get("default", {})
-        if flat and default:
+        if flat and "default" in v:
             raise ValueError("give cpu/gpu/accelerator_type either at the top of resources or under default, "
                              "not both")
-        methods = {k: val for k, val in v.items() if k not in RESOURCE_FIELDS and k != "default"}
-        unknown = [k for k in methods if k not in METHODS]
+        rest = {k: val for k, val in v.items() if k not in RESOURCE_FIELDS}
+        return {"default": flat, **rest} if flat else rest
+
+    @model_validator(mode="after")
+    def _known_methods(self) -> ResourcesSpec:
+        unknown = [k for k in self.root if k != "default" and k not in METHODS]
         if unknown:
-            raise ValueError(f"unknown key {unknown[0]!r} in resources; allowed: default, "
-                             f"{', '.join(METHODS)}, {', '.join(sorted(RESOURCE_FIELDS))}")
-        return {"default": flat or default, "methods": methods}
+            raise ValueError(f"unknown key {unknown[0]!r} in resources; allowed: default, {', '.join(METHODS)}, "
+                             f"{', '.join(sorted(RESOURCE_FIELDS))}")
+        return self
 
     def for_method(self, method: str) -> dict[str, Any]:
         """The resolved request of one method's trials: ``{cpu, gpu, accelerator_type}``."""
-        merged = {"cpu": 1.0, "gpu": 0.0, "accelerator_type": None}
-        merged.update(self.default.model_dump(exclude_none=True))
-        if method in self.methods:
-            merged.update(self.methods[method].model_dump(exclude_none=True))
+        merged: dict[str, Any] = {"cpu": 1.0, "gpu": 0.0, "accelerator_type": None}
+        for key in ("default", method):
+            if key in self.root:
+                merged.update(self.root[key].model_dump(exclude_none=True))
         return merged
 
     @property
     def cpu(self) -> float:
-        return float(self.for_method("").get("cpu", 1.0))
+        return float(self.for_method("default")["cpu"])
 
     @property
     def gpu(self) -> float:
-        return float(self.for_method("").get("gpu", 0.0))
+        return float(self.for_method("default")["gpu"])
 
 
 class RuntimeSpec(BaseModel):
@@ -130,7 +131,7 @@ class RuntimeSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     working_dir: str | None = None
     pip: list[str] = []
-    env_vars: dict[str, str] = {}
+    env_vars: dict[str, str | int | float | bool] = {}  # values become strings
     excludes: list[str] = []
 
     def to_ray(self, base: Path) -> dict[str, Any]:

@@ -39,7 +39,7 @@ def print_plan(spec: ExperimentSpec, trials: list[dict[str, Any]], experiment_ur
     res = spec.resources
     methods = sorted({t["settings"]["search"]["method"] for t in trials})
     per_method = {m: spec.resources.for_method(m) for m in methods}
-    overrides = {m: r for m, r in per_method.items() if r != spec.resources.for_method("")}
+    overrides = {m: r for m, r in per_method.items() if r != spec.resources.for_method("default")}
     n = min(concurrent, len(trials))
     peak_cpu = max(r["cpu"] for r in per_method.values()) * n
     peak_gpu = max(r["gpu"] for r in per_method.values()) * n

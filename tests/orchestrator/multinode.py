@@ -28,10 +28,26 @@ HEAD_IP = "127.0.0.2"
 BUCKET = "mgas-test"
 
 
-def free_port(ip: str) -> int:
-    with socket.socket() as s:
-        s.bind((ip, 0))
-        return s.getsockname()[1]
+_HANDED_OUT: set[int] = set()
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct ports free on every interface now, never handed out before by this module
+    (the sockets stay bound until all are picked, so the OS cannot give one twice)."""
+    sockets, ports = [], []
+    try:
+        while len(ports) < count:
+            sock = socket.socket()
+            sock.bind(("", 0))
+            sockets.append(sock)
+            port = sock.getsockname()[1]
+            if port not in _HANDED_OUT:
+                ports.append(port)
+                _HANDED_OUT.add(port)
+    finally:
+        for sock in sockets:
+            sock.close()
+    return ports
 
 
 def wait_for(condition: Callable[[], Any], timeout: float, what: str, poll: float = 0.1) -> Any:
@@ -73,7 +89,7 @@ class LocalS3:
     process: subprocess.Popen | None = None
 
     def start(self) -> LocalS3:
-        self.port = free_port(self.ip)
+        self.port = free_ports(1)[0]
         log = (self.folder / "moto.log").open("w")
         self.process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", self.ip, "-p", str(self.port)],
                                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -102,6 +118,8 @@ class Node:
     ip: str
     process: subprocess.Popen
     temp_dir: Path
+    args: list[str]
+    name: str
 
 
 @dataclass
@@ -113,10 +131,15 @@ class LocalCluster:
     nodes: list[Node] = field(default_factory=list)
     gcs_port: int = 0
     dashboard_port: int = 0
+    client_port: int = 0
 
     @property
     def address(self) -> str:
         return f"{HEAD_IP}:{self.gcs_port}"
+
+    @property
+    def client_address(self) -> str:
+        return f"ray://{HEAD_IP}:{self.client_port}"
 
     @property
     def dashboard(self) -> str:
@@ -124,23 +147,23 @@ class LocalCluster:
 
     def _start(self, ip: str, name: str, args: list[str]) -> Node:
         temp_dir = Path(tempfile.mkdtemp(prefix=f"mgas-{name}-", dir="/tmp"))  # short: socket paths
-        ports = ["--dashboard-agent-listen-port", str(free_port(ip)), "--dashboard-agent-grpc-port",
-                 str(free_port(ip)), "--runtime-env-agent-port", str(free_port(ip)),
-                 "--metrics-export-port", str(free_port(ip))]
+        agent, agent_grpc, runtime_env_agent, metrics = free_ports(4)
+        ports = ["--dashboard-agent-listen-port", str(agent), "--dashboard-agent-grpc-port", str(agent_grpc),
+                 "--runtime-env-agent-port", str(runtime_env_agent), "--metrics-export-port", str(metrics)]
         log = (self.folder / f"{name}.log").open("w")
         process = subprocess.Popen([*RAY_CLI, "start", "--block", "--node-ip-address", ip, "--temp-dir", str(temp_dir),
                                     "--disable-usage-stats", *ports, *args],
                                    env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        node = Node(ip, process, temp_dir)
+        node = Node(ip, process, temp_dir, args, name)
         self.nodes.append(node)
         return node
 
     def start_head(self) -> None:
-        self.gcs_port, self.dashboard_port = free_port(HEAD_IP), free_port(HEAD_IP)
+        self.gcs_port, self.dashboard_port, self.client_port = free_ports(3)
         self._start(HEAD_IP, "head", ["--head", "--port", str(self.gcs_port), "--num-cpus", "0", "--num-gpus", "0",
                                       "--include-dashboard", "true", "--dashboard-host", HEAD_IP,
                                       "--dashboard-port", str(self.dashboard_port),
-                                      "--ray-client-server-port", str(free_port(HEAD_IP))])
+                                      "--ray-client-server-port", str(self.client_port)])
         wait_for(lambda: port_open(HEAD_IP, self.gcs_port) or self._died(), 90, "the head's GCS")
 
     def add_worker(self, ip: str, cpus: int, gpus: int, resources: dict[str, float] | None = None) -> None:
@@ -148,15 +171,22 @@ class LocalCluster:
                                                      "--num-gpus", str(gpus),
                                                      "--resources", json.dumps(resources or {})])
 
-    def _died(self) -> bool:
-        dead = [n for n in self.nodes if n.process.poll() is not None]
-        if dead:
-            raise RuntimeError(f"ray start on {dead[0].ip} exited with {dead[0].process.returncode}; "
-                               f"see {self.folder}")
+    def _died(self, restarts: list[int] | None = None) -> bool:
+        """Raise if a node's process exited; a worker that exited during start-up (Ray gives a raylet
+        30 s to register, which a loaded 2-core machine can miss) is started again while
+        ``restarts`` has budget left."""
+        for node in [n for n in self.nodes if n.process.poll() is not None]:
+            if restarts and restarts[0] > 0 and node is not self.nodes[0]:
+                restarts[0] -= 1
+                self.nodes.remove(node)
+                self._start(node.ip, f"{node.name}-again", node.args)
+                continue
+            raise RuntimeError(f"ray start on {node.ip} exited with {node.process.returncode}; see {self.folder}")
         return False
 
-    def wait_for_nodes(self, count: int, timeout: float = 120) -> list[dict[str, Any]]:
-        """Block until ``count`` nodes are alive; their id, address and resources."""
+    def wait_for_nodes(self, count: int, timeout: float = 120, restarts: int = 1) -> list[dict[str, Any]]:
+        """Block until ``count`` nodes are alive (or a node's process exits); their id, address and
+        resources."""
         probe = ("import json, sys, time, ray\n"
                  "ray.init(address=sys.argv[1], log_to_driver=False, logging_level='ERROR')\n"
                  "deadline = time.monotonic() + float(sys.argv[3])\n"
@@ -165,10 +195,16 @@ class LocalCluster:
                  "    time.sleep(0.2)\n"
                  "print(json.dumps([{'id': n['NodeID'], 'ip': n['NodeManagerAddress'], 'resources': n['Resources']}"
                  " for n in alive()]))\n")
-        done = subprocess.run([sys.executable, "-c", probe, self.address, str(count), str(timeout)], env=self.env,
-                              capture_output=True, text=True, timeout=timeout + 60)
-        self._died()
-        nodes = json.loads(done.stdout.strip().splitlines()[-1])
+        waiter = subprocess.Popen([sys.executable, "-c", probe, self.address, str(count), str(timeout)], env=self.env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        try:
+            budget = [restarts]
+            wait_for(lambda: waiter.poll() is not None or self._died(budget), timeout + 60, "the Ray nodes", poll=0.2)
+        finally:
+            if waiter.poll() is None:
+                waiter.kill()
+            output = waiter.communicate(timeout=30)[0]
+        nodes = json.loads(output.strip().splitlines()[-1]) if output.strip() else []
         if len(nodes) < count:
             raise TimeoutError(f"only {len(nodes)} of {count} Ray nodes came up; see {self.folder}")
         return nodes

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import threading
 import time
@@ -15,6 +16,7 @@ import ray
 
 from mgas_core.arch import load_architecture
 from mgas_core.model import count_architecture_params
+from orchestrator.collect import collect_command
 from orchestrator.results import RESULT_SCHEMA, read_rows
 from orchestrator.spec import expand_trials, load_spec
 from orchestrator.sweep import run_command
@@ -61,6 +63,17 @@ def test_sweep_writes_exactly_one_filled_row_per_trial(tmp_path):
     # the saved JSON names its mask file: retraining it (`mgas train --arch`) uses the masks
     saved = load_architecture(experiment_dir / "archs" / mgas["trial_id"] / "arch.json")
     assert saved.masks and count_architecture_params(saved, 4, 3).nonzero == round(mgas["nonzero_params_m"] * 1e6)
+
+    # every file is rebuilt byte for byte from Tune's saved state once the results are deleted
+    def files():
+        return {p.relative_to(experiment_dir): p.read_bytes() for folder in ("results", "curves", "archs")
+                for p in sorted((experiment_dir / folder).rglob("*")) if p.is_file()}
+
+    written = files()
+    for folder in ("results", "curves", "archs"):
+        shutil.rmtree(experiment_dir / folder)
+    assert collect_command(str(experiment_dir))[0]["rows"] == 5
+    assert files() == written
 
     # running a trial of the experiment again replaces its row, never duplicates it
     first = {r["trial_id"]: r["finished_at"] for r in rows}
