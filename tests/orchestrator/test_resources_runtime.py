@@ -98,3 +98,17 @@ def test_deterministic_and_loader_workers_reach_every_trial(tmp_path):
     assert settings["deterministic"] is True and settings["data"]["workers"] == 3
     settings = expand_trials(load_spec(write_spec(tmp_path))[0])[0]["settings"]
     assert settings["deterministic"] is False and settings["data"]["workers"] is None  # derived on the worker
+
+
+def test_local_storage_is_refused_for_ray_client_and_submitted_jobs(tmp_path, monkeypatch):
+    from mgas_core.errors import UserInputError
+    from orchestrator.ray_runtime import check_cluster_storage
+
+    with pytest.raises(UserInputError, match=r"a Ray Client sweep \(ray://\) runs on the cluster's head"):
+        check_cluster_storage(str(tmp_path / "out"), declared_shared=False, client=True)
+    check_cluster_storage("s3://bucket/sweeps", declared_shared=False, client=True)  # shared: fine
+    check_cluster_storage(str(tmp_path / "out"), declared_shared=True, client=True)  # declared shared: fine
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")  # what a `ray job submit` driver sees
+    with pytest.raises(UserInputError, match="inside the job's temporary working directory"):
+        check_cluster_storage(str(tmp_path / "results" / "x"), declared_shared=False)
