@@ -15,6 +15,7 @@ import posixpath
 import sys
 from typing import Any
 
+from mgas_core.errors import UserInputError
 from orchestrator.results import arch_location, row_from_result, write_trial
 from orchestrator.storage import Location, copy_file, resolve
 
@@ -94,8 +95,11 @@ def write_results(experiment: Location, grid: Any) -> dict[str, Any]:
 
 def collect_command(storage: str) -> list[dict[str, Any]]:
     """``mgas collect STORAGE``: one experiment folder, or a folder of them."""
-    root = resolve(storage)
-    experiments = experiment_locations(root)
+    try:
+        root = resolve(storage)
+        experiments = experiment_locations(root)
+    except (OSError, ValueError) as exc:  # unknown scheme, unreachable store, no credentials
+        raise UserInputError(f"cannot read {storage}: {' '.join(str(exc).split())[:300]}") from exc
     if not experiments:
         raise FileNotFoundError(f"{root.uri} holds no sweep: expected {TUNE_DIR}/ (Tune's state) in it or in its "
                                 "sub-folders, as `mgas run` writes under storage_path/<experiment>")

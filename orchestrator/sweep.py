@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mgas_core.errors import UserInputError
 from orchestrator.spec import ExperimentSpec, expand_trials, load_runtime_env, load_spec
 from orchestrator.storage import Location, is_uri, join, normalize, resolve
 
@@ -75,6 +76,10 @@ def run_command(experiment: Path, out: Path | str | None = None, address: str | 
     uri = experiment_uri(spec, folder, out)
     if dry_run:
         return print_plan(spec, trials, uri)
+    try:
+        resolve(uri)
+    except (OSError, ValueError) as exc:  # unknown scheme, malformed URI, unreachable store
+        raise UserInputError(f"results location {uri}: {' '.join(str(exc).split())[:300]}") from exc
     provenance = {"git_sha": git_revision(), "versions": library_versions()}
     for t in trials:
         t.update({"experiment": spec.name, "provenance": provenance,

@@ -112,3 +112,18 @@ def test_local_storage_is_refused_for_ray_client_and_submitted_jobs(tmp_path, mo
     monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")  # what a `ray job submit` driver sees
     with pytest.raises(UserInputError, match="inside the job's temporary working directory"):
         check_cluster_storage(str(tmp_path / "results" / "x"), declared_shared=False)
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["collect", "nosuch://bucket/x"], "cannot read nosuch://bucket/x"),
+    (["collect", "{tmp}/empty"], "holds no sweep"),
+    (["report", "nosuch://bucket/x"], "cannot open results location"),
+    (["run", "{spec}", "--out", "nosuch://bucket"], "results location nosuch://bucket/tiny"),
+])
+def test_bad_storage_locations_are_one_line(tmp_path, capsys, monkeypatch, argv, fragment):
+    _no_ray(monkeypatch)
+    (tmp_path / "empty").mkdir()
+    spec = write_spec(tmp_path)
+    assert main([a.format(tmp=tmp_path, spec=spec) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and fragment in err, err
