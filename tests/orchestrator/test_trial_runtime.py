@@ -128,3 +128,22 @@ def test_downloads_of_one_root_never_overlap(tmp_path):
         p.join(timeout=60)
     events = [line.split() for line in log.read_text().splitlines()]
     assert [kind for kind, _ in events] == ["enter", "exit"] * 3  # one at a time
+
+
+def test_a_copy_without_git_takes_its_revision_from_the_environment(tmp_path):
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    import mgas_core.provenance as provenance
+
+    (tmp_path / "mgas_core").mkdir()
+    (tmp_path / "mgas_core" / "__init__.py").write_text("")
+    shutil.copy(provenance.__file__, tmp_path / "mgas_core" / "provenance.py")  # as a working_dir upload has it
+    code = "import sys; sys.path.insert(0, sys.argv[1]); from mgas_core.provenance import git_revision; " \
+           "print(git_revision())"
+    env = {**os.environ, "MGAS_GIT_SHA": "abc123", "GIT_CEILING_DIRECTORIES": str(tmp_path.parent)}
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], env=env, capture_output=True, text=True,
+                          timeout=60, cwd=tmp_path)
+    assert done.stdout.strip() == "abc123", done.stderr
