@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -212,6 +213,8 @@ class LocalCluster:
     def stop(self) -> None:
         for node in reversed(self.nodes):  # workers first, then the head
             stop_process(node.process)
+        for node in self.nodes:
+            shutil.rmtree(node.temp_dir, ignore_errors=True)
 
 
 def cluster_env(s3: LocalS3) -> dict[str, str]:
