@@ -108,12 +108,20 @@ def _html_report(results: Results, figures: dict[str, Path], sections: list) -> 
     return "".join(parts)
 
 
-def report_command(results_dir: Path, out: Path | None = None, published: Path | None = None) -> dict[str, Path]:
+def default_report_folder(results_dir: str | Path) -> Path:
+    """``RESULTS/report`` for a local folder; ``./<name>-report`` here for an object-store URI."""
+    text = str(results_dir)
+    if "://" in text and not text.startswith("file://"):
+        return Path.cwd() / f"{text.rstrip('/').rsplit('/', 1)[-1]}-report"
+    return Path(text.removeprefix("file://")) / "report"
+
+
+def report_command(results_dir: str | Path, out: Path | None = None, published: Path | None = None) -> dict[str, Path]:
     """Load, build and print where everything is; raises :class:`AnalysisError` on unusable input."""
     results = load_results(results_dir)
     for skipped in results.skipped:
         print(f"warning: skipped unreadable result file {skipped}", file=sys.stderr)
-    paths = build_report(results, out or Path(results_dir) / "report", published)
+    paths = build_report(results, out or default_report_folder(results_dir), published)
     print(f"report: {paths['report_html']}")
     print(f"markdown: {paths['report_md']}")
     print(f"pareto plot: {paths['pareto']}")

@@ -32,7 +32,7 @@ class DataSettings(Strict):
     root: str | None = None
     download: bool = False
     val_fraction: float = Field(0.1, gt=0.0, lt=0.5)
-    workers: int = Field(0, ge=0)
+    workers: int | None = Field(None, ge=0, description="data loader processes; None: the trial's CPUs minus one")
     synthetic: SyntheticShape = SyntheticShape()
 
 
@@ -206,6 +206,7 @@ class RunSettings(Strict):
     seed: int = Field(0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(None, ge=1)
+    deterministic: bool = Field(False, description="cuDNN deterministic, no benchmark, torch deterministic algorithms")
 
 
 PRESETS: dict[str, dict[str, Any]] = {

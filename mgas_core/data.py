@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from filelock import FileLock
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
@@ -128,6 +130,28 @@ CIFAR_STATS = {
 IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
+MAX_LOADER_WORKERS = 16
+DOWNLOAD_LOCK = ".mgas-download.lock"
+
+
+def loader_workers(requested: int | None, cpus: float | None) -> int:
+    """Data loader processes: ``requested`` if set, else the trial's CPUs minus the one that trains."""
+    if requested is not None:
+        return requested
+    return max(0, min(MAX_LOADER_WORKERS, int(cpus or 1) - 1))
+
+
+def resolve_data_settings(settings: DataSettings, cpus: float | None, base_dir: Path) -> DataSettings:
+    """The data settings as seen where the trial runs: ``~`` is this machine's home, a relative
+    root is relative to ``base_dir`` (the trial's working directory: the shipped ``working_dir``
+    on a cluster), and the loader workers come from the trial's CPU allocation."""
+    root = settings.root
+    if root is not None:
+        path = Path(os.path.expanduser(root))
+        root = str(path if path.is_absolute() else (base_dir / path).resolve())
+    return settings.model_copy(update={"root": root, "workers": loader_workers(settings.workers, cpus)})
+
+
 def _require_root(settings: DataSettings, what: str) -> Path:
     if settings.root is None:
         raise DatasetError(f"dataset {settings.name!r} needs --data-root (a folder holding {what})")
@@ -135,6 +159,18 @@ def _require_root(settings: DataSettings, what: str) -> Path:
     if not root.exists() and not settings.download:
         raise DatasetError(f"dataset root {root} does not exist (pass --download to fetch {settings.name})")
     return root
+
+
+@contextmanager
+def download_lock(root: Path, enabled: bool) -> Iterator[None]:
+    """Only one process per machine downloads or checks a dataset at a time (trials of one node
+    share the root); the others wait, then find the files there."""
+    if not enabled:
+        yield
+        return
+    root.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root / DOWNLOAD_LOCK)):
+        yield
 
 
 def _cifar(settings: DataSettings, cutout: int, augment: SearchAugment) -> Splits:
@@ -151,7 +187,8 @@ def _cifar(settings: DataSettings, cutout: int, augment: SearchAugment) -> Split
                                      *normalize, *([Cutout(cutout)] if cutout else [])])
     plain_tf = transforms.Compose(normalize)
     try:
-        train_full = cls(str(root), train=True, transform=search_tf, download=settings.download)
+        with download_lock(root, settings.download):
+            train_full = cls(str(root), train=True, transform=search_tf, download=settings.download)
         train_aug = cls(str(root), train=True, transform=retrain_tf, download=False)
         train_plain = cls(str(root), train=True, transform=plain_tf, download=False)
         test = cls(str(root), train=False, transform=plain_tf, download=False)
@@ -216,7 +253,7 @@ def epoch_batches(
     seed: int = 0,
     epoch: int = 0,
     stream: int = 0,
-    workers: int = 0,
+    workers: int | None = 0,
     drop_last: bool = False,
 ) -> Iterator[Batch]:
     """Batches of one epoch. In-memory tensor datasets are sliced directly (no per-sample calls)."""
@@ -230,7 +267,7 @@ def epoch_batches(
             yield x[idx], y[idx]
         return
     loader = DataLoader(Subset(dataset, order.tolist()), batch_size=batch_size, shuffle=False,
-                        num_workers=workers, drop_last=drop_last, pin_memory=False,
+                        num_workers=workers or 0, drop_last=drop_last, pin_memory=False,
                         generator=shuffle_generator(seed, epoch, stream + 100))
     yield from loader
 

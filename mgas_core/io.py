@@ -94,12 +94,16 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
     ``torch.save`` file; tensors and plain values only (``weights_only=True``). Raises
     :class:`CorruptFileError` for a truncated, modified or unsafe file."""
     path = Path(path)
-    data = path.read_bytes()
+    return load_checkpoint_bytes(path.read_bytes(), str(path), map_location)
+
+
+def load_checkpoint_bytes(data: bytes, name: str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """:func:`load_checkpoint` of a file's bytes (read from any filesystem); ``name`` for messages."""
     if data.startswith(CHECKPOINT_MAGIC):
         digest, data = data[len(CHECKPOINT_MAGIC): len(CHECKPOINT_MAGIC) + 32], data[len(CHECKPOINT_MAGIC) + 32:]
         if hashlib.sha256(data).digest() != digest:
-            raise CorruptFileError(f"{path}: checksum mismatch (truncated or modified)")
+            raise CorruptFileError(f"{name}: checksum mismatch (truncated or modified)")
     try:
         return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises several unrelated types on a damaged file
-        raise CorruptFileError(f"{path}: cannot be loaded safely ({type(exc).__name__}: {exc})") from exc
+        raise CorruptFileError(f"{name}: cannot be loaded safely ({type(exc).__name__}: {exc})") from exc

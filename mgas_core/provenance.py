@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 from functools import lru_cache
@@ -13,7 +14,8 @@ LIBRARIES = ("torch", "torchvision", "ray", "numpy", "pandas", "pyarrow", "pydan
 
 @lru_cache(maxsize=1)
 def git_revision() -> str:
-    """The commit of the source tree this package was imported from (``+dirty`` if modified)."""
+    """The commit of the source tree this package was imported from (``+dirty`` if modified); for a
+    copy without ``.git`` (a Ray ``working_dir`` upload) the ``MGAS_GIT_SHA`` environment variable."""
     root = Path(__file__).resolve().parent.parent
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
@@ -21,7 +23,7 @@ def git_revision() -> str:
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
                                capture_output=True, text=True, timeout=5, check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        return os.environ.get("MGAS_GIT_SHA", "unknown")
     return sha + ("+dirty" if dirty else "")
 
 

@@ -1,70 +1,50 @@
-"""Driver-side Tune callbacks: the single Parquet writer and the sweep progress line."""
+"""Tune callbacks run by the sweep's controller: the results writer and the sweep progress line.
+
+The controller runs in the driver (``mgas run``), in the job's driver (``ray job submit``) or on the
+head node (``ray://`` clients); the writer puts the files on the sweep's storage in every case.
+"""
 
 from __future__ import annotations
 
-import json
-import shutil
 import sys
-from pathlib import Path
 from typing import Any, TextIO
 
 from ray.tune import Callback
 
-from orchestrator.results import write_trial
-from orchestrator.trainable import trial_row
+from orchestrator.collect import write_trial_outputs
+from orchestrator.results import error_text
+from orchestrator.storage import resolve
 
 
 def _trial_spec(trial: Any) -> dict[str, Any]:
     return trial.config["trial"]
 
 
-def _error_text(trial: Any) -> str:
+def _trial_error(trial: Any) -> object:
     try:
         error = trial.get_error()
     except Exception:  # older/newer Trial APIs
         error = None
-    text = str(error) if error else ""
-    if not text and getattr(trial, "error_file", None) and Path(trial.error_file).exists():
-        text = Path(trial.error_file).read_text()
-    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
-    return lines[-1][:2000] if lines else "trial errored (no message)"
+    return error if error is not None else "trial errored (no message)"
 
 
 class ResultsWriter(Callback):
-    """Writes one Parquet row (and the curves) per finished or failed trial. The only writer."""
+    """Writes one trial's row, curves and architecture when it finishes or fails (idempotent:
+    the same bytes as ``mgas collect`` rebuilds later from Tune's saved state)."""
 
-    def __init__(self, experiment: str, experiment_dir: Path) -> None:
-        self.experiment = experiment
-        self.experiment_dir = experiment_dir
+    def __init__(self, experiment_uri: str) -> None:
+        self.experiment_uri = experiment_uri
         self.written: list[str] = []
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        result = dict(trial.last_result or {})
-        spec = _trial_spec(trial)
-        if not result.get("done_trial"):
-            result = {"status": "failed", "error": "trial ended without a final report"}
-        history = json.loads(result.get("history_json") or "[]")
-        write_trial(self.experiment_dir, trial_row(self.experiment, spec, result), history)
-        self._copy_architecture(trial, spec["trial_id"])
-        self.written.append(spec["trial_id"])
+        write_trial_outputs(resolve(self.experiment_uri), _trial_spec(trial), dict(trial.last_result or {}),
+                            None, getattr(trial, "checkpoint", None))
+        self.written.append(_trial_spec(trial)["trial_id"])
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        spec = _trial_spec(trial)
-        row = trial_row(self.experiment, spec, {"status": "failed", "error": _error_text(trial)})
-        write_trial(self.experiment_dir, row, None)
-        self.written.append(spec["trial_id"])
-
-    def _copy_architecture(self, trial: Any, trial_id: str) -> None:
-        checkpoint = getattr(trial, "checkpoint", None)
-        if checkpoint is None:
-            return
-        target = self.experiment_dir / "archs" / trial_id
-        with checkpoint.as_directory() as d:
-            for name in ("arch.json", "arch.masks.safetensors"):
-                src = Path(d) / name
-                if src.exists():
-                    target.mkdir(parents=True, exist_ok=True)
-                    shutil.copyfile(src, target / name)
+        write_trial_outputs(resolve(self.experiment_uri), _trial_spec(trial), dict(trial.last_result or {}),
+                            _trial_error(trial))
+        self.written.append(_trial_spec(trial)["trial_id"])
 
 
 class SweepProgress(Callback):
@@ -118,4 +98,4 @@ class SweepProgress(Callback):
         tid = _trial_spec(trial)["trial_id"]
         self.running.discard(tid)
         self.failed.add(tid)
-        self._line(f"{tid}: FAILED {_error_text(trial)}")
+        self._line(f"{tid}: FAILED {error_text(_trial_error(trial))}")

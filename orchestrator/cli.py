@@ -1,4 +1,4 @@
-"""The ``mgas`` command line: info, search, train (single process) and run, report (sweeps).
+"""The ``mgas`` command line: info, search, train (single process) and run, collect, report (sweeps).
 
 Every user error (unknown name, bad value, missing file, invalid spec) is printed as one line
 ``mgas: error: ...`` with exit code 2, before any work starts; bugs still show a traceback.
@@ -102,8 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run a sweep described by an experiment YAML on Ray Tune")
     run.add_argument("experiment", type=Path, help="experiment YAML file")
-    run.add_argument("--out", type=Path, help="results root (default: the spec's output_dir)")
+    run.add_argument("--out", help="results root, a folder or s3://... (default: the spec's storage_path, "
+                                   "else its output_dir)")
     run.add_argument("--address", help="join an existing Ray cluster (default: $RAY_ADDRESS, else embedded Ray)")
+    run.add_argument("--runtime-env", type=Path, metavar="FILE",
+                     help="YAML/JSON with Ray runtime_env keys working_dir, pip, env_vars, excludes (replacing "
+                          "the spec's runtime keys it names): the code and its requirements on every node")
     run.add_argument("--resume", action="store_true", help="continue an interrupted sweep (Tuner.restore)")
     run.add_argument("--dry-run", action="store_true", help="print the trial table and resources; start nothing")
     run.add_argument("--json", action="store_true", help="print a JSON summary at the end")
@@ -113,8 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="bind the dashboard to ADDR instead of 127.0.0.1 (e.g. 0.0.0.0: reachable by anyone "
                           "who can reach this machine, and the dashboard can submit jobs)")
 
+    collect = sub.add_parser("collect", help="rebuild every trial's row from Tune's saved state on the storage")
+    collect.add_argument("storage", help="an experiment's folder (<storage_path>/<name>, local or s3://...) or a "
+                                         "folder of them")
+    collect.add_argument("--json", action="store_true", help="print a JSON summary")
+
     report = sub.add_parser("report", help="plots, tables and an HTML report from a results folder")
-    report.add_argument("results", type=Path, help="results folder (one experiment or a folder of experiments)")
+    report.add_argument("results", help="results folder, local or s3://... (one experiment or a folder of them)")
     report.add_argument("--out", type=Path, help="where to write the report (default RESULTS/report)")
     report.add_argument("--published", type=Path,
                         help="published reference numbers (default experiments/reference/published.yaml)")
@@ -208,9 +217,18 @@ def _cmd_run(args: argparse.Namespace) -> None:
     from orchestrator.sweep import run_command
 
     summary = run_command(args.experiment, out=args.out, address=args.address, resume=args.resume,
-                          dry_run=args.dry_run, dashboard=args.dashboard, dashboard_host=args.dashboard_host)
+                          dry_run=args.dry_run, dashboard=args.dashboard, dashboard_host=args.dashboard_host,
+                          runtime_env_file=args.runtime_env)
     if args.json and summary is not None:
         print(json.dumps(summary, default=str))
+
+
+def _cmd_collect(args: argparse.Namespace) -> None:
+    from orchestrator.collect import collect_command
+
+    summaries = collect_command(args.storage)
+    if args.json:
+        print(json.dumps(summaries, default=str))
 
 
 def _cmd_report(args: argparse.Namespace) -> None:
@@ -223,7 +241,8 @@ def _cmd_report(args: argparse.Namespace) -> None:
         raise UserInputError(str(exc)) from exc
 
 
-COMMANDS = {"info": _cmd_info, "search": _cmd_search, "train": _cmd_train, "run": _cmd_run, "report": _cmd_report}
+COMMANDS = {"info": _cmd_info, "search": _cmd_search, "train": _cmd_train, "run": _cmd_run, "collect": _cmd_collect,
+            "report": _cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:

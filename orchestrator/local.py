@@ -11,7 +11,8 @@ import torch
 
 from mgas_core.arch import Architecture
 from mgas_core.config import RunSettings
-from mgas_core.data import DatasetInfo, load_splits
+from mgas_core.data import DatasetInfo, load_splits, resolve_data_settings
+from mgas_core.determinism import torch_determinism
 from mgas_core.io import (
     PREVIOUS_SUFFIX,
     atomic_write_text,
@@ -58,6 +59,15 @@ class EpochProgress:
         self.stream.flush()
 
 
+def _prepare(settings: RunSettings) -> RunSettings:
+    """Threads, and the data settings resolved on this machine (root, loader workers)."""
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    settings = settings.model_copy(deep=True)
+    settings.data = resolve_data_settings(settings.data, settings.threads, Path.cwd())
+    return settings
+
+
 def write_run_config(out_dir: Path, settings: RunSettings, command: str) -> None:
     data = {"command": command, "settings": settings.model_dump(mode="json"), **provenance()}
     atomic_write_text(out_dir / "config.json", json.dumps(data, indent=1) + "\n")
@@ -93,8 +103,7 @@ def _resume_state(ckpt: Path) -> dict[str, Any] | None:
 
 def search_command(settings: RunSettings, out_dir: Path, resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """Run a search into ``out_dir``: arch JSON (+ masks), config, metrics.jsonl, checkpoint, summary."""
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
+    settings = _prepare(settings)
     device = resolve_device(settings.device)
     splits = load_splits(settings.data, search_augment=search_augment_for(settings.search))
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -115,7 +124,8 @@ def search_command(settings: RunSettings, out_dir: Path, resume: bool = False, p
         if bar is not None:
             bar(record)
 
-    result = run_search(settings, splits, device, state=state, on_epoch=on_epoch)
+    with torch_determinism(settings.deterministic):
+        result = run_search(settings, splits, device, state=state, on_epoch=on_epoch)
     return write_search_outputs(result, settings, splits.info, out_dir, device)
 
 
@@ -145,8 +155,7 @@ def write_search_outputs(result: SearchResult, settings: RunSettings, info: Data
 
 
 def train_command(arch: Architecture, settings: RunSettings, out_dir: Path, progress: bool = True) -> dict[str, Any]:
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
+    settings = _prepare(settings)
     device = resolve_device(settings.device)
     splits = load_splits(settings.data, cutout=settings.retrain.cutout)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -163,7 +172,8 @@ def train_command(arch: Architecture, settings: RunSettings, out_dir: Path, prog
         if bar is not None:
             bar(record)
 
-    result: RetrainResult = run_retrain(arch, settings, splits, device, on_epoch=on_epoch)
+    with torch_determinism(settings.deterministic):
+        result: RetrainResult = run_retrain(arch, settings, splits, device, on_epoch=on_epoch)
     summary = {
         "arch": arch.name,
         "dataset": splits.info.name,

@@ -7,8 +7,11 @@ enables the dashboard it binds to 127.0.0.1 unless a host is given explicitly.
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
+import time
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 from mgas_core.errors import UserInputError
@@ -67,21 +70,43 @@ def embedded_init_kwargs(dashboard: bool = False, dashboard_host: str | None = N
     }
 
 
-def init_ray(address: str | None, dashboard: bool = False, dashboard_host: str | None = None) -> bool:
-    """Start embedded Ray (returns True) or connect to ``address`` (returns False)."""
+def _token_available() -> bool:
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return True
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or str(Path.home() / ".ray" / "auth_token")
+    return Path(path).is_file()
+
+
+AUTH_HINT = ("the cluster uses token authentication (`ray start --head` turns it on): export RAY_AUTH_MODE=token "
+             "and give this machine the head's token (RAY_AUTH_TOKEN=..., or copy the head's ~/.ray/auth_token)")
+
+
+def init_ray(address: str | None, dashboard: bool = False, dashboard_host: str | None = None,
+             runtime_env: dict[str, Any] | None = None) -> bool:
+    """Start embedded Ray (returns True) or connect to ``address`` (returns False), with
+    ``runtime_env`` (the code and its requirements on every node) for every task of the sweep."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
 
     if ray.is_initialized():
         return False
+    extra = {"runtime_env": runtime_env} if runtime_env else {}
     if address:
         if dashboard or dashboard_host:
             raise UserInputError("--dashboard applies to embedded Ray; a cluster's dashboard is set up where "
                                  "the cluster was started (ray start --include-dashboard ...)")
+        token = _token_available()
+        if "RAY_AUTH_MODE" not in os.environ and token:
+            # a token is here: clusters started with `ray start` want it (and clusters without auth ignore it)
+            os.environ["RAY_AUTH_MODE"] = "token"
         try:
-            ray.init(address=address, log_to_driver=False, logging_level="WARNING")
+            ray.init(address=address, log_to_driver=False, logging_level="WARNING", **extra)
+        except ray.exceptions.AuthenticationError as exc:
+            raise UserInputError(f"cannot join the Ray cluster at {address!r}: {AUTH_HINT}") from exc
         except (ConnectionError, ValueError, RuntimeError) as exc:
-            raise UserInputError(f"cannot join the Ray cluster at {address!r}: {exc}") from exc
+            # a refused token shows up only as a connection failure (after Ray's own retries)
+            hint = f"; if {AUTH_HINT}" if not token or "auth" in str(exc).lower() else ""
+            raise UserInputError(f"cannot join the Ray cluster at {address!r}: {exc}{hint}") from exc
         return False
     kwargs = embedded_init_kwargs(dashboard, dashboard_host)
     if dashboard:
@@ -89,18 +114,125 @@ def init_ray(address: str | None, dashboard: bool = False, dashboard_host: str |
             import aiohttp  # noqa: F401  (the dashboard's server)
         except ImportError as exc:
             raise UserInputError("--dashboard needs the dashboard's packages: pip install 'ray[default]'") from exc
-    ray.init(**kwargs)
+    ray.init(**kwargs, **extra)
     return True
 
 
-def check_cluster_storage(storage: str, declared_shared: bool) -> None:
-    """On a multi-node cluster the trials' checkpoints and results must live on shared storage."""
+def in_submitted_job() -> bool:
+    """True in the driver of a ``ray job submit`` job (its working directory is a temporary copy)."""
+    return "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+
+
+def check_cluster(storage: str, declared_shared: bool, address: str | None, trials: list[dict[str, Any]]) -> None:
+    """Before any trial starts on a joined cluster: shared storage, the code on every node, and
+    every method's resource request against the nodes there."""
+    check_cluster_storage(storage, declared_shared, client=bool(address and address.startswith("ray://")))
+    check_nodes_import()
+    warn_unplaceable(trials)
+
+
+def check_cluster_storage(storage: str, declared_shared: bool, client: bool = False) -> None:
+    """The trials' checkpoints and results must live where every node (and the driver) sees them:
+    on a multi-node cluster, under a Ray Client (``ray://``, whose sweep runs on the head) and
+    under ``ray job submit`` (whose working directory is a temporary copy)."""
     import ray
 
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
-    if len(nodes) <= 1 or declared_shared or storage_is_shared(storage):
+    if declared_shared or storage_is_shared(storage):
         return
-    raise UserInputError(
-        f"storage_path {storage} is on a local {filesystem_type(Path(storage))} filesystem, but the cluster has "
-        f"{len(nodes)} nodes: set storage_path in the experiment to shared storage (an NFS mount, s3://...) or "
-        "set shared_storage: true if this path is mounted on every node")
+    local = Path(storage)
+    kind = filesystem_type(local)
+    fix = ("set storage_path in the experiment to shared storage (an NFS mount, s3://...) or set "
+           "shared_storage: true if this path is mounted on every node")
+    if client:
+        raise UserInputError(f"storage_path {storage} is on a local {kind} filesystem, but a Ray Client sweep "
+                             f"(ray://) runs on the cluster's head: {fix}")
+    if in_submitted_job() and local.is_relative_to(Path.cwd()):
+        raise UserInputError(f"storage_path {storage} is inside the job's temporary working directory "
+                             f"(ray job submit), which is deleted after the job: {fix}")
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) <= 1:
+        return
+    raise UserInputError(f"storage_path {storage} is on a local {kind} filesystem, but the cluster has "
+                         f"{len(nodes)} nodes: {fix}")
+
+
+TRIAL_DEPENDENCIES = ("torch", "torchvision", "numpy", "pyarrow", "pydantic", "yaml", "safetensors", "sklearn",
+                      "filelock")
+
+
+def _import_probe() -> dict[str, str]:
+    """Runs on one worker of a node: the package must import there (from the shipped working_dir,
+    the runtime env's pip packages or an install on the node) and the trials' dependencies must
+    be installed (found, not imported: the check stays cheap)."""
+    import importlib.util
+
+    import ray
+
+    import mgas_core
+    import orchestrator
+    from mgas_core.provenance import git_revision
+
+    missing = [name for name in TRIAL_DEPENDENCIES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ImportError(f"No module named {missing[0]!r} (missing here: {', '.join(missing)})")
+    return {"node_ip": ray.util.get_node_ip_address(), "git_sha": git_revision(),
+            "package": str(Path(orchestrator.__file__).parent.parent), "mgas_core": str(mgas_core.__file__)}
+
+
+def check_nodes_import(timeout_s: float = 600.0) -> list[dict[str, str]]:
+    """Import the package on one worker per alive node (no CPU taken); the first node that cannot
+    is named in a one-line error."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    probe = ray.remote(num_cpus=0, max_retries=0)(_import_probe)
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    pending = {probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote():
+               n for n in nodes}
+    answers, failures = [], []
+    deadline = time.monotonic() + timeout_s
+    for ref, node in pending.items():
+        where = f"node {node.get('NodeManagerAddress', '?')} ({node['NodeID'][:12]})"
+        try:
+            answers.append(ray.get(ref, timeout=max(1.0, deadline - time.monotonic())))
+        except ray.exceptions.GetTimeoutError:
+            failures.append(f"{where} did not answer within {timeout_s:.0f}s")
+        except (ray.exceptions.RayError, ImportError) as exc:
+            failures.append(f"{where} cannot import the mgas package: {_last_line(exc)}")
+    if failures:
+        more = f" (and {len(failures) - 1} more node(s))" if len(failures) > 1 else ""
+        raise UserInputError(f"{failures[0]}{more}; ship the code with the spec's runtime.working_dir (or "
+                             "--runtime-env, or ray job submit --working-dir) and its requirements with runtime.pip, "
+                             "or install mgas on every node")
+    return answers
+
+
+def _last_line(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return lines[-1][:300] if lines else type(exc).__name__
+
+
+def warn_unplaceable(trials: list[dict[str, Any]]) -> list[str]:
+    """A warning for each method whose trial request fits no node of the cluster now (an
+    autoscaler may still add one, so the sweep is not refused)."""
+    import ray
+
+    from orchestrator.sweep import trial_placement
+
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    warnings = []
+    seen: set[str] = set()
+    for t in trials:
+        method = t["settings"]["search"]["method"]
+        if method in seen:
+            continue
+        seen.add(method)
+        bundle = trial_placement({"trial": t}).bundles[0]
+        if not any(all(node.get(k, 0.0) >= v for k, v in bundle.items()) for node in nodes):
+            text = ", ".join(f"{k}={v:g}" for k, v in bundle.items())
+            warnings.append(f"warning: no node of the cluster has {text} now; the {method} trials wait until one "
+                            "joins (an autoscaler may add it)")
+    for line in warnings:
+        print(line, file=sys.stderr)
+    return warnings
+

@@ -1,13 +1,19 @@
-"""Parquet results: one file per finished trial, one curves file per trial, explicit schemas.
+"""Parquet results on the sweep's storage: one row file and one curves file per trial, explicit schemas.
 
-Layout under ``<out>/<experiment>/``::
+Layout under the experiment's folder ``<storage>/<experiment>/`` (a local path, NFS, or ``s3://``)::
 
+    tune/                                   Tune's state: trial folders, checkpoints, results
     results/method=<m>/<trial_id>.parquet   one row: the trial's outcome (ok or failed + error)
     curves/method=<m>/<trial_id>.parquet    one row per epoch (search and retrain phases)
+    archs/<trial_id>/arch.json (+ masks)    the derived architecture
 
-Files are written by one driver-side writer (:class:`ResultsWriter`, a Tune callback), to a
-temp file then renamed, and named by the trial's stable id, so re-running or resuming a sweep
-replaces a trial's row instead of duplicating it.
+A row is a pure function of what Tune saved for the trial (:func:`row_from_result`: the trial's
+config, its last reported result, its error), so the writer is idempotent per trial: the live
+driver-side callback, the rewrite after ``Tuner.fit``/restore and ``mgas collect`` all produce the
+same bytes, and a trial's row is replaced, never duplicated. Files are named by the trial's stable id
+and written whole (temp file then rename; one PUT on an object store). The columns are defined
+once, in :data:`RESULT_SCHEMA`; adding one means adding it there and, if a trial reports it, to
+:data:`REPORTED_FIELDS`.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mgas_core.io import atomic_write_bytes
+from orchestrator.storage import Location, resolve
 
 SCHEMA_VERSION = 1
 
@@ -74,6 +80,7 @@ RESULT_SCHEMA = pa.schema([
     ("started_at", pa.float64()),
     ("wall_time_s", pa.float64()),
     ("finished_at", pa.float64()),
+    ("deterministic", pa.bool_()),
 ])
 
 CURVE_SCHEMA = pa.schema([
@@ -124,18 +131,22 @@ def table_from_rows(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
     return pa.table(columns, schema=schema)
 
 
-def write_table(table: pa.Table, path: Path) -> Path:
+def table_bytes(table: pa.Table) -> bytes:
     buf = io.BytesIO()
     pq.write_table(table, buf)
-    return atomic_write_bytes(path, buf.getvalue())
+    return buf.getvalue()
 
 
-def result_path(experiment_dir: Path, method: str, trial_id: str) -> Path:
-    return experiment_dir / "results" / f"method={method}" / f"{trial_id}.parquet"
+def result_location(experiment: Location, method: str, trial_id: str) -> Location:
+    return experiment.child("results", f"method={method}", f"{trial_id}.parquet")
 
 
-def curve_path(experiment_dir: Path, method: str, trial_id: str) -> Path:
-    return experiment_dir / "curves" / f"method={method}" / f"{trial_id}.parquet"
+def curve_location(experiment: Location, method: str, trial_id: str) -> Location:
+    return experiment.child("curves", f"method={method}", f"{trial_id}.parquet")
+
+
+def arch_location(experiment: Location, trial_id: str) -> Location:
+    return experiment.child("archs", trial_id)
 
 
 def curve_rows(history: list[dict[str, Any]], base: dict[str, Any]) -> list[dict[str, Any]]:
@@ -156,22 +167,79 @@ def curve_rows(history: list[dict[str, Any]], base: dict[str, Any]) -> list[dict
     return rows
 
 
-def write_trial(experiment_dir: Path, row: dict[str, Any], history: list[dict[str, Any]] | None) -> Path:
-    """Write (replace) the trial's result row and its curves."""
-    row = {"schema_version": SCHEMA_VERSION, "finished_at": time.time(), **row}
-    target = result_path(experiment_dir, row["method"], row["trial_id"])
-    path = write_table(table_from_rows([row], RESULT_SCHEMA), target)
+# what a trial's final report carries into its row (the rest comes from the trial's config)
+REPORTED_FIELDS = {
+    "status", "error", "target_reached", "target_gap", "test_acc", "val_acc", "search_val_acc", "params_m",
+    "nonzero_params_m", "flops_m",
+    "supernet_params_m", "channels", "layers", "remaining_ratio_op", "remaining_ratio_filter",
+    "remaining_ratio_weight", "search_epochs", "search_time_s", "retrain_time_s", "search_peak_mem_mb",
+    "retrain_peak_mem_mb", "device", "device_name", "node_id", "node_ip", "gpu_ids", "attempts",
+    "events_json", "snapshots_json", "arch_json", "started_at", "wall_time_s", "finished_at", "deterministic",
+    "git_sha", "versions",
+}
+
+
+def error_text(error: object) -> str:
+    """The last line of a trial's error (Tune's exception, or its saved text), at most 2000 chars."""
+    text = str(error) if error else ""
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1][:2000] if lines else "trial errored (no message)"
+
+
+def row_from_result(trial: dict[str, Any], result: dict[str, Any] | None, error: object = None) -> dict[str, Any]:
+    """The Parquet row of one trial from what Tune saved: its config entry ``trial``, its last
+    reported result and its error. A pure function: the same inputs give the same row."""
+    result = dict(result or {})
+    settings = trial["settings"]
+    search = settings["search"]
+    method = search["method"]
+    provenance = trial.get("provenance", {})
+    row: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "experiment": trial.get("experiment"), "trial_id": trial["trial_id"], "method": method,
+        "dataset": settings["data"]["name"], "seed": settings["seed"],
+        "target_params_m": search.get("target_params"),
+        "granularities": ",".join(search["mgas"]["granularities"]) if method == "mgas" else None,
+        "stages": search["mgas"]["stages"] if method == "mgas" else None,
+        "subgraphs": search["msg_das"]["subgraphs"] if method == "msg_das" else None,
+        "config_json": json.dumps(settings, sort_keys=True), "axes_json": json.dumps(trial["axes"], default=str),
+        "deterministic": settings.get("deterministic", False),
+        "git_sha": provenance.get("git_sha"), "versions": json.dumps(provenance.get("versions", {}), sort_keys=True),
+    }
+    finished = bool(result.get("done_trial"))
+    if finished and error is None:
+        row.update({k: v for k, v in result.items() if k in REPORTED_FIELDS and v is not None})
+    else:
+        row.update({k: result[k] for k in ("node_id", "node_ip", "gpu_ids") if result.get(k) is not None})
+        row["status"] = "failed"
+        row["error"] = error_text(error) if error is not None else "trial ended without a final report"
+        row["finished_at"] = result.get("timestamp")
+    if isinstance(row.get("versions"), dict):
+        row["versions"] = json.dumps(row["versions"], sort_keys=True)
+    return row
+
+
+def write_trial(experiment: str | Path | Location, row: dict[str, Any],
+                history: list[dict[str, Any]] | None) -> Location:
+    """Write (replace) the trial's result row and its curves under the experiment's folder."""
+    target = experiment if isinstance(experiment, Location) else resolve(experiment)
+    row = {"schema_version": SCHEMA_VERSION, **row}
+    if row.get("finished_at") is None and row.get("status") == "ok":
+        row["finished_at"] = time.time()
     if history:
         base = {"schema_version": SCHEMA_VERSION, "experiment": row["experiment"], "trial_id": row["trial_id"],
                 "method": row["method"], "seed": row.get("seed")}
-        write_table(table_from_rows(curve_rows(history, base), CURVE_SCHEMA),
-                    curve_path(experiment_dir, row["method"], row["trial_id"]))
-    return path
+        curve_location(target, row["method"], row["trial_id"]).write_bytes(
+            table_bytes(table_from_rows(curve_rows(history, base), CURVE_SCHEMA)))
+    location = result_location(target, row["method"], row["trial_id"])
+    location.write_bytes(table_bytes(table_from_rows([row], RESULT_SCHEMA)))  # the row last: it marks "done"
+    return location
 
 
-def read_rows(experiment_dir: Path) -> list[dict[str, Any]]:
-    """All result rows of one experiment (used by resume bookkeeping and tests)."""
+def read_rows(experiment: str | Path | Location) -> list[dict[str, Any]]:
+    """All result rows of one experiment (local or on an object store)."""
+    target = experiment if isinstance(experiment, Location) else resolve(experiment)
     rows = []
-    for path in sorted((experiment_dir / "results").glob("method=*/*.parquet")):
-        rows.extend(pq.read_table(path).to_pylist())
+    for location in target.child("results").files(".parquet"):
+        rows.extend(pq.read_table(io.BytesIO(location.read_bytes())).to_pylist())
     return rows

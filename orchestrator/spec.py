@@ -17,7 +17,15 @@ sweep:                         # grid axes; any dotted settings path is an axis 
   seed: [0, 1, 2]
 exclude: [{method: darts, target_params: 0.05}]
 include: [{method: mgas, target_params: 0.2, seed: 0}]
-resources: {cpu: 1, gpu: 0}    # per trial; fractional GPUs allowed
+resources:                     # per trial; fractional GPUs share one; per method over default
+  default: {cpu: 1, gpu: 0}
+  mgas: {gpu: 1, accelerator_type: A100}
+runtime:                       # Ray runtime_env: the code and its requirements on every node
+  working_dir: ..              # relative to this file
+  pip: [safetensors]
+  env_vars: {OMP_NUM_THREADS: "1"}
+deterministic: false           # true: cuDNN deterministic + torch.use_deterministic_algorithms
+checkpoint_interval_s: 10      # at most one trial checkpoint per interval (first epoch and the end always)
 max_concurrent_trials: 2
 max_failures: 1
 ```
@@ -33,11 +41,12 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError, field_validator, model_validator
 
 from mgas_core.config import DATASETS, METHODS, PRESETS, RunSettings, build_settings, known_paths
 from mgas_core.errors import UserInputError, format_validation_error
@@ -52,24 +61,118 @@ AXIS_PATHS = {
 METHOD_ONLY_AXES = {"granularities": "mgas", "stages": "mgas"}
 
 
-class Resources(BaseModel):
+class TrialResources(BaseModel):
+    """What one trial asks for; unset fields come from ``resources.default``."""
+
     model_config = ConfigDict(extra="forbid")
-    cpu: float = Field(1.0, gt=0)
-    gpu: float = Field(0.0, ge=0)
+    cpu: float | None = Field(None, gt=0)
+    gpu: float | None = Field(None, ge=0)
+    accelerator_type: str | None = Field(None, min_length=1, description="e.g. A100: only nodes with that GPU")
 
     @field_validator("gpu")
     @classmethod
-    def _fractional_or_whole(cls, v: float) -> float:
-        if v > 1 and v != int(v):
-            raise ValueError(f"gpu must be a fraction <= 1 or a whole number, got {v}")
+    def _one_device(cls, v: float | None) -> float | None:
+        if v is not None and v > 1:
+            raise ValueError(f"gpu {v:g}: a trial uses one device (multi-GPU trials do not exist yet); "
+                             "allowed: 0 to 1, fractions share a GPU between trials")
         return v
+
+
+RESOURCE_FIELDS = set(TrialResources.model_fields)
+
+
+class ResourcesSpec(RootModel[dict[str, TrialResources]]):
+    """``resources: {cpu: 1, gpu: 0.5}`` for every trial, or per method over a default:
+    ``resources: {default: {cpu: 1}, mgas: {gpu: 1}, msg_das: {gpu: 0.5, accelerator_type: A100}}``."""
+
+    root: dict[str, TrialResources] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, v: Any) -> Any:
+        if not isinstance(v, dict):
+            return v
+        flat = {k: v[k] for k in v if k in RESOURCE_FIELDS}
+        if flat and "default" in v:
+            raise ValueError("give cpu/gpu/accelerator_type either at the top of resources or under default, "
+                             "not both")
+        rest = {k: val for k, val in v.items() if k not in RESOURCE_FIELDS}
+        return {"default": flat, **rest} if flat else rest
+
+    @model_validator(mode="after")
+    def _known_methods(self) -> ResourcesSpec:
+        unknown = [k for k in self.root if k != "default" and k not in METHODS]
+        if unknown:
+            raise ValueError(f"unknown key {unknown[0]!r} in resources; allowed: default, {', '.join(METHODS)}, "
+                             f"{', '.join(sorted(RESOURCE_FIELDS))}")
+        return self
+
+    def for_method(self, method: str) -> dict[str, Any]:
+        """The resolved request of one method's trials: ``{cpu, gpu, accelerator_type}``."""
+        merged: dict[str, Any] = {"cpu": 1.0, "gpu": 0.0, "accelerator_type": None}
+        for key in ("default", method):
+            if key in self.root:
+                merged.update(self.root[key].model_dump(exclude_none=True))
+        return merged
+
+    @property
+    def cpu(self) -> float:
+        return float(self.for_method("default")["cpu"])
+
+    @property
+    def gpu(self) -> float:
+        return float(self.for_method("default")["gpu"])
+
+
+class RuntimeSpec(BaseModel):
+    """Ray's runtime environment for every task of the sweep: the code and its requirements on
+    every node. ``working_dir`` is relative to the file that names it."""
+
+    model_config = ConfigDict(extra="forbid")
+    working_dir: str | None = None
+    pip: list[str] = []
+    env_vars: dict[str, str | int | float | bool] = {}  # values become strings
+    excludes: list[str] = []
+
+    def to_ray(self, base: Path) -> dict[str, Any]:
+        env: dict[str, Any] = {}
+        if self.working_dir is not None:
+            folder = Path(os.path.expanduser(self.working_dir))
+            folder = folder if folder.is_absolute() else (base / folder).resolve()
+            if not folder.is_dir():
+                raise UserInputError(f"runtime.working_dir {folder} is not a folder")
+            env["working_dir"] = str(folder)
+        if self.pip:
+            env["pip"] = list(self.pip)
+        if self.env_vars:
+            env["env_vars"] = {str(k): str(v) for k, v in self.env_vars.items()}
+        if self.excludes:
+            env["excludes"] = list(self.excludes)
+        return env
+
+
+def load_runtime_env(path: str | Path) -> dict[str, Any]:
+    """``mgas run --runtime-env FILE``: a YAML/JSON file with the keys of the spec's ``runtime``."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserInputError(f"runtime env file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise UserInputError(f"runtime env file {path} is not valid YAML/JSON: {' '.join(str(exc).split())}") from exc
+    try:
+        runtime = RuntimeSpec.model_validate(raw if raw is not None else {})
+    except ValidationError as exc:
+        raise UserInputError(f"{path.name}: {format_validation_error(exc)}") from exc
+    return runtime.to_ray(path.resolve().parent)
 
 
 class DatasetSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
-    root: str | None = None
+    root: str | None = None  # ~ and relative roots are resolved on the node where the trial runs
     download: bool = False
+    workers: int | None = Field(None, ge=0, description="loader processes; default: the trial's CPUs minus one")
 
     @field_validator("name")
     @classmethod
@@ -94,7 +197,10 @@ class ExperimentSpec(BaseModel):
     sweep: dict[str, list[Any]] = {}
     include: list[dict[str, Any]] = []
     exclude: list[dict[str, Any]] = []
-    resources: Resources = Resources()
+    resources: ResourcesSpec = ResourcesSpec()
+    runtime: RuntimeSpec | None = None
+    deterministic: bool = False
+    checkpoint_interval_s: float = Field(10.0, ge=0)
     max_concurrent_trials: int | None = Field(None, ge=1)
     max_failures: int = Field(1, ge=0)
 
@@ -224,7 +330,9 @@ def expand_trials(spec: ExperimentSpec) -> list[dict[str, Any]]:
         raise UserInputError("the sweep expands to no trials (every combination was excluded)")
     trials = []
     for combo in combos:
-        trials.append({"trial_id": trial_key(combo), "axes": combo, "settings": trial_settings(spec, combo)})
+        settings = trial_settings(spec, combo)
+        trials.append({"trial_id": trial_key(combo), "axes": combo, "settings": settings,
+                       "resources": spec.resources.for_method(settings["search"]["method"])})
     ids = [t["trial_id"] for t in trials]
     if len(set(ids)) != len(ids):
         raise UserInputError("two trials share an id; make the sweep's axis values distinct")
@@ -234,14 +342,15 @@ def expand_trials(spec: ExperimentSpec) -> list[dict[str, Any]]:
 def trial_settings(spec: ExperimentSpec, axes: dict[str, Any]) -> dict[str, Any]:
     method = axes.get("method", spec.base.get("search.method", "darts"))
     overrides: dict[str, Any] = {"data.name": spec.dataset.name, "data.root": spec.dataset.root,
-                                 "data.download": spec.dataset.download, "device": spec.device}
+                                 "data.download": spec.dataset.download, "data.workers": spec.dataset.workers,
+                                 "device": spec.device, "deterministic": spec.deterministic}
     overrides.update(spec.base)
     overrides.update(spec.methods.get(method, {}))
     for axis, value in axes.items():
         overrides[_to_path(axis)] = value
         if axis == "target_params":
             overrides["retrain.target_params"] = value
-    threads = max(1, int(spec.resources.cpu))
+    threads = max(1, int(spec.resources.for_method(method)["cpu"]))
     overrides.setdefault("threads", threads)
     where = f"trial {trial_key(axes)}"
     try:

@@ -1,4 +1,9 @@
-"""``mgas run``: an experiment YAML -> trials on Ray Tune -> one Parquet row per trial."""
+"""``mgas run``: an experiment YAML -> trials on Ray Tune -> one Parquet row per trial on the storage.
+
+Everything of one experiment lives in one folder, ``<root>/<name>/`` (see :mod:`orchestrator.results`),
+where ``<root>`` is ``--out``, else the spec's ``storage_path`` (a local path, an NFS mount or an
+``s3://``/``gs://`` URI), else its ``output_dir``; relative paths are relative to the YAML's folder.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +12,24 @@ import time
 from pathlib import Path
 from typing import Any
 
-from orchestrator.results import read_rows
-from orchestrator.spec import ExperimentSpec, expand_trials, load_spec
+from mgas_core.errors import UserInputError
+from orchestrator.spec import ExperimentSpec, expand_trials, load_runtime_env, load_spec
+from orchestrator.storage import Location, is_uri, join, normalize, resolve
 
-RUN_NAME = "sweep"
+TUNE_DIR = "tune"
+KEEP_CHECKPOINTS = 3  # with checkpoint_interval_s >= 5 s, Tune never needs to force an experiment sync
 
 
 def describe_axes(axes: dict[str, Any]) -> str:
     return " ".join(f"{k}={'+'.join(map(str, v)) if isinstance(v, list) else v}" for k, v in axes.items())
 
 
-def print_plan(spec: ExperimentSpec, trials: list[dict[str, Any]], experiment_dir: Path) -> dict[str, Any]:
-    res = spec.resources
+def describe_request(request: dict[str, Any]) -> str:
+    text = f"cpu={request['cpu']:g} gpu={request['gpu']:g}"
+    return text + (f" accelerator_type={request['accelerator_type']}" if request.get("accelerator_type") else "")
+
+
+def print_plan(spec: ExperimentSpec, trials: list[dict[str, Any]], experiment_uri: str) -> dict[str, Any]:
     concurrent = spec.max_concurrent_trials or len(trials)
     print(f"experiment {spec.name}: {len(trials)} trials on {spec.dataset.name} (preset {spec.preset})")
     width = max(len(t["trial_id"]) for t in trials)
@@ -26,110 +37,141 @@ def print_plan(spec: ExperimentSpec, trials: list[dict[str, Any]], experiment_di
         s = t["settings"]["search"]
         print(f"  {t['trial_id']:<{width}}  search {s['epochs']} ep, retrain {t['settings']['retrain']['epochs']} ep  "
               f"{describe_axes(t['axes'])}")
-    peak_cpu = res.cpu * min(concurrent, len(trials))
-    peak_gpu = res.gpu * min(concurrent, len(trials))
-    print(f"resources per trial: cpu={res.cpu:g} gpu={res.gpu:g}; at most {concurrent} concurrent "
-          f"(needs up to cpu={peak_cpu:g} gpu={peak_gpu:g}); max_failures={spec.max_failures}")
-    print(f"results: {experiment_dir / 'results'}")
+    res = spec.resources
+    methods = sorted({t["settings"]["search"]["method"] for t in trials})
+    per_method = {m: spec.resources.for_method(m) for m in methods}
+    overrides = {m: r for m, r in per_method.items() if r != spec.resources.for_method("default")}
+    n = min(concurrent, len(trials))
+    peak_cpu = max(r["cpu"] for r in per_method.values()) * n
+    peak_gpu = max(r["gpu"] for r in per_method.values()) * n
+    print(f"resources per trial: cpu={res.cpu:g} gpu={res.gpu:g}"
+          + "".join(f"; {m}: {describe_request(r)}" for m, r in overrides.items())
+          + f"; at most {concurrent} concurrent (needs up to cpu={peak_cpu:g} gpu={peak_gpu:g}); "
+          f"max_failures={spec.max_failures}")
+    print(f"results: {join(experiment_uri, 'results')}")
     return {"experiment": spec.name, "trials": len(trials), "cpu_per_trial": res.cpu, "gpu_per_trial": res.gpu,
-            "max_concurrent_trials": concurrent, "results_dir": str(experiment_dir / "results")}
+            "resources": per_method, "max_concurrent_trials": concurrent,
+            "results_dir": join(experiment_uri, "results")}
 
 
-def _absolute_data_root(trials: list[dict[str, Any]]) -> None:
-    for t in trials:
-        data = t["settings"]["data"]
-        if data.get("root"):
-            data["root"] = str(Path(os.path.expanduser(data["root"])).resolve())
+def experiment_uri(spec: ExperimentSpec, folder: Path, out: Path | str | None) -> str:
+    root = str(out) if out is not None else (spec.storage_path or spec.output_dir)
+    if not is_uri(root) and not Path(os.path.expanduser(root)).is_absolute():
+        root = str(folder / root)
+    return join(normalize(root), spec.name)
 
 
-def run_command(experiment: Path, out: Path | None = None, address: str | None = None, resume: bool = False,
-                dry_run: bool = False, dashboard: bool = False, dashboard_host: str | None = None) -> dict[str, Any]:
+def run_command(experiment: Path, out: Path | str | None = None, address: str | None = None, resume: bool = False,
+                dry_run: bool = False, dashboard: bool = False, dashboard_host: str | None = None,
+                runtime_env_file: Path | None = None) -> dict[str, Any]:
+    from mgas_core.provenance import git_revision, library_versions
     from orchestrator.ray_runtime import embedded_init_kwargs
 
     spec, folder = load_spec(experiment)
     embedded_init_kwargs(dashboard, dashboard_host)  # flag errors before anything starts
+    runtime_env = spec.runtime.to_ray(folder.resolve()) if spec.runtime else {}
+    if runtime_env_file is not None:
+        runtime_env.update(load_runtime_env(runtime_env_file))
     trials = expand_trials(spec)
-    _absolute_data_root(trials)
-    out_root = (out or (folder / spec.output_dir)).resolve()
-    experiment_dir = out_root / spec.name
+    uri = experiment_uri(spec, folder, out)
     if dry_run:
-        return print_plan(spec, trials, experiment_dir)
-    return run_sweep(spec, trials, experiment_dir, address or os.environ.get("RAY_ADDRESS"), resume,
-                     dashboard, dashboard_host)
+        return print_plan(spec, trials, uri)
+    try:
+        resolve(uri)
+    except (OSError, ValueError) as exc:  # unknown scheme, malformed URI, unreachable store
+        raise UserInputError(f"results location {uri}: {' '.join(str(exc).split())[:300]}") from exc
+    provenance = {"git_sha": git_revision(), "versions": library_versions()}
+    for t in trials:
+        t.update({"experiment": spec.name, "provenance": provenance,
+                  "checkpoint_interval_s": spec.checkpoint_interval_s})
+    return run_sweep(spec, trials, uri, address or os.environ.get("RAY_ADDRESS"), resume, dashboard, dashboard_host,
+                     runtime_env)
 
 
-def run_sweep(spec: ExperimentSpec, trials: list[dict[str, Any]], experiment_dir: Path, address: str | None,
-              resume: bool, dashboard: bool = False, dashboard_host: str | None = None) -> dict[str, Any]:
+def trial_placement(config: dict[str, Any]) -> Any:
+    """Tune's per-trial resources: the trial's method's request, as one placement-group bundle."""
+    from ray.tune import PlacementGroupFactory
+
+    request = config["trial"]["resources"]
+    bundle: dict[str, float] = {"CPU": float(request["cpu"])}
+    if request.get("gpu"):
+        bundle["GPU"] = float(request["gpu"])
+    if request.get("accelerator_type"):
+        bundle[f"accelerator_type:{request['accelerator_type']}"] = 0.001  # Ray's marker of a GPU model
+    return PlacementGroupFactory([bundle])
+
+
+def run_sweep(spec: ExperimentSpec, trials: list[dict[str, Any]], uri: str, address: str | None, resume: bool,
+              dashboard: bool = False, dashboard_host: str | None = None,
+              runtime_env: dict[str, Any] | None = None) -> dict[str, Any]:
     # persist the sweep's state often, so a killed driver resumes with every finished trial known
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     from ray import tune
 
     from orchestrator.callbacks import ResultsWriter, SweepProgress
-    from orchestrator.ray_runtime import check_cluster_storage, init_ray
+    from orchestrator.collect import write_results
+    from orchestrator.ray_runtime import check_cluster, init_ray
     from orchestrator.trainable import tune_trainable
 
-    storage = spec.storage_path or str(experiment_dir / "tune")
-    if "://" not in storage:
-        storage = str(Path(storage).resolve())
     started = time.time()
-    embedded = init_ray(address, dashboard, dashboard_host)
+    experiment = resolve(uri)
+    embedded = init_ray(address, dashboard, dashboard_host, runtime_env)
     try:
         if not embedded:
-            check_cluster_storage(storage, spec.shared_storage)
-        experiment_dir.mkdir(parents=True, exist_ok=True)
-        trainable = tune.with_resources(tune_trainable, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
-        writer = ResultsWriter(spec.name, experiment_dir)
+            check_cluster(uri, spec.shared_storage, address, trials)
+        trainable = tune.with_resources(tune_trainable, trial_placement)
         progress = SweepProgress(len(trials))
-        run_path = f"{storage.rstrip('/')}/{RUN_NAME}"
+        run_path = join(uri, TUNE_DIR)
         restored = resume and tune.Tuner.can_restore(run_path)
+        param_space = {"trial": tune.grid_search(trials)}
         if restored:
             print(f"resuming sweep from {run_path}")
             tuner = tune.Tuner.restore(run_path, trainable, resume_unfinished=True, resume_errored=True,
-                                       param_space={"trial": tune.grid_search(trials)})
+                                       param_space=param_space)
         else:
             if resume:
                 print(f"nothing to resume at {run_path}; starting the sweep")
-            _move_previous(run_path)
+            _move_previous(experiment)
             tuner = tune.Tuner(
                 trainable,
-                param_space={"trial": tune.grid_search(trials)},
+                param_space=param_space,
                 tune_config=tune.TuneConfig(
                     max_concurrent_trials=spec.max_concurrent_trials,
                     trial_dirname_creator=lambda t: t.config["trial"]["trial_id"],
                     trial_name_creator=lambda t: t.config["trial"]["trial_id"],
                 ),
                 run_config=tune.RunConfig(
-                    name=RUN_NAME,
-                    storage_path=storage,
+                    name=TUNE_DIR,
+                    storage_path=uri,
                     failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-                    callbacks=[writer, progress],
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
+                    callbacks=[ResultsWriter(uri), progress],
                     verbose=0,
                 ),
             )
         grid = tuner.fit()
+        # every ended trial's row again, from the result grid: a restored sweep's earlier trials too
+        written = write_results(experiment, grid)
     finally:
         if embedded:
             import ray
 
             ray.shutdown()
-    del grid
-    rows = {r["trial_id"]: r for r in read_rows(experiment_dir)}
-    ok = sum(1 for t in trials if rows.get(t["trial_id"], {}).get("status") == "ok")
+    ok = written["ok"]
+    results_dir = join(uri, "results")
     summary = {"experiment": spec.name, "trials": len(trials), "ok": ok, "failed": len(trials) - ok,
-               "rows": len(rows), "resumed": restored, "results_dir": str(experiment_dir / "results"),
+               "rows": written["rows"], "resumed": restored, "results_dir": results_dir,
                "wall_time_s": time.time() - started}
     print(f"sweep {spec.name}: {ok}/{len(trials)} trials ok, {len(trials) - ok} failed in "
-          f"{summary['wall_time_s']:.0f}s; results in {summary['results_dir']}")
+          f"{summary['wall_time_s']:.0f}s; results in {results_dir}")
     return summary
 
 
-def _move_previous(run_path: str) -> None:
-    """A fresh sweep keeps an earlier sweep's Tune state under a dated name (nothing is lost)."""
-    if "://" in run_path:
-        return
-    path = Path(run_path)
-    if path.exists():
+def _move_previous(experiment: Location) -> None:
+    """A fresh sweep keeps an earlier sweep's Tune state under a dated name (nothing is lost).
+    On an object store (no rename) the new sweep's state is written beside the old one and is the
+    one Tune restores (the newest)."""
+    run = experiment.child(TUNE_DIR)
+    if run.local and run.exists():
+        path = Path(run.path)
         path.rename(path.with_name(f"{path.name}-{time.strftime('%Y%m%d-%H%M%S')}"))
-

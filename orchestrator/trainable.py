@@ -1,39 +1,65 @@
 """The trial pipeline (search -> derive -> retrain -> test) and its Ray Tune function trainable.
 
-:func:`run_trial_pipeline` knows nothing about Ray: it reports after every epoch through a
-callback that receives the epoch's metrics and the full resumable state. :func:`tune_trainable`
-plugs it into Tune: ``tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))`` every
-epoch and ``tune.get_checkpoint()`` on (re)start, so a killed worker resumes from its last epoch
-and ends bitwise identical to an undisturbed run (same seed, same machine, same thread count).
-Nothing from ``ray.train`` is used inside a trial.
+:func:`run_trial_pipeline` knows nothing about Ray: after every epoch it calls ``report(metrics,
+state_fn)``, where ``state_fn()`` builds the full resumable state only if the caller wants a
+checkpoint. :func:`run_trial` adds one retry after a ``torch.OutOfMemoryError`` (a neighbour's
+spike on a shared GPU), from the last checkpoint, recorded in the row's events.
+:func:`tune_trainable` plugs it into Tune: ``tune.report(metrics, checkpoint=...)`` at most every
+``checkpoint_interval_s`` (so Tune never has to force an experiment sync) and once at the end
+with the final metrics, and ``tune.get_checkpoint()`` on (re)start, so a killed worker resumes from
+its last checkpoint and ends bitwise identical to an undisturbed run (same seed, same machine,
+same thread count). Nothing from ``ray.train`` is used inside a trial.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import posixpath
+import shutil
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+import pyarrow.fs as pafs
 import torch
 
 from mgas_core.arch import Architecture, architecture_from_json
 from mgas_core.config import RunSettings
-from mgas_core.data import load_splits
-from mgas_core.io import CorruptFileError, load_checkpoint, save_checkpoint
+from mgas_core.data import load_splits, resolve_data_settings
+from mgas_core.determinism import torch_determinism
+from mgas_core.io import CorruptFileError, load_checkpoint, load_checkpoint_bytes, save_checkpoint
 from mgas_core.methods.base import search_augment_for
-from mgas_core.provenance import provenance
+from mgas_core.provenance import git_revision, library_versions
 from mgas_core.train import DivergedError, resolve_device, run_retrain, run_search
 
 STATE_FILE = "trial_state.pt"
-Report = Callable[[dict[str, Any], dict[str, Any]], None]
+ARCH_FILES = ("arch.json", "arch.masks.safetensors")
+ARCH_STATE_KEY = "_arch_state"  # in the pipeline's final metrics: the architecture with its masks (not reported)
+StateFn = Callable[[], dict[str, Any]]
+Report = Callable[[dict[str, Any], StateFn], None]
 
 
 class TrialFailed(Exception):
     """A trial that must not be retried (divergence, out of memory): recorded as failed."""
+
+
+class TrialOutOfMemory(TrialFailed):
+    """Out of memory; ``retryable`` for ``torch.OutOfMemoryError`` (device memory taken by a neighbour)."""
+
+    def __init__(self, message: str, retryable: bool, phase: str) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.phase = phase
+
+
+class Reporter(Protocol):
+    def __call__(self, metrics: dict[str, Any], state_fn: StateFn) -> None: ...
+
+    def last_state(self) -> dict[str, Any] | None: ...
 
 
 def _arch_state(arch: Architecture) -> dict[str, Any]:
@@ -53,7 +79,7 @@ def _flat_metrics(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def _placement() -> dict[str, Any]:
-    """Where this trial runs (node, GPUs); empty outside Ray."""
+    """Where this trial runs (node, GPUs, CPUs); empty outside Ray."""
     try:
         import ray
 
@@ -61,7 +87,9 @@ def _placement() -> dict[str, Any]:
             return {}
         ctx = ray.get_runtime_context()
         gpus = ctx.get_accelerator_ids().get("GPU", [])
-        return {"node_id": ctx.get_node_id(), "node_ip": ray.util.get_node_ip_address(), "gpu_ids": ",".join(gpus)}
+        cpus = ctx.get_assigned_resources().get("CPU")
+        return {"node_id": ctx.get_node_id(), "node_ip": ray.util.get_node_ip_address(), "gpu_ids": ",".join(gpus),
+                "cpus": cpus}
     except Exception:  # placement is informational; never fail a trial over it
         return {}
 
@@ -73,21 +101,30 @@ def _oom_message(exc: BaseException, settings: RunSettings, phase: str) -> str:
             f"or give each trial more memory (resources.gpu / fewer concurrent trials)")
 
 
-def run_trial_pipeline(trial: dict[str, Any], state: dict[str, Any] | None, report: Report) -> dict[str, Any]:
-    """Run (or resume) one trial; returns the final metrics (the Parquet row's fields)."""
+def run_trial_pipeline(trial: dict[str, Any], state: dict[str, Any] | None, report: Report,
+                       cpus: float | None = None) -> dict[str, Any]:
+    """Run (or resume) one trial; returns the final metrics (the Parquet row's fields).
+    ``cpus``: the trial's CPU allocation (data loader workers are derived from it)."""
     settings = RunSettings.model_validate(trial["settings"])
+    settings.data = resolve_data_settings(settings.data, cpus if cpus is not None else settings.threads,
+                                          Path(os.environ.get("TUNE_ORIG_WORKING_DIR") or os.getcwd()))
     if settings.threads:
         torch.set_num_threads(settings.threads)
     device = resolve_device(settings.device)
     state = dict(state or {"phase": "search", "attempt": 0})
     state["attempt"] = int(state.get("attempt", 0)) + 1
+    with torch_determinism(settings.deterministic):
+        return _pipeline(settings, device, state, report)
+
+
+def _pipeline(settings: RunSettings, device: torch.device, state: dict[str, Any], report: Report) -> dict[str, Any]:
     splits = load_splits(settings.data, cutout=settings.retrain.cutout,
                          search_augment=search_augment_for(settings.search))
     phase = state["phase"]
     try:
         if phase == "search":
             def on_search_epoch(record: dict[str, Any], state_fn: Callable[[], dict[str, Any]]) -> None:
-                report(_flat_metrics(record), {**state, "search": state_fn()})
+                report(_flat_metrics(record), lambda: {**state, "search": state_fn()})
 
             result = run_search(settings, splits, device, state=state.get("search"), on_epoch=on_search_epoch)
             snapshots = result.summary.pop("snapshots", [])
@@ -107,14 +144,17 @@ def run_trial_pipeline(trial: dict[str, Any], state: dict[str, Any] | None, repo
         summary = state["search_summary"]
 
         def on_retrain_epoch(record: dict[str, Any], state_fn: Callable[[], dict[str, Any]]) -> None:
-            report(_flat_metrics(record), {**state, "retrain": state_fn()})
+            report(_flat_metrics(record), lambda: {**state, "retrain": state_fn()})
 
         retrained = run_retrain(arch, settings, splits, device, state=state.get("retrain"), on_epoch=on_retrain_epoch)
     except DivergedError as exc:
         raise TrialFailed(str(exc)) from exc
     except (torch.OutOfMemoryError, MemoryError) as exc:
-        raise TrialFailed(_oom_message(exc, settings, phase)) from exc
+        raise TrialOutOfMemory(_oom_message(exc, settings, phase), isinstance(exc, torch.OutOfMemoryError),
+                               phase) from exc
     ratios = summary.get("remaining_ratio", {})
+    events = (summary["events"] + [{"type": "recovery", "detail": note} for note in state.get("recovery", [])]
+              + list(state.get("events", [])))
     final = {
         "status": "ok", "error": None,
         "target_reached": summary.get("target_reached"), "target_gap": summary.get("target_gap"),
@@ -129,44 +169,44 @@ def run_trial_pipeline(trial: dict[str, Any], state: dict[str, Any] | None, repo
         "retrain_peak_mem_mb": retrained.peak_mem_mb, "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "attempts": state["attempt"], "arch_json": json.dumps(arch.to_json()),
-        "events_json": json.dumps(summary["events"] + [{"type": "recovery", "detail": note}
-                                                        for note in state.get("recovery", [])], default=str),
+        "deterministic": settings.deterministic and torch.are_deterministic_algorithms_enabled(),
+        "events_json": json.dumps(events, default=str),
         "snapshots_json": json.dumps(summary["snapshots"], default=str),
         "history_json": json.dumps(summary["history"] + retrained.history, default=str),
+        ARCH_STATE_KEY: state["arch"],
     }
     return final
 
 
-def trial_row(experiment: str, trial: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
-    """The Parquet row of a finished or failed trial."""
-    settings = trial["settings"]
-    axes = trial["axes"]
-    search = settings["search"]
-    method = search["method"]
-    prov = provenance()
-    row = {
-        "experiment": experiment, "trial_id": trial["trial_id"], "method": method,
-        "dataset": settings["data"]["name"], "seed": settings["seed"],
-        "target_params_m": search.get("target_params"),
-        "granularities": ",".join(search["mgas"]["granularities"]) if method == "mgas" else None,
-        "stages": search["mgas"]["stages"] if method == "mgas" else None,
-        "subgraphs": search["msg_das"]["subgraphs"] if method == "msg_das" else None,
-        "config_json": json.dumps(settings), "axes_json": json.dumps(axes, default=str),
-        "git_sha": prov["git_sha"], "versions": json.dumps(prov["versions"]),
-    }
-    keep = {k: v for k, v in metrics.items() if k != "history_json"}
-    row.update({k: v for k, v in keep.items() if k in _ROW_FIELDS})
-    return row
+def _free_accelerator_memory() -> None:
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
-_ROW_FIELDS = {
-    "status", "error", "target_reached", "target_gap", "test_acc", "val_acc", "search_val_acc", "params_m",
-    "nonzero_params_m", "flops_m",
-    "supernet_params_m", "channels", "layers", "remaining_ratio_op", "remaining_ratio_filter",
-    "remaining_ratio_weight", "search_epochs", "search_time_s", "retrain_time_s", "search_peak_mem_mb",
-    "retrain_peak_mem_mb", "device", "device_name", "node_id", "node_ip", "gpu_ids", "attempts",
-    "events_json", "snapshots_json", "arch_json", "started_at", "wall_time_s",
-}
+def run_trial(trial: dict[str, Any], state: dict[str, Any] | None, reporter: Reporter,
+              cpus: float | None = None) -> dict[str, Any]:
+    """:func:`run_trial_pipeline` with one retry after ``torch.OutOfMemoryError``: the memory is
+    released and the trial continues from its last checkpoint (deterministically, so the result
+    is the one an undisturbed run gives); the retry is an ``oom_retry`` event of the row. A second
+    out-of-memory, or host ``MemoryError``, fails the trial."""
+    try:
+        return run_trial_pipeline(trial, state, reporter, cpus)
+    except TrialOutOfMemory as exc:
+        if not exc.retryable:
+            raise
+        message = str(exc)
+    _free_accelerator_memory()
+    retry_state = dict(reporter.last_state() or state or {"phase": "search", "attempt": 0})
+    retry_state["events"] = [*retry_state.get("events", []),
+                             {"type": "oom_retry", "detail": f"{message}; retrying once from the last checkpoint"}]
+    print(f"mgas trial {trial['trial_id']}: {message}; retrying once from the last checkpoint", file=sys.stderr)
+    try:
+        return run_trial_pipeline(trial, retry_state, reporter, cpus)
+    except TrialOutOfMemory as again:
+        raise TrialFailed(f"{again} (again after one retry)") from again
 
 
 def _write_state_dir(directory: Path, state: dict[str, Any]) -> None:
@@ -177,29 +217,46 @@ def _write_state_dir(directory: Path, state: dict[str, Any]) -> None:
         _arch_from_state(arch).save(directory / "arch.json")
 
 
+def _checkpoint_location(checkpoint: Any) -> tuple[pafs.FileSystem, str]:
+    fs = getattr(checkpoint, "filesystem", None) or pafs.LocalFileSystem()
+    return fs, str(checkpoint.path).rstrip("/")
+
+
+def _read_state(fs: pafs.FileSystem, directory: str) -> dict[str, Any]:
+    path = posixpath.join(directory, STATE_FILE)
+    try:
+        with fs.open_input_stream(path) as stream:
+            data = stream.read()
+    except (OSError, FileNotFoundError) as exc:
+        raise CorruptFileError(f"{path}: cannot be read ({exc})") from exc
+    return load_checkpoint_bytes(data, path)
+
+
 def restore_trial_state(checkpoint: Any) -> dict[str, Any] | None:
-    """The state of Tune's newest checkpoint; if it is damaged (checksum or load failure), the
-    newest good older one that Tune kept beside it (``num_to_keep=2``); if none, ``None`` (the
-    trial restarts). What happened is printed and kept in the state's ``recovery`` list, which
-    ends up in the trial's ``events_json``."""
-    candidates = [Path(checkpoint.path)]
-    parent = candidates[0].parent
-    if parent.is_dir():
-        older = sorted((p for p in parent.glob("checkpoint_*") if p.is_dir() and p != candidates[0]), reverse=True)
-        candidates += older
+    """The state of Tune's newest checkpoint (read from wherever it is stored: a local folder or an
+    object store, state file only); if it is damaged (checksum or load failure), the newest good
+    older one that Tune kept beside it; if none, a fresh state (the trial restarts). What happened
+    is printed and kept in the state's ``recovery`` list, which ends up in the trial's
+    ``events_json``."""
+    fs, newest = _checkpoint_location(checkpoint)
+    parent = posixpath.dirname(newest)
+    candidates = [newest]
+    try:
+        siblings = fs.get_file_info(pafs.FileSelector(parent, recursive=False))
+    except OSError:
+        siblings = []
+    candidates += sorted((i.path.rstrip("/") for i in siblings
+                          if i.type == pafs.FileType.Directory and posixpath.basename(i.path).startswith("checkpoint_")
+                          and i.path.rstrip("/") != newest), reverse=True)
     problems: list[str] = []
-    for i, candidate in enumerate(candidates):
+    for candidate in candidates:
         try:
-            if i == 0:
-                with checkpoint.as_directory() as d:
-                    state = load_checkpoint(Path(d) / STATE_FILE)
-            else:
-                state = load_checkpoint(candidate / STATE_FILE)
-        except (CorruptFileError, OSError) as exc:
+            state = _read_state(fs, candidate)
+        except CorruptFileError as exc:
             problems.append(str(exc))
             continue
         if problems:
-            note = f"damaged checkpoint ({'; '.join(problems)}); resumed from {candidate.name}"
+            note = f"damaged checkpoint ({'; '.join(problems)}); resumed from {posixpath.basename(candidate)}"
             print(f"mgas trial: {note}", file=sys.stderr)
             state["recovery"] = [*state.get("recovery", []), note]
         return state
@@ -208,27 +265,71 @@ def restore_trial_state(checkpoint: Any) -> dict[str, Any] | None:
     return {"phase": "search", "attempt": 0, "recovery": [note]}
 
 
+class TuneReporter:
+    """Reports every epoch to Tune, with a checkpoint at most every ``interval_s`` seconds (the
+    first epoch always; ``final=True`` always). Tune forces an experiment sync when a trial saves
+    ``num_to_keep`` checkpoints between two syncs; spacing them keeps that from happening. The
+    newest checkpoint stays in a local folder for an out-of-memory retry."""
+
+    def __init__(self, trial_id: str, interval_s: float) -> None:
+        self.trial_id = trial_id
+        self.interval_s = interval_s
+        self.folder = Path(tempfile.mkdtemp(prefix="mgas-trial-"))
+        self.latest: Path | None = None
+        self.saved_at = float("-inf")
+        self.count = 0
+
+    def __call__(self, metrics: dict[str, Any], state_fn: StateFn, final: bool = False) -> None:
+        from ray import tune
+
+        payload = {**metrics, "trial_id": self.trial_id, "done_trial": final}
+        if not final and time.monotonic() - self.saved_at < self.interval_s:
+            tune.report(payload)
+            return
+        directory = self.folder / f"checkpoint_{self.count:06d}"
+        self.count += 1
+        _write_state_dir(directory, state_fn())
+        tune.report(payload, checkpoint=tune.Checkpoint.from_directory(str(directory)))
+        if self.latest is not None:
+            shutil.rmtree(self.latest, ignore_errors=True)
+        self.latest, self.saved_at = directory, time.monotonic()
+
+    def last_state(self) -> dict[str, Any] | None:
+        return load_checkpoint(self.latest / STATE_FILE) if self.latest is not None else None
+
+    def close(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
 def tune_trainable(config: dict[str, Any]) -> None:
-    """The function trainable: restore from ``tune.get_checkpoint()``, report every epoch."""
+    """The function trainable: restore from ``tune.get_checkpoint()``, report every epoch, and end
+    with one report of the final metrics and a small ``done`` checkpoint (final metrics and the
+    architecture files): a trial restored after it finished re-reports them without running."""
     from ray import tune
 
     trial = config["trial"]
     checkpoint = tune.get_checkpoint()
     state = restore_trial_state(checkpoint) if checkpoint is not None else None
+    if state is not None and state.get("phase") == "done":
+        tune.report({**state["final"], "trial_id": trial["trial_id"], "done_trial": True})
+        return
     placement = _placement()
-
-    def report(metrics: dict[str, Any], full_state: dict[str, Any]) -> None:
-        with tempfile.TemporaryDirectory(prefix="mgas-ckpt-") as d:
-            _write_state_dir(Path(d), full_state)
-            tune.report({**metrics, "trial_id": trial["trial_id"], "done_trial": False},
-                        checkpoint=tune.Checkpoint.from_directory(d))
-
+    cpus = placement.pop("cpus", None)
+    reporter = TuneReporter(trial["trial_id"], float(trial.get("checkpoint_interval_s", 10.0)))
     started = time.time()
     try:
-        final = run_trial_pipeline(trial, state, report)
-    except TrialFailed as exc:
-        final = {"status": "failed", "error": str(exc)}
-    final.update(placement)
-    final["started_at"] = started
-    final["wall_time_s"] = time.time() - started
-    tune.report({**final, "trial_id": trial["trial_id"], "done_trial": True})
+        try:
+            final = run_trial(trial, state, reporter, cpus)
+        except TrialFailed as exc:
+            final = {"status": "failed", "error": str(exc)}
+        final.update(placement)
+        final.update({"started_at": started, "wall_time_s": time.time() - started, "finished_at": time.time(),
+                      "git_sha": trial.get("provenance", {}).get("git_sha") or git_revision(),
+                      "versions": json.dumps(library_versions(), sort_keys=True)})
+        arch = final.pop(ARCH_STATE_KEY, None)
+        done: dict[str, Any] = {"phase": "done", "final": final, "attempt": final.get("attempts", 0)}
+        if arch is not None:
+            done["arch"] = arch  # the done checkpoint carries arch.json and its masks
+        reporter(final, lambda: done, final=True)
+    finally:
+        reporter.close()

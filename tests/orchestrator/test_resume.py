@@ -1,8 +1,10 @@
-"""A sweep whose driver process is killed is resumed with --resume: only unfinished trials run."""
+"""A sweep whose driver process is killed is resumed with --resume: only unfinished trials run, and
+the rows of the trials that had finished are rewritten from Tune's state."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -48,6 +50,7 @@ def test_killed_driver_then_resume_runs_only_unfinished_trials(tmp_path):
     before = {r["trial_id"]: r["finished_at"] for r in read_rows(experiment_dir)}
     assert len(before) == 1, before
 
+    shutil.rmtree(experiment_dir / "results")  # as if the head's disk was lost: the restore rewrites the row
     done = subprocess.run([*cmd, "--resume", "--json"], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "resuming sweep" in done.stdout

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shutil
 import signal
 import threading
 import time
@@ -15,6 +17,7 @@ import ray
 
 from mgas_core.arch import load_architecture
 from mgas_core.model import count_architecture_params
+from orchestrator.collect import collect_command
 from orchestrator.results import RESULT_SCHEMA, read_rows
 from orchestrator.spec import expand_trials, load_spec
 from orchestrator.sweep import run_command
@@ -32,10 +35,29 @@ def ray_2cpu():
     ray.shutdown()
 
 
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
 def test_sweep_writes_exactly_one_filled_row_per_trial(tmp_path):
     path = write_spec(tmp_path, sweep={"method": ["darts", "gold_nas", "msg_das", "mgas"], "seed": [0]},
                       include=[{"method": "darts", "seed": 1}])
-    summary = run_command(path)
+    tune_state_log = logging.getLogger("ray.tune.execution.experiment_state")
+    records, level = _Records(), tune_state_log.level
+    tune_state_log.addHandler(records)
+    tune_state_log.setLevel(logging.WARNING)  # the fixture's Ray logs errors only
+    try:
+        summary = run_command(path)
+    finally:
+        tune_state_log.removeHandler(records)
+        tune_state_log.setLevel(level)
+    # checkpoints are spaced (checkpoint_interval_s), so Tune never forces an experiment sync
+    assert not [m for m in records.messages if "triggered multiple times" in m], records.messages
     experiment_dir = tmp_path / "out" / "tiny"
     rows = read_rows(experiment_dir)
     assert summary["ok"] == 5 and len(rows) == 5
@@ -61,6 +83,17 @@ def test_sweep_writes_exactly_one_filled_row_per_trial(tmp_path):
     # the saved JSON names its mask file: retraining it (`mgas train --arch`) uses the masks
     saved = load_architecture(experiment_dir / "archs" / mgas["trial_id"] / "arch.json")
     assert saved.masks and count_architecture_params(saved, 4, 3).nonzero == round(mgas["nonzero_params_m"] * 1e6)
+
+    # every file is rebuilt byte for byte from Tune's saved state once the results are deleted
+    def files():
+        return {p.relative_to(experiment_dir): p.read_bytes() for folder in ("results", "curves", "archs")
+                for p in sorted((experiment_dir / folder).rglob("*")) if p.is_file()}
+
+    written = files()
+    for folder in ("results", "curves", "archs"):
+        shutil.rmtree(experiment_dir / folder)
+    assert collect_command(str(experiment_dir))[0]["rows"] == 5
+    assert files() == written
 
     # running a trial of the experiment again replaces its row, never duplicates it
     first = {r["trial_id"]: r["finished_at"] for r in rows}
@@ -90,7 +123,7 @@ def test_killed_worker_resumes_from_checkpoint_and_matches_undisturbed_run(tmp_p
                       base={"search.epochs": 5})
     spec, _ = load_spec(path)
     trial = expand_trials(spec)[0]
-    trial_dir = tmp_path / "out" / "kill" / "tune" / "sweep" / trial["trial_id"]
+    trial_dir = tmp_path / "out" / "kill" / "tune" / trial["trial_id"]
     killed: dict = {}
     watcher = threading.Thread(target=_watch_and_kill, args=(trial_dir, 1, killed), daemon=True)
     watcher.start()

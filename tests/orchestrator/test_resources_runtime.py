@@ -1,0 +1,129 @@
+"""Per-method resources, the runtime environment and the results location: spec to Tune, no Ray."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from orchestrator.cli import main
+from orchestrator.spec import expand_trials, load_runtime_env, load_spec
+from orchestrator.sweep import experiment_uri, trial_placement
+from tests.orchestrator.helpers import write_spec
+
+
+def _no_ray(monkeypatch):
+    import orchestrator.ray_runtime as runtime
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("Ray must not start")
+
+    monkeypatch.setattr(runtime, "init_ray", refuse)
+
+
+def test_resources_per_method_reach_tune_as_placement_bundles(tmp_path):
+    spec, _ = load_spec(write_spec(tmp_path, sweep={"method": ["darts", "msg_das", "mgas"], "seed": [0]},
+                                   resources={"default": {"cpu": 2}, "mgas": {"gpu": 1, "accelerator_type": "A100"},
+                                              "msg_das": {"gpu": 0.5}}))
+    trials = {t["axes"]["method"]: t for t in expand_trials(spec)}
+    bundles = {m: trial_placement({"trial": t}).bundles for m, t in trials.items()}
+    assert bundles["darts"] == [{"CPU": 2.0}]
+    assert bundles["msg_das"] == [{"CPU": 2.0, "GPU": 0.5}]
+    assert bundles["mgas"] == [{"CPU": 2.0, "GPU": 1.0, "accelerator_type:A100": 0.001}]
+    assert all(t["settings"]["threads"] == 2 for t in trials.values())  # torch threads from the method's CPUs
+
+
+def test_dry_run_names_each_methods_request(tmp_path, capsys, monkeypatch):
+    _no_ray(monkeypatch)
+    path = write_spec(tmp_path, resources={"cpu": 1, "mgas": {"gpu": 0.5, "accelerator_type": "T4"}})
+    assert main(["run", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "resources per trial: cpu=1 gpu=0; mgas: cpu=1 gpu=0.5 accelerator_type=T4" in out
+
+
+@pytest.mark.parametrize("resources,fragment", [
+    ({"mgas": {"gpu": 2}}, "resources.mgas.gpu: Value error, gpu 2: a trial uses one device"),
+    ({"gpu": 4}, "resources.default.gpu"),
+    ({"nas": {"gpu": 1}}, "unknown key 'nas' in resources; allowed: default, darts"),
+    ({"cpu": 1, "default": {"cpu": 2}}, "either at the top of resources or under default"),
+    ({"mgas": {"tpu": 1}}, "resources.mgas.tpu"),
+])
+def test_bad_resources_are_one_line_before_ray(tmp_path, capsys, monkeypatch, resources, fragment):
+    _no_ray(monkeypatch)
+    assert main(["run", str(write_spec(tmp_path, resources=resources))]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and fragment in err, err
+
+
+def test_runtime_block_and_runtime_env_file(tmp_path):
+    project = tmp_path / "project"
+    (project / "experiments").mkdir(parents=True)
+    spec, folder = load_spec(write_spec(project / "experiments", runtime={
+        "working_dir": "..", "pip": ["safetensors"], "env_vars": {"OMP_NUM_THREADS": 1}, "excludes": [".git"]}))
+    assert spec.runtime.to_ray(folder) == {"working_dir": str(project), "pip": ["safetensors"],
+                                           "env_vars": {"OMP_NUM_THREADS": "1"}, "excludes": [".git"]}
+    env_file = tmp_path / "runtime.yaml"
+    env_file.write_text(yaml.safe_dump({"working_dir": "project", "env_vars": {"A": "b"}}))
+    assert load_runtime_env(env_file) == {"working_dir": str(project), "env_vars": {"A": "b"}}
+
+
+@pytest.mark.parametrize("content,fragment", [
+    ({"workdir": "."}, "workdir"),
+    ({"working_dir": "no/such/folder"}, "is not a folder"),
+    ({"pip": "torch"}, "pip"),
+])
+def test_bad_runtime_env_is_one_line_before_ray(tmp_path, capsys, monkeypatch, content, fragment):
+    _no_ray(monkeypatch)
+    env_file = tmp_path / "runtime.json"
+    env_file.write_text(json.dumps(content))
+    assert main(["run", str(write_spec(tmp_path)), "--runtime-env", str(env_file)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and fragment in err, err
+
+
+def test_results_location_is_out_else_storage_path_else_output_dir(tmp_path):
+    spec, folder = load_spec(write_spec(tmp_path))
+    assert experiment_uri(spec, folder, None) == str(tmp_path / "out" / "tiny")
+    assert experiment_uri(spec, folder, "s3://bucket/sweeps/") == "s3://bucket/sweeps/tiny"
+    spec, folder = load_spec(write_spec(tmp_path, storage_path="gs://b/x"))
+    assert experiment_uri(spec, folder, None) == "gs://b/x/tiny"
+    spec, folder = load_spec(write_spec(tmp_path, storage_path="shared"))
+    assert experiment_uri(spec, folder, None) == str(tmp_path / "shared" / "tiny")
+
+
+def test_deterministic_and_loader_workers_reach_every_trial(tmp_path):
+    spec, _ = load_spec(write_spec(tmp_path, deterministic=True, dataset={"name": "synthetic", "workers": 3}))
+    settings = expand_trials(spec)[0]["settings"]
+    assert settings["deterministic"] is True and settings["data"]["workers"] == 3
+    settings = expand_trials(load_spec(write_spec(tmp_path))[0])[0]["settings"]
+    assert settings["deterministic"] is False and settings["data"]["workers"] is None  # derived on the worker
+
+
+def test_local_storage_is_refused_for_ray_client_and_submitted_jobs(tmp_path, monkeypatch):
+    from mgas_core.errors import UserInputError
+    from orchestrator.ray_runtime import check_cluster_storage
+
+    with pytest.raises(UserInputError, match=r"a Ray Client sweep \(ray://\) runs on the cluster's head"):
+        check_cluster_storage(str(tmp_path / "out"), declared_shared=False, client=True)
+    check_cluster_storage("s3://bucket/sweeps", declared_shared=False, client=True)  # shared: fine
+    check_cluster_storage(str(tmp_path / "out"), declared_shared=True, client=True)  # declared shared: fine
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")  # what a `ray job submit` driver sees
+    with pytest.raises(UserInputError, match="inside the job's temporary working directory"):
+        check_cluster_storage(str(tmp_path / "results" / "x"), declared_shared=False)
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["collect", "nosuch://bucket/x"], "cannot read nosuch://bucket/x"),
+    (["collect", "{tmp}/empty"], "holds no sweep"),
+    (["report", "nosuch://bucket/x"], "cannot open results location"),
+    (["run", "{spec}", "--out", "nosuch://bucket"], "results location nosuch://bucket/tiny"),
+])
+def test_bad_storage_locations_are_one_line(tmp_path, capsys, monkeypatch, argv, fragment):
+    _no_ray(monkeypatch)
+    (tmp_path / "empty").mkdir()
+    spec = write_spec(tmp_path)
+    assert main([a.format(tmp=tmp_path, spec=spec) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and fragment in err, err
