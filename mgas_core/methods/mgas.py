@@ -269,9 +269,14 @@ class Mgas(SearchMethod):
                  "lambda": self.lam.value}]
 
     def _final_mask_epoch(self, epoch: int) -> list[dict[str, Any]]:
-        """Store the masks, then prune the ops whose mask is off one at a time (cell, edge, op
-        order) until the derived network is within the target; remove filters."""
+        """Store the masks, then prune the ops whose mask is off one at a time until the derived
+        network is within the target, the op furthest below its threshold first (the official
+        code goes in (cell, edge, op) order, which decides by position when more ops are off than
+        the target needs); remove filters."""
         off = self._store_masks(range(len(self.net.cells)))
+        with torch.no_grad():
+            margin = torch.sigmoid(self.model.alpha) - self.model.t_op
+        off.sort(key=lambda k: float(margin[k]))
         pruned = 0
         for ci, e, o in off:
             if self.derived_count()[1] <= self.target:
