@@ -271,8 +271,8 @@ class Mgas(SearchMethod):
     def _final_mask_epoch(self, epoch: int) -> list[dict[str, Any]]:
         """Store the masks, then prune the ops whose mask is off one at a time until the derived
         network is within the target, the op furthest below its threshold first (the official
-        code goes in (cell, edge, op) order, which decides by position when more ops are off than
-        the target needs); remove filters."""
+        code goes in (cell, edge, op) order, which keeps the last ops of the network when more are
+        off than the target needs, whatever their scores); remove filters."""
         off = self._store_masks(range(len(self.net.cells)))
         with torch.no_grad():
             margin = torch.sigmoid(self.model.alpha) - self.model.t_op
