@@ -53,9 +53,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     settings = build_settings("paper", overrides).search
     torch.manual_seed(0)
     method = create_method(settings, info, device, seed=0)
-    if args.method == "mgas":
-        while method.stage + 1 < args.mgas_stage:
-            method._end_stage(epoch=0)  # advance to the requested stage (no pruning happened)
+    if args.method == "mgas":  # a search step of the requested stage (lambda > 0: every loss term)
+        method.start_search_phase(args.mgas_stage, lam=1e-3)
     g = torch.Generator().manual_seed(0)
     shape = (args.batch, 3, args.resolution, args.resolution)
     batches = [(torch.randn(shape, generator=g), torch.randint(0, 10, (args.batch,), generator=g))

@@ -32,7 +32,16 @@ from mgas_core.masks import FilterGate
 from mgas_core.methods.base import SearchMethod, accuracy, frozen, register_method
 from mgas_core.methods.mgas_channels import derive_cells, install_plans, regrow_op, remove_filters, reshape_like_saved
 from mgas_core.methods.mgas_regrow import draw_regrowth, regrow_importance
-from mgas_core.methods.mgas_schedule import REGROW, WARMUP, MgasLambda, MgasSchedule, scaled_counts, stage_cuts
+from mgas_core.methods.mgas_schedule import (
+    REGROW,
+    SEARCH,
+    WARMUP,
+    MgasLambda,
+    MgasSchedule,
+    Phase,
+    scaled_counts,
+    stage_cuts,
+)
 from mgas_core.methods.mgas_units import LiveMasks, MgasModel, attach_units, remaining_ratios, stage_size
 from mgas_core.model import count_architecture_params
 from mgas_core.ops import EVALUATION
@@ -171,6 +180,13 @@ class Mgas(SearchMethod):
 
     def _arch_params(self) -> list[nn.Parameter]:
         return [p for k, opt in self.opts.items() if k != "weights" for g in opt.param_groups for p in g["params"]]
+
+    def start_search_phase(self, stage: int, lam: float) -> None:
+        """Put a fresh search in the search phase of ``stage`` (``stages + 1``: the final phase)
+        with lambda ``lam`` and nothing pruned: what a benchmark of one stage's step needs."""
+        self.schedule.phase = Phase(stage, SEARCH, 0)
+        self._begin_stage()
+        self.lam.value = lam
 
     # --- training ---------------------------------------------------------------------------------
     def train_step(self, batch: Batch, arch_batch: Batch | None = None) -> dict[str, float]:
