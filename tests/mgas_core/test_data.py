@@ -102,3 +102,24 @@ def test_synthetic_shapes():
     splits = load_splits(s)
     assert splits.train.tensors[0].shape[1:] == (2, 12, 12)
     assert set(splits.train.tensors[1].tolist()) <= {0, 1, 2}
+
+
+def test_mgas_searches_cifar_with_autoaugment_and_cutout_as_the_official_code(tmp_path, monkeypatch):
+    from torchvision import transforms
+
+    from mgas_core.config import SearchSettings
+    from mgas_core.methods.base import search_augment_for
+
+    _write_cifar(tmp_path, monkeypatch)
+    settings = DataSettings(name="cifar10", root=str(tmp_path), val_fraction=0.2)
+    mgas = load_splits(settings, search_augment=search_augment_for(SearchSettings(method="mgas")))
+    darts = load_splits(settings, search_augment=search_augment_for(SearchSettings(method="darts")))
+    kinds = [type(t).__name__ for t in mgas.train.dataset.transform.transforms]
+    assert kinds == ["RandomCrop", "RandomHorizontalFlip", "AutoAugment", "ToTensor", "Normalize", "Cutout"]
+    assert mgas.train.dataset.transform.transforms[2].policy == transforms.AutoAugmentPolicy.CIFAR10
+    assert mgas.train.dataset.transform.transforms[-1].length == 16
+    assert [type(t).__name__ for t in darts.train.dataset.transform.transforms] == [
+        "RandomCrop", "RandomHorizontalFlip", "ToTensor", "Normalize"]
+    x, _ = next(epoch_batches(mgas.train, 8, True))
+    assert x.shape == (8, 3, 32, 32) and (x == 0).flatten(1).sum(1).min() > 0  # cutout in every image
+    assert len(mgas.test) == 10 and mgas.val.dataset.transform.transforms[0].__class__.__name__ == "ToTensor"

@@ -147,3 +147,15 @@ def test_a_copy_without_git_takes_its_revision_from_the_environment(tmp_path):
     done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], env=env, capture_output=True, text=True,
                           timeout=60, cwd=tmp_path)
     assert done.stdout.strip() == "abc123", done.stderr
+
+
+def test_an_mgas_trial_that_misses_its_target_says_so_in_its_row(tmp_path):
+    from orchestrator.results import row_from_result
+
+    spec, _ = load_spec(write_spec(tmp_path, sweep={"method": ["mgas"], "target_params": [0.002], "seed": [0]}))
+    trial = expand_trials(spec)[0]
+    final = run_trial_pipeline(trial, None, lambda metrics, state_fn: None)
+    row = row_from_result(trial, {**final, "done_trial": True})
+    assert row["status"] == "ok" and row["target_reached"] is False
+    nonzero = row["nonzero_params_m"]
+    assert row["target_gap"] == pytest.approx(nonzero / 0.002 - 1, rel=1e-6) and row["target_gap"] > 0
