@@ -311,12 +311,13 @@ class Mgas(SearchMethod):
 
     def _store_masks(self, cells: range) -> list[tuple[int, int, int]]:
         """Make the live filter and weight masks of ``cells`` permanent (filters never below
-        ``min_width_fraction`` of a unit's initial width); return the alive ops whose live op
-        mask is off, in (cell, edge, op) order (the caller decides which of them die)."""
+        ``min_width_fraction`` of a unit's initial width, the cell's width); return the alive
+        ops whose live op mask is off, in (cell, edge, op) order (the caller decides which die)."""
+        initial = {id(g): cell.channels for cell in self.net.cells for g in cell.modules() if isinstance(g, FilterGate)}
         with torch.no_grad():
             live = LiveMasks(self.model, cells)
             for gate, score, mask in zip(live.gates, *live.gate_masks()):
-                gate.stored = self._floored(gate, score, mask)
+                gate.stored = self._floored(gate, score, mask, initial[id(gate)])
             for conv, mask in zip(live.convs, live.conv_masks()):
                 conv.weight_mask = mask * (conv.weight_mask if conv.weight_mask is not None else 1.0)
             op_masks = self.model.op_masks()
@@ -324,10 +325,9 @@ class Mgas(SearchMethod):
         off = self.model.alive[sl] & (op_masks[sl] == 0)
         return [(cells.start + ci, e, o) for ci, e, o in torch.nonzero(off).tolist()]
 
-    def _floored(self, gate: FilterGate, score: Tensor, mask: Tensor) -> Tensor:
+    def _floored(self, gate: FilterGate, score: Tensor, mask: Tensor, initial: int) -> Tensor:
         if not gate.maskable:
             return gate.stored
-        initial = self._initial_width(gate)
         need = min(int(gate.stored.sum()), max(1, int(self.cfg.min_width_fraction * initial)))
         if int(mask.sum()) >= need:
             return mask.detach().clone()
@@ -335,12 +335,6 @@ class Mgas(SearchMethod):
         kept = torch.zeros_like(mask)
         kept[ranked[:need]] = 1.0
         return torch.maximum(mask.detach(), kept)
-
-    def _initial_width(self, gate: FilterGate) -> int:
-        for cell in self.net.cells:
-            if any(g is gate for g in cell.modules() if isinstance(g, FilterGate)):
-                return cell.channels
-        return gate.beta.numel()
 
     def _regrow(self, epoch: int) -> dict[str, Any]:
         """After the masks-frozen epoch: ``int(regrow_fraction x ops pruned in the stage)`` dead
