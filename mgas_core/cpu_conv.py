@@ -142,3 +142,29 @@ def pointwise_linear(x: Tensor, weight: Tensor, stride: tuple[int, int] = (1, 1)
         x = x[:, :, :: stride[0], :: stride[1]]
     out = torch.nn.functional.linear(x.permute(0, 2, 3, 1), weight.reshape(weight.shape[0], weight.shape[1]))
     return out.permute(0, 3, 1, 2)
+
+
+class _DenseGrad(torch.autograd.Function):
+    """Identity whose backward hands on its gradient dense, in the input's memory format.
+
+    ``torch.cat`` gives each input a channel slice of the output gradient; in channels-last that
+    slice is not dense, and oneDNN's 1x1 convolution weight-gradient kernel (torch 2.14 CPU,
+    ``jit_avx2_1x1_convolution_bwd_weights``) writes out of bounds on such a gradient when the
+    channel counts are not multiples of 8 (found with valgrind on a FactorizedReduce whose input
+    had lost filters: heap corruption, "double free or corruption"). FactorizedReduce's two convs
+    feed a ``cat``, so their outputs pass through this.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(
+            memory_format=torch.channels_last)
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
+        return grad.contiguous(memory_format=torch.channels_last if ctx.channels_last else torch.contiguous_format)
+
+
+def dense_grad(x: Tensor) -> Tensor:
+    return _DenseGrad.apply(x)

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mgas_core.cpu_conv import dense_grad
 from mgas_core.maskable_conv import MaskableConv2d
 from mgas_core.masks import FilterGate
 
@@ -65,32 +66,6 @@ def batch_norm(x: Tensor, bn: nn.BatchNorm2d, scale: Tensor | None) -> Tensor:
         bn.num_batches_tracked.add_(1)
     use_batch_stats = bn.training or bn.running_mean is None
     return F.batch_norm(x, bn.running_mean, bn.running_var, weight, bias, use_batch_stats, bn.momentum, bn.eps)
-
-
-class _DenseGrad(torch.autograd.Function):
-    """Identity whose backward hands on its gradient dense, in the input's memory format.
-
-    ``torch.cat`` gives each input a channel slice of the output gradient; in channels-last that
-    slice is not dense, and oneDNN's 1x1 convolution weight-gradient kernel (torch 2.14 CPU,
-    ``jit_avx2_1x1_convolution_bwd_weights``) writes out of bounds on such a gradient when the
-    channel counts are not multiples of 8 (found with valgrind on a FactorizedReduce whose input
-    had lost filters: heap corruption, "double free or corruption"). FactorizedReduce's two convs
-    feed a ``cat``, so their outputs pass through this.
-    """
-
-    @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
-        ctx.channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(
-            memory_format=torch.channels_last)
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
-        return grad.contiguous(memory_format=torch.channels_last if ctx.channels_last else torch.contiguous_format)
-
-
-def dense_grad(x: Tensor) -> Tensor:
-    return _DenseGrad.apply(x)
 
 
 def combine_scales(scale: Tensor | None, gate: FilterGate | None) -> Tensor | None:

@@ -43,6 +43,28 @@ def tiny(**overrides: Any) -> RunSettings:
     return build_settings("paper", base)
 
 
+def search_until(settings: RunSettings, stop_after: int | None = None, state: dict[str, Any] | None = None) -> Any:
+    """Run (or resume from ``state``) a search; with ``stop_after``, return the resumable state
+    captured after that epoch instead of the result."""
+    from mgas_core.data import load_splits
+    from mgas_core.train import run_search
+
+    class Stop(Exception):
+        pass
+
+    captured: dict[str, Any] = {}
+
+    def on_epoch(record: dict[str, Any], state_fn: Any) -> None:
+        if stop_after is not None and record["epoch"] == stop_after:
+            captured["state"] = state_fn()
+            raise Stop
+
+    try:
+        return run_search(settings, load_splits(settings.data), torch.device("cpu"), state=state, on_epoch=on_epoch)
+    except Stop:
+        return captured["state"]
+
+
 @pytest.fixture
 def tiny_settings():
     return tiny

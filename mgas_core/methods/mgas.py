@@ -42,7 +42,14 @@ from mgas_core.methods.mgas_schedule import (
     scaled_counts,
     stage_cuts,
 )
-from mgas_core.methods.mgas_units import LiveMasks, MgasModel, attach_units, remaining_ratios, stage_size
+from mgas_core.methods.mgas_units import (
+    LiveMasks,
+    MgasModel,
+    attach_units,
+    remaining_ratios,
+    stage_size,
+    store_live_masks,
+)
 from mgas_core.model import count_architecture_params
 from mgas_core.ops import EVALUATION
 from mgas_core.space import NO_NONE_PRIMITIVES
@@ -310,31 +317,7 @@ class Mgas(SearchMethod):
         return events
 
     def _store_masks(self, cells: range) -> list[tuple[int, int, int]]:
-        """Make the live filter and weight masks of ``cells`` permanent (filters never below
-        ``min_width_fraction`` of a unit's initial width, the cell's width); return the alive
-        ops whose live op mask is off, in (cell, edge, op) order (the caller decides which die)."""
-        initial = {id(g): cell.channels for cell in self.net.cells for g in cell.modules() if isinstance(g, FilterGate)}
-        with torch.no_grad():
-            live = LiveMasks(self.model, cells)
-            for gate, score, mask in zip(live.gates, *live.gate_masks()):
-                gate.stored = self._floored(gate, score, mask, initial[id(gate)])
-            for conv, mask in zip(live.convs, live.conv_masks()):
-                conv.weight_mask = mask * (conv.weight_mask if conv.weight_mask is not None else 1.0)
-            op_masks = self.model.op_masks()
-        sl = slice(cells.start, cells.stop)
-        off = self.model.alive[sl] & (op_masks[sl] == 0)
-        return [(cells.start + ci, e, o) for ci, e, o in torch.nonzero(off).tolist()]
-
-    def _floored(self, gate: FilterGate, score: Tensor, mask: Tensor, initial: int) -> Tensor:
-        if not gate.maskable:
-            return gate.stored
-        need = min(int(gate.stored.sum()), max(1, int(self.cfg.min_width_fraction * initial)))
-        if int(mask.sum()) >= need:
-            return mask.detach().clone()
-        ranked = torch.where(gate.stored > 0, score, torch.full_like(score, -1.0)).argsort(descending=True)
-        kept = torch.zeros_like(mask)
-        kept[ranked[:need]] = 1.0
-        return torch.maximum(mask.detach(), kept)
+        return store_live_masks(self.model, cells, self.cfg.min_width_fraction)
 
     def _regrow(self, epoch: int) -> dict[str, Any]:
         """After the masks-frozen epoch: ``int(regrow_fraction x ops pruned in the stage)`` dead

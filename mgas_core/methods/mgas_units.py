@@ -238,6 +238,36 @@ class LiveMasks:
                 c.cached_mask = None
 
 
+def store_live_masks(model: MgasModel, cells: range, min_width_fraction: float) -> list[tuple[int, int, int]]:
+    """A mask epoch: the live filter and weight masks of ``cells`` become their stored masks
+    (a filter unit never below ``min_width_fraction`` of its initial width, the cell's: the
+    top-scoring filters stay); returns the alive ops whose live op mask is off, in (cell, edge,
+    op) order (the caller decides which of them die)."""
+    initial = {id(g): cell.channels for cell in model.net.cells for g in cell.modules() if isinstance(g, FilterGate)}
+    with torch.no_grad():
+        live = LiveMasks(model, cells)
+        for gate, score, mask in zip(live.gates, *live.gate_masks()):
+            gate.stored = _floored(gate, score, mask, int(min_width_fraction * initial[id(gate)]))
+        for conv, mask in zip(live.convs, live.conv_masks()):
+            conv.weight_mask = mask * (conv.weight_mask if conv.weight_mask is not None else 1.0)
+        op_masks = model.op_masks()
+    sl = slice(cells.start, cells.stop)
+    off = model.alive[sl] & (op_masks[sl] == 0)
+    return [(cells.start + ci, e, o) for ci, e, o in torch.nonzero(off).tolist()]
+
+
+def _floored(gate: FilterGate, score: Tensor, mask: Tensor, floor: int) -> Tensor:
+    if not gate.maskable:
+        return gate.stored
+    need = min(int(gate.stored.sum()), max(1, floor))
+    if int(mask.sum()) >= need:
+        return mask.detach().clone()
+    ranked = torch.where(gate.stored > 0, score, torch.full_like(score, -1.0)).argsort(descending=True)
+    kept = torch.zeros_like(mask)
+    kept[ranked[:need]] = 1.0
+    return torch.maximum(mask.detach(), kept)
+
+
 # --- sizes and ratios -----------------------------------------------------------------------------
 
 

@@ -16,8 +16,7 @@ from mgas_core.methods.mgas_schedule import MgasLambda, scaled_counts, stage_cut
 from mgas_core.metrics import count_params
 from mgas_core.model import build_eval_network
 from mgas_core.ops import ChannelOutput, SepConv
-from mgas_core.train import run_search
-from tests.conftest import tiny
+from tests.conftest import search_until, tiny
 
 GRANULARITY_SUBSETS = [["op"], ["filter"], ["weight"], ["op", "filter"], ["op", "weight"], ["filter", "weight"],
                        ["op", "filter", "weight"]]
@@ -54,20 +53,7 @@ def run(settings, probe=None, monkeypatch=None, state=None, stop_after=None):
 
         monkeypatch.setattr(Mgas, "end_of_epoch", wrapped)
 
-    class Stop(Exception):
-        pass
-
-    captured = {}
-
-    def on_epoch(record, state_fn):
-        if stop_after is not None and record["epoch"] == stop_after:
-            captured["state"] = state_fn()
-            raise Stop
-
-    try:
-        return run_search(settings, load_splits(settings.data), torch.device("cpu"), state=state, on_epoch=on_epoch)
-    except Stop:
-        return captured["state"]
+    return search_until(settings, stop_after, state)
 
 
 def fingerprint(method):

@@ -5,12 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mgas_core.data import load_splits
 from mgas_core.io import load_checkpoint, save_checkpoint
 from mgas_core.methods import METHOD_REGISTRY
 from mgas_core.model import build_eval_network
-from mgas_core.train import run_search
-from tests.conftest import tiny
+from tests.conftest import search_until, tiny
 
 EXTRA = {
     "mgas": {"search__layers": 4, "search__mgas__stages": 2, "search__mgas__stage_epochs": 1},
@@ -22,21 +20,7 @@ def settings_for(method, **kw):
     return tiny(search__method=method, search__epochs=3, **EXTRA.get(method, {}), **kw)
 
 
-def _run(settings, stop_after=None, state=None):
-    class Stop(Exception):
-        pass
-
-    captured = {}
-
-    def on_epoch(record, state_fn):
-        if stop_after is not None and record["epoch"] == stop_after:
-            captured["state"] = state_fn()
-            raise Stop
-
-    try:
-        return run_search(settings, load_splits(settings.data), torch.device("cpu"), state=state, on_epoch=on_epoch)
-    except Stop:
-        return captured["state"]
+_run = search_until
 
 
 def test_registry_has_the_four_methods():
