@@ -50,6 +50,10 @@ class EvalCell(nn.Module):
         self.preprocess1: nn.Module | None = None
         if cell.uses_input(1):
             self.preprocess1 = ReLUConvBN(c_prev, channels, True, (pre1 or {}).get("out"))
+        for k, spec in enumerate(cell.ops):
+            mid = (spec.widths or {}).get("mid")
+            if isinstance(mid, int) and not 1 <= mid <= channels:
+                raise ValueError(f"ops[{k}].widths.mid={mid} must be between 1 and the cell's {channels} channels")
         self.ops = nn.ModuleList()
         for spec in cell.ops:
             stride = 2 if reduction and spec.input < 2 else 1
@@ -175,8 +179,10 @@ class EvalNetwork(nn.Module):
         return self.classifier(out), logits_aux
 
 
-def apply_weight_masks(model: nn.Module, masks: dict[str, Tensor]) -> None:
-    """Attach fixed weight masks (keys are module paths of :class:`MaskableConv2d` convs)."""
+def check_weight_masks(model: nn.Module, masks: dict[str, Tensor]) -> dict[str, MaskableConv2d]:
+    """The maskable conv each mask belongs to; a mask that names no such conv, has another shape
+    than its weight or holds values other than 0 and 1 is an :class:`ArchitectureError`."""
+    convs = {}
     for key, mask in masks.items():
         try:
             conv = model.get_submodule(key)
@@ -184,10 +190,19 @@ def apply_weight_masks(model: nn.Module, masks: dict[str, Tensor]) -> None:
             raise ArchitectureError(f"weight mask {key!r} names no module of the network") from exc
         if not isinstance(conv, MaskableConv2d):
             raise ArchitectureError(f"weight mask {key!r} names a {type(conv).__name__}, not a maskable conv")
-        try:
-            conv.set_fixed_mask(mask)
-        except ValueError as exc:
-            raise ArchitectureError(f"weight mask {key!r}: {exc}") from exc
+        if tuple(mask.shape) != tuple(conv.weight.shape):
+            raise ArchitectureError(f"weight mask {key!r} has shape {tuple(mask.shape)}, its conv weight "
+                                    f"{tuple(conv.weight.shape)}")
+        if mask.dtype.is_complex or not bool(((mask == 0) | (mask == 1)).all()):
+            raise ArchitectureError(f"weight mask {key!r} must hold only 0 and 1")
+        convs[key] = conv
+    return convs
+
+
+def apply_weight_masks(model: nn.Module, masks: dict[str, Tensor]) -> None:
+    """Attach fixed weight masks (keys are module paths of :class:`MaskableConv2d` convs)."""
+    for key, conv in check_weight_masks(model, masks).items():
+        conv.set_fixed_mask(masks[key])
 
 
 def build_eval_network(
@@ -217,6 +232,11 @@ def count_architecture_params(arch: Architecture, num_classes: int, in_channels:
     with torch.device("meta"):
         net = build_eval_network(replace(arch, masks=None), num_classes, in_channels, channels, layers,
                                  auxiliary=False, variant=variant)
+    return masked_count(net, arch.masks)
+
+
+def masked_count(net: nn.Module, masks: dict[str, Tensor] | None) -> ParamCount:
+    """Dense and nonzero parameters of ``net`` (masks not attached) under the weight ``masks``."""
     dense = count_params(net).dense
-    removed = sum(int((mask == 0).sum()) for mask in (arch.masks or {}).values())
+    removed = sum(int((mask == 0).sum()) for mask in (masks or {}).values())
     return ParamCount(dense=dense, nonzero=dense - removed)

@@ -18,8 +18,16 @@ SHARED_FILESYSTEMS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", 
 
 
 def short_temp_dir() -> str:
-    """Ray's socket paths must stay under ~107 characters: use a short folder in /tmp."""
-    return str(Path(tempfile.gettempdir()) / f"mgas-ray-{os.getuid()}")
+    """Ray's socket paths must stay under ~107 characters: a short folder in /tmp, or the folder
+    ``$MGAS_RAY_TEMP_DIR`` names (tests give every embedded Ray its own)."""
+    return os.environ.get("MGAS_RAY_TEMP_DIR") or str(Path(tempfile.gettempdir()) / f"mgas-ray-{os.getuid()}")
+
+
+def ray_is_running() -> bool:
+    """True when this process is already connected to Ray (then ``mgas run`` uses that cluster)."""
+    import ray
+
+    return ray.is_initialized()
 
 
 def filesystem_type(path: Path) -> str:

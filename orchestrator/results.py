@@ -23,10 +23,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mgas_core.io import atomic_write_bytes
+from mgas_core.methods.base import result_columns
 
 SCHEMA_VERSION = 1
 
-RESULT_SCHEMA = pa.schema([
+_RESULT_HEAD = [
     ("schema_version", pa.int32()),
     ("experiment", pa.string()),
     ("trial_id", pa.string()),
@@ -34,9 +35,11 @@ RESULT_SCHEMA = pa.schema([
     ("dataset", pa.string()),
     ("seed", pa.int64()),
     ("target_params_m", pa.float64()),
-    ("granularities", pa.string()),
-    ("stages", pa.int64()),
-    ("subgraphs", pa.int64()),
+]
+"""Then the columns the registered methods declare (``SearchMethod.result_fields``: MGAS's
+``granularities`` and ``stages``, MSG-DAS's ``subgraphs``), then :data:`_RESULT_TAIL`."""
+_ARROW_TYPES = {int: pa.int64(), float: pa.float64(), bool: pa.bool_(), str: pa.string()}
+_RESULT_TAIL = [
     ("status", pa.string()),
     ("error", pa.string()),
     ("test_acc", pa.float64()),
@@ -72,7 +75,13 @@ RESULT_SCHEMA = pa.schema([
     ("started_at", pa.float64()),
     ("wall_time_s", pa.float64()),
     ("finished_at", pa.float64()),
-])
+]
+
+
+def result_schema() -> pa.Schema:
+    """The explicit schema of a result row, with the columns the method registry declares."""
+    method_columns = [(name, _ARROW_TYPES[kind]) for name, kind in result_columns().items()]
+    return pa.schema([*_RESULT_HEAD, *method_columns, *_RESULT_TAIL])
 
 CURVE_SCHEMA = pa.schema([
     ("schema_version", pa.int32()),
@@ -154,7 +163,7 @@ def write_trial(experiment_dir: Path, row: dict[str, Any], history: list[dict[st
     """Write (replace) the trial's result row and its curves."""
     row = {"schema_version": SCHEMA_VERSION, "finished_at": time.time(), **row}
     target = result_path(experiment_dir, row["method"], row["trial_id"])
-    path = write_table(table_from_rows([row], RESULT_SCHEMA), target)
+    path = write_table(table_from_rows([row], result_schema()), target)
     if history:
         base = {"schema_version": SCHEMA_VERSION, "experiment": row["experiment"], "trial_id": row["trial_id"],
                 "method": row["method"], "seed": row.get("seed")}

@@ -66,15 +66,20 @@ def run_sweep(spec: ExperimentSpec, trials: list[dict[str, Any]], experiment_dir
     from ray import tune
 
     from orchestrator.callbacks import ResultsWriter, SweepProgress
-    from orchestrator.ray_runtime import check_cluster_storage, init_ray
+    from orchestrator.preflight import check_capacity, cluster_nodes, local_node
+    from orchestrator.ray_runtime import check_cluster_storage, init_ray, ray_is_running
     from orchestrator.trainable import tune_trainable
 
     storage = spec.storage_path or str(experiment_dir / "tune")
     if "://" not in storage:
         storage = str(Path(storage).resolve())
     started = time.time()
+    if not address and not ray_is_running():
+        check_capacity(spec.resources, [local_node()], "this machine (embedded Ray)")  # before Ray starts
     embedded = init_ray(address, dashboard, dashboard_host)
     try:
+        check_capacity(spec.resources, cluster_nodes(), "this machine (embedded Ray)" if embedded
+                       else f"the Ray cluster at {address or 'this process'}")
         if not embedded:
             check_cluster_storage(storage, spec.shared_storage)
         experiment_dir.mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,7 @@ from mgas_core.arch import Architecture, architecture_from_json
 from mgas_core.config import RunSettings
 from mgas_core.data import load_splits
 from mgas_core.io import CorruptFileError, load_checkpoint, save_checkpoint
+from mgas_core.methods.base import get_method, result_values
 from mgas_core.provenance import provenance
 from mgas_core.train import DivergedError, resolve_device, run_retrain, run_search
 
@@ -74,6 +75,8 @@ def _oom_message(exc: BaseException, settings: RunSettings, phase: str) -> str:
 
 def run_trial_pipeline(trial: dict[str, Any], state: dict[str, Any] | None, report: Report) -> dict[str, Any]:
     """Run (or resume) one trial; returns the final metrics (the Parquet row's fields)."""
+    # a method registered outside mgas_core (a plugin, a test) is imported where it was defined
+    get_method(trial["settings"]["search"]["method"], trial.get("method_module"))
     settings = RunSettings.model_validate(trial["settings"])
     if settings.threads:
         torch.set_num_threads(settings.threads)
@@ -145,9 +148,7 @@ def trial_row(experiment: str, trial: dict[str, Any], metrics: dict[str, Any]) -
         "experiment": experiment, "trial_id": trial["trial_id"], "method": method,
         "dataset": settings["data"]["name"], "seed": settings["seed"],
         "target_params_m": search.get("target_params"),
-        "granularities": ",".join(search["mgas"]["granularities"]) if method == "mgas" else None,
-        "stages": search["mgas"]["stages"] if method == "mgas" else None,
-        "subgraphs": search["msg_das"]["subgraphs"] if method == "msg_das" else None,
+        **result_values(settings),
         "config_json": json.dumps(settings), "axes_json": json.dumps(axes, default=str),
         "git_sha": prov["git_sha"], "versions": json.dumps(prov["versions"]),
     }

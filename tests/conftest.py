@@ -1,15 +1,33 @@
-"""Shared fixtures: tiny settings that run in seconds on 2 CPU cores."""
+"""Shared fixtures: tiny settings that run in seconds on 2 CPU cores; a test session that is safe
+beside real work (every Ray it starts lives in a temp folder of its own; a user's RAY_ADDRESS is
+ignored); deterministic generated tests (hypothesis with a fixed seed, no example database)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from hypothesis import settings as hypothesis_settings
 
 from mgas_core.config import RunSettings, build_settings
+from tests.processes import private_ray_env
 
 torch.set_num_threads(1)
+
+# the same generated cases on every run (CI reproducible); `--hypothesis-profile explore` draws new ones
+hypothesis_settings.register_profile("default", derandomize=True, database=None, deadline=None)
+hypothesis_settings.register_profile("explore", derandomize=False, database=None, deadline=None)
+hypothesis_settings.load_profile("default")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_ray() -> Iterator[Path]:
+    """No test joins, or is joined by, a Ray of the user running the suite (see tests/processes.py)."""
+    with private_ray_env() as folder:
+        yield folder
 
 
 def tiny(**overrides: Any) -> RunSettings:

@@ -13,20 +13,24 @@ from mgas_core.errors import UserInputError
 from orchestrator.results import read_rows
 from orchestrator.sweep import run_command
 from tests.orchestrator.helpers import write_spec
+from tests.processes import private_ray_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]  # Ray tests run one after another
 
 
 @pytest.fixture(scope="module")
 def two_node_cluster():
+    """Two simulated nodes whose sessions and "current cluster" file live in this module's own
+    temp folder, so no other Ray on the machine can join them by accident."""
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "num_gpus": 1})
-    cluster.add_node(num_cpus=2, num_gpus=1)
-    ray.init(address=cluster.address, log_to_driver=False, logging_level="ERROR")
-    cluster.wait_for_nodes()
-    yield cluster
-    ray.shutdown()
-    cluster.shutdown()
+    with private_ray_env():
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "num_gpus": 1})
+        cluster.add_node(num_cpus=2, num_gpus=1)
+        ray.init(address=cluster.address, log_to_driver=False, logging_level="ERROR")
+        cluster.wait_for_nodes()
+        yield cluster
+        ray.shutdown()
+        cluster.shutdown()
 
 
 def test_half_gpu_trials_run_two_per_gpu_and_record_placement(tmp_path, two_node_cluster):

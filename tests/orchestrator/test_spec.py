@@ -36,7 +36,7 @@ def test_target_axis_sets_search_target_and_genotype_width(tmp_path):
 
 
 @pytest.mark.parametrize("fields,fragment", [
-    ({"sweep": {"method": ["darts", "nas_bench"]}}, "search.method: Input should be 'darts', 'gold_nas'"),
+    ({"sweep": {"method": ["darts", "nas_bench"]}}, "sweep.method: unknown method 'nas_bench'; allowed: darts"),
     ({"sweep": {"method": ["mgas"], "stages": ["three"]}}, "search.mgas.stages"),
     ({"sweep": {"method": ["darts"], "search.darts.alpha_rate": [0.1]}}, "unknown sweep axis"),
     ({"base": {"search.epoch": 3}}, "unknown setting 'search.epoch'"),

@@ -15,21 +15,25 @@ import ray
 
 from mgas_core.arch import load_architecture
 from mgas_core.model import count_architecture_params
-from orchestrator.results import RESULT_SCHEMA, read_rows
+from orchestrator.results import read_rows, result_schema
 from orchestrator.spec import expand_trials, load_spec
 from orchestrator.sweep import run_command
 from orchestrator.trainable import run_trial_pipeline
 from tests.orchestrator.helpers import write_spec
+from tests.processes import private_ray_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]  # Ray tests run one after another
 
 
 @pytest.fixture(scope="module", autouse=True)
 def ray_2cpu():
+    """This module's own 2-CPU Ray, in a temp folder of its own (nothing shared with other Rays)."""
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-    yield
-    ray.shutdown()
+    with private_ray_env() as folder:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+                 _temp_dir=str(folder))
+        yield
+        ray.shutdown()
 
 
 def test_sweep_writes_exactly_one_filled_row_per_trial(tmp_path):
@@ -52,7 +56,7 @@ def test_sweep_writes_exactly_one_filled_row_per_trial(tmp_path):
     assert mgas["granularities"] == "op,filter,weight" and mgas["stages"] == 2
     assert mgas["remaining_ratio_op"] is not None
     table = pq.read_table(next((experiment_dir / "results").glob("method=darts/*.parquet")))
-    assert table.schema.equals(RESULT_SCHEMA)
+    assert table.schema.equals(result_schema())
     curves = list((experiment_dir / "curves").glob("method=*/*.parquet"))
     assert len(curves) == 5
     phases = set(pq.read_table(curves[0]).column("phase").to_pylist())

@@ -129,16 +129,21 @@ def test_no_good_checkpoint_restarts_the_trial_and_says_so(tmp_path, capsys):
 
 @pytest.mark.parametrize("how", ["truncated", "tampered"])
 def test_local_search_resume_falls_back_to_previous_checkpoint(tmp_path, how, capsys):
+    from orchestrator.local import search_command
+    from tests.conftest import tiny
+
+    settings = tiny(search__epochs=2)
+    search_command(settings, tmp_path, progress=False)  # checkpoint.pt after epoch 2, .prev after epoch 1
     ckpt = tmp_path / "checkpoint.pt"
-    save_checkpoint_keeping_previous({"search": {"epoch": 1}}, ckpt)
-    save_checkpoint_keeping_previous({"search": {"epoch": 2}}, ckpt)
-    assert _resume_state(ckpt) == {"epoch": 2}
+    assert _resume_state(ckpt, settings)["next_epoch"] == 2
+    assert f"resuming from {ckpt}: 2 of 2 epochs done" in capsys.readouterr().err
     _damage(ckpt, how)
     with pytest.raises(CorruptFileError):
         load_checkpoint(ckpt)
-    assert _resume_state(ckpt) == {"epoch": 1}
+    assert _resume_state(ckpt, settings)["next_epoch"] == 1
     err = capsys.readouterr().err
-    assert "damaged checkpoint skipped" in err and "previous good checkpoint" in err
+    assert "damaged checkpoint skipped" in err
+    assert f"resuming from {ckpt}.prev (the previous good checkpoint): 1 of 2 epochs done" in err
 
 
 # --- out of memory ----------------------------------------------------------------------------------
