@@ -70,6 +70,7 @@ class MaskableConv2d(nn.Conv2d):
             return self._conv_forward(x, weight, None)
         weight, padding = self._reachable(weight, x)
         stride: tuple[int, int] = self.stride  # type: ignore[assignment]
+        x, stride = self._subsampled(x, padding)
         dilation: tuple[int, int] = self.dilation  # type: ignore[assignment]
         path = choose_path(x, tuple(weight.shape), stride, padding, dilation, self.groups)
         if path == "scale":
@@ -85,7 +86,19 @@ class MaskableConv2d(nn.Conv2d):
         if not self.rewrites:
             return "conv"
         weight, padding = self._reachable(self.weight, x)
-        return choose_path(x, tuple(weight.shape), self.stride, padding, self.dilation, self.groups)  # type: ignore[arg-type]
+        x, stride = self._subsampled(x, padding)
+        return choose_path(x, tuple(weight.shape), stride, padding, self.dilation, self.groups)  # type: ignore[arg-type]
+
+    def _subsampled(self, x: Tensor, padding: tuple[int, int]) -> tuple[Tensor, tuple[int, int]]:
+        """A strided 1x1 conv without padding reads every s-th pixel: on CPU it runs as that
+        subsample (kept channels-last) and a stride-1 conv, exactly. This also sidesteps torch
+        2.14's CPU channels-last strided 1x1 backward, which corrupts the heap for fewer than 8
+        input channels (test_cpu_conv.py::test_strided_pointwise_conv_runs_subsampled)."""
+        stride: tuple[int, int] = self.stride  # type: ignore[assignment]
+        if x.device.type != "cpu" or self.kernel_size != (1, 1) or padding != (0, 0) or stride == (1, 1):
+            return x, stride
+        layout = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+        return x[:, :, :: stride[0], :: stride[1]].contiguous(memory_format=layout), (1, 1)
 
     def _reachable(self, weight: Tensor, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
         """``weight`` and padding with the padding-only taps dropped (see :meth:`reachable_taps`)."""

@@ -27,7 +27,12 @@ EXIT_USAGE = 2
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """argparse that reports errors as a single line and exits 2."""
+    """argparse that reports errors as a single line and exits 2; no abbreviated flags (``--epo``
+    is an error, not ``--epochs``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"mgas: error: {message} (see `{self.prog} --help`)\n")

@@ -77,26 +77,25 @@ def derived_size(arch: Architecture, settings: RunSettings, info: DatasetInfo) -
             "nonzero_params_m": count.nonzero_m, "channels": channels, "layers": layers}
 
 
-def _resume_state(ckpt: Path, settings: RunSettings) -> dict[str, Any] | None:
+def _resume_state(ckpt: Path, settings: RunSettings) -> tuple[dict[str, Any] | None, list[str]]:
     """The newest good search checkpoint (``checkpoint.pt``, else ``checkpoint.pt.prev``) of a
-    search with these settings. Says on stderr what was damaged, which file it resumes from and
-    at which epoch; a checkpoint that is whole but does not belong to this search is refused."""
+    search with these settings, and the lines to print once the search really starts: what was
+    damaged, which file it resumes from and at which epoch. A checkpoint that is whole but does
+    not belong to this search is refused."""
     previous = ckpt.with_name(ckpt.name + PREVIOUS_SUFFIX)
     loaded, used, problems = load_first_good([ckpt, previous])
-    for problem in problems:
-        print(f"warning: damaged checkpoint skipped: {problem}", file=sys.stderr)
+    notes = [f"warning: damaged checkpoint skipped: {problem}" for problem in problems]
     if loaded is None or used is None:
         reason = "no good checkpoint left" if problems else f"no checkpoint in {ckpt.parent}"
-        print(f"warning: {reason}; the search starts from epoch 0", file=sys.stderr)
-        return None
+        return None, [*notes, f"warning: {reason}; the search starts from epoch 0"]
     try:
         state = check_search_checkpoint(loaded, settings)
     except UserInputError as exc:
         raise UserInputError(f"checkpoint {used}: {exc}") from None
-    print(f"resuming from {used}{' (the previous good checkpoint)' if problems else ''}: "
-          f"{state['next_epoch']} of {settings.search.epochs} epochs done", file=sys.stderr)
+    notes.append(f"resuming from {used}{' (the previous good checkpoint)' if problems else ''}: "
+                 f"{state['next_epoch']} of {settings.search.epochs} epochs done")
     state["source"] = str(used)
-    return state
+    return state, notes
 
 
 def search_command(settings: RunSettings, out_dir: Path, resume: bool = False, progress: bool = True) -> dict[str, Any]:
@@ -111,11 +110,13 @@ def search_command(settings: RunSettings, out_dir: Path, resume: bool = False, p
     check_device(settings, device)
     splits = load_splits(settings.data)
     ckpt = out_dir / CHECKPOINT
-    state = _resume_state(ckpt, settings) if resume else None
+    state, notes = _resume_state(ckpt, settings) if resume else (None, [])
     bar = EpochProgress(settings.search.epochs, f"search {settings.search.method}") if progress else None
     metrics_path = out_dir / "metrics.jsonl"
 
     def on_start() -> None:
+        for note in notes:
+            print(note, file=sys.stderr)
         out_dir.mkdir(parents=True, exist_ok=True)
         write_run_config(out_dir, settings, "search")
         # exactly one row per epoch done: the resumed checkpoint's history, nothing after it

@@ -4,6 +4,8 @@ ignored); deterministic generated tests (hypothesis with a fixed seed, no exampl
 
 from __future__ import annotations
 
+import sys
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,35 @@ torch.set_num_threads(1)
 hypothesis_settings.register_profile("default", derandomize=True, database=None, deadline=None)
 hypothesis_settings.register_profile("explore", derandomize=False, database=None, deadline=None)
 hypothesis_settings.load_profile("default")
+
+
+# --- the bad-input suite's count, printed at the end of every run (xdist workers report theirs) ---
+_BAD_INPUT_FROM_WORKERS: Counter[str] = Counter()
+
+
+def _bad_input_counts() -> Counter[str]:
+    module = sys.modules.get("tests.reliability.bad_input")
+    return Counter(module.STATS) if module is not None else Counter()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["bad_input"] = dict(_bad_input_counts())
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    _BAD_INPUT_FROM_WORKERS.update(getattr(node, "workeroutput", {}).get("bad_input", {}))
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    counts = _bad_input_counts() + _BAD_INPUT_FROM_WORKERS
+    tracebacks = counts.pop("tracebacks", 0)
+    if counts:
+        parts = ", ".join(f"{kind} {n}" for kind, n in sorted(counts.items()))
+        terminalreporter.write_line(f"bad-input suite: {sum(counts.values())} cases ({parts}); "
+                                    f"tracebacks: {tracebacks}")
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -27,7 +27,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchvision.ops import drop_block2d
 
 from mgas_core.arch import Architecture
 from mgas_core.config import MsgDasSettings, SearchSettings, SettingConflict
@@ -50,6 +49,8 @@ class DropBlockIdentity(Identity):
 
     def forward(self, x: Tensor, x_relu: Tensor | None = None, scale: Tensor | None = None) -> Tensor:
         if self.training and self.rate > 0:
+            from torchvision.ops import drop_block2d  # imported on first use: torchvision takes ~1.5 s to load
+
             block = min(self.block_size, x.shape[-1], x.shape[-2])
             block -= 1 - block % 2  # DropBlock needs an odd block that fits the map
             x = drop_block2d(x, self.rate, block, training=True)

@@ -135,15 +135,17 @@ def test_local_search_resume_falls_back_to_previous_checkpoint(tmp_path, how, ca
     settings = tiny(search__epochs=2)
     search_command(settings, tmp_path, progress=False)  # checkpoint.pt after epoch 2, .prev after epoch 1
     ckpt = tmp_path / "checkpoint.pt"
-    assert _resume_state(ckpt, settings)["next_epoch"] == 2
-    assert f"resuming from {ckpt}: 2 of 2 epochs done" in capsys.readouterr().err
+    state, notes = _resume_state(ckpt, settings)
+    assert state["next_epoch"] == 2 and notes == [f"resuming from {ckpt}: 2 of 2 epochs done"]
     _damage(ckpt, how)
     with pytest.raises(CorruptFileError):
         load_checkpoint(ckpt)
-    assert _resume_state(ckpt, settings)["next_epoch"] == 1
-    err = capsys.readouterr().err
-    assert "damaged checkpoint skipped" in err
-    assert f"resuming from {ckpt}.prev (the previous good checkpoint): 1 of 2 epochs done" in err
+    state, notes = _resume_state(ckpt, settings)
+    assert state["next_epoch"] == 1 and len(notes) == 2
+    assert notes[0].startswith("warning: damaged checkpoint skipped")
+    assert notes[1] == f"resuming from {ckpt}.prev (the previous good checkpoint): 1 of 2 epochs done"
+    search_command(settings, tmp_path, resume=True, progress=False)  # the notes are printed once it starts
+    assert notes[1] in capsys.readouterr().err
 
 
 # --- out of memory ----------------------------------------------------------------------------------
