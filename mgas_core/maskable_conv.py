@@ -12,7 +12,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mgas_core.cpu_conv import ConvPath, choose_path, depthwise_matmul, depthwise_scale, pointwise_linear
+from mgas_core.cpu_conv import (
+    LINEAR_MAX_PIXELS,
+    ConvPath,
+    choose_path,
+    depthwise_matmul,
+    depthwise_scale,
+    pointwise_linear,
+)
 from mgas_core.masks import LearnedThreshold
 
 
@@ -90,14 +97,20 @@ class MaskableConv2d(nn.Conv2d):
         return choose_path(x, tuple(weight.shape), stride, padding, self.dilation, self.groups)  # type: ignore[arg-type]
 
     def _subsampled(self, x: Tensor, padding: tuple[int, int]) -> tuple[Tensor, tuple[int, int]]:
-        """A strided 1x1 conv without padding reads every s-th pixel: on CPU it runs as that
-        subsample (kept channels-last) and a stride-1 conv, exactly. This also sidesteps torch
-        2.14's CPU channels-last strided 1x1 backward, which corrupts the heap for fewer than 8
-        input channels (test_cpu_conv.py::test_strided_pointwise_conv_runs_subsampled)."""
+        """A strided 1x1 conv without padding reads every s-th pixel, so on CPU it can run as that
+        subsample (kept channels-last) and a stride-1 conv, exactly. It does where that is faster
+        (the subsample is small enough for the channel-matmul path: 1.2x, benchmarks/conv_paths.py)
+        and where it must: torch 2.14's CPU channels-last strided 1x1 backward corrupts the heap
+        for fewer than 8 input channels (test_cpu_conv.py::test_strided_pointwise_conv_runs_subsampled).
+        On larger maps the declared strided conv stays (subsampling there measured 2-3x slower)."""
         stride: tuple[int, int] = self.stride  # type: ignore[assignment]
         if x.device.type != "cpu" or self.kernel_size != (1, 1) or padding != (0, 0) or stride == (1, 1):
             return x, stride
-        layout = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+        channels_last = x.is_contiguous(memory_format=torch.channels_last)
+        pixels = -(-x.shape[-2] // stride[0]) * -(-x.shape[-1] // stride[1])
+        if x.shape[1] >= 8 and not (channels_last and pixels <= LINEAR_MAX_PIXELS):
+            return x, stride
+        layout = torch.channels_last if channels_last else torch.contiguous_format
         return x[:, :, :: stride[0], :: stride[1]].contiguous(memory_format=layout), (1, 1)
 
     def _reachable(self, weight: Tensor, x: Tensor) -> tuple[Tensor, tuple[int, int]]:

@@ -23,6 +23,7 @@ import torch
 from mgas_core.arch import Architecture, architecture_from_json
 from mgas_core.config import RunSettings
 from mgas_core.data import load_splits
+from mgas_core.errors import UserInputError
 from mgas_core.io import CorruptFileError, load_checkpoint, save_checkpoint
 from mgas_core.methods.base import get_method, result_values
 from mgas_core.provenance import provenance
@@ -112,6 +113,8 @@ def run_trial_pipeline(trial: dict[str, Any], state: dict[str, Any] | None, repo
 
         retrained = run_retrain(arch, settings, splits, device, state=state.get("retrain"), on_epoch=on_retrain_epoch)
     except DivergedError as exc:
+        raise TrialFailed(str(exc)) from exc
+    except UserInputError as exc:  # settings this trial's method or data refuse: retrying cannot help
         raise TrialFailed(str(exc)) from exc
     except (torch.OutOfMemoryError, MemoryError) as exc:
         raise TrialFailed(_oom_message(exc, settings, phase)) from exc

@@ -53,3 +53,16 @@ def test_multi_node_cluster_needs_shared_storage(tmp_path, two_node_cluster):
     path = write_spec(tmp_path, name="local-storage", sweep={"method": ["darts"], "seed": [0]})
     with pytest.raises(UserInputError, match="shared storage"):
         run_command(path, address=two_node_cluster.address)
+
+
+@pytest.mark.parametrize("resources,fragment", [
+    ({"cpu": 4}, "resources.cpu=4 per trial, but the largest node"),
+    ({"cpu": 1, "gpu": 2}, "resources.gpu=2 per trial, but the largest node"),
+])
+def test_trials_no_node_can_run_are_refused_before_tune_starts(tmp_path, two_node_cluster, resources, fragment):
+    path = write_spec(tmp_path, name="too-big", sweep={"method": ["darts"], "seed": [0]}, resources=resources,
+                      shared_storage=True)
+    with pytest.raises(UserInputError, match=fragment):
+        run_command(path, address=two_node_cluster.address)
+    assert not (tmp_path / "out" / "too-big").exists()  # nothing written
+

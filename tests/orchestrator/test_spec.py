@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from mgas_core.errors import UserInputError
 from orchestrator.cli import main
@@ -84,3 +85,16 @@ def test_dry_run_prints_plan_without_ray(tmp_path, capsys, monkeypatch):
     assert main(["run", str(path), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "4 trials" in out and "cpu=1 gpu=0.5" in out and "mgas_seed1" in out
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_gpu_trials_on_a_machine_without_gpu_are_refused_before_ray_starts(tmp_path, capsys, monkeypatch):
+    import orchestrator.ray_runtime as runtime
+
+    monkeypatch.setattr(runtime, "init_ray", lambda *a, **k: (_ for _ in ()).throw(AssertionError("no Ray")))
+    path = write_spec(tmp_path, resources={"cpu": 1, "gpu": 0.5})
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "resources.gpu=0.5 per trial, but this machine (embedded Ray) has no GPU" in err
+    assert not (tmp_path / "out").exists()
+

@@ -174,6 +174,15 @@ def test_out_of_memory_is_recorded_with_batch_size_and_hint(tmp_path, monkeypatc
     assert "hint: lower search.batch_size" in message
 
 
+def test_settings_a_trial_cannot_run_fail_it_once_with_the_reason(tmp_path):
+    """A target above the supernet's size is only known once MGAS builds it: the trial fails with
+    that reason instead of being retried (max_failures) with the same settings."""
+    spec, _ = load_spec(write_spec(tmp_path, sweep={"method": ["mgas"], "seed": [0], "target_params": [50.0]}))
+    trial = expand_trials(spec)[0]
+    with pytest.raises(TrialFailed, match="not below the supernet's size"):
+        run_trial_pipeline(trial, None, lambda metrics, state: None)
+
+
 # --- security defaults ------------------------------------------------------------------------------
 
 

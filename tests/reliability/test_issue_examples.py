@@ -13,7 +13,7 @@ import torch
 
 from mgas_core.arch import DARTS_V2
 from orchestrator.results import result_schema, write_table
-from tests.reliability.bad_input import assert_refused, snapshot
+from tests.reliability.bad_input import STATS, assert_refused, snapshot
 
 TINY = ["--dataset", "digits", "--preset", "tiny", "--no-progress"]
 SPEC = "name: x\ndataset: digits\npreset: tiny\nsweep: {method: [darts]}\n"
@@ -100,6 +100,7 @@ def test_issue_examples_through_the_installed_entry_point(tmp_path):
         assert done.stderr.startswith("mgas: error: ") and done.stderr.count("\n") == 1, done.stderr
         assert any(name in done.stderr for name in names) and "Traceback" not in done.stderr
         assert snapshot(tmp_path) == before
+        STATS["entry point (subprocess)"] += 1
 
 
 def test_a_bug_keeps_its_traceback(monkeypatch):
