@@ -301,6 +301,13 @@ class RetrainSettings(Strict):
     memory_format: Literal["auto", "contiguous", "channels_last"] = Field(
         "auto", description="activation layout; auto = channels_last (measured faster)")
 
+    @field_validator("channels")
+    @classmethod
+    def _even(cls, v: int | None) -> int | None:
+        if v is not None and v % 2:
+            raise ValueError(f"channels must be even (FactorizedReduce halves them), got {v}")
+        return v
+
 
 class RunSettings(Strict):
     """Everything one search-then-retrain run needs."""

@@ -24,9 +24,9 @@ def format_validation_error(exc: ValidationError, prefix: str = "", names: dict[
         if names and loc in names:
             where = f"{where} ({names[loc]})"
         got = err.get("input")
-        quiet = isinstance(got, dict) or err["type"] in ("missing", "setting_conflict")
-        shown = "" if quiet else f" (got {_short(got)})"
         message = err["msg"].removeprefix("Value error, ")
+        quiet = isinstance(got, dict) or err["type"] in ("missing", "setting_conflict") or "got " in message
+        shown = "" if quiet else f" (got {_short(got)})"
         parts.append(f"{where}: {message}{shown}")
     return "; ".join(parts)
 

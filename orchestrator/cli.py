@@ -21,9 +21,11 @@ from mgas_core.config import DATASETS, PRESETS, RunSettings, build_settings, kno
 from mgas_core.errors import UserInputError, format_validation_error, one_line
 from mgas_core.methods.base import method_names
 from mgas_core.safe_yaml import load_yaml
+from mgas_core.train import DivergedError
 from mgas_core.user_files import check_output_dir
 
 EXIT_USAGE = 2
+EXIT_FAILED = 1
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -249,6 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserInputError as exc:  # only user errors; a bug keeps its traceback
         print(f"mgas: error: {one_line(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
+    except DivergedError as exc:  # the run's outcome, not a bug: say so in one line
+        print(f"mgas: failed: {exc}; lower the learning rate (search.w_lr / retrain.lr)", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print("mgas: interrupted", file=sys.stderr)
         return 130

@@ -205,3 +205,11 @@ def test_search_killed_between_its_metrics_row_and_its_checkpoint_resumes_with_e
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [0, 1, 2]
     assert [r["loss"] for r in rows] == [r["loss"] for r in whole]
+
+
+def test_a_diverging_search_is_one_line_and_exit_1(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["search", "--method", "darts", "--dataset", "synthetic", "--epochs", "1", "--no-progress",
+              "--out", str(tmp_path / "s"), "--set", "search.w_lr=1e12", *TINY_SEARCH])
+    err = capsys.readouterr().err
+    assert info.value.code == 1 and err.startswith("mgas: failed: diverged at epoch 0") and err.count("\n") == 1
