@@ -18,7 +18,9 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# lint first (seconds), then the suite; .ci/run runs exactly this
 test: $(STAMP)
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -x -n 2 --dist loadgroup --durations=15
 
 lint: $(STAMP)

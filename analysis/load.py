@@ -3,14 +3,17 @@
 The folder is a local path or an object-store URI (``s3://bucket/sweeps/quickstart``, ``gs://...``)
 read through ``pyarrow.fs`` (credentials and endpoint from the usual environment variables).
 
-Unreadable files (truncated, not Parquet) are reported by name and skipped, never mixed in;
-an empty folder, a folder without a finished trial or a mix of schema versions is a clear
-:class:`AnalysisError`, not a traceback.
+Unreadable files (truncated, not Parquet) and files that are not result tables (a column the
+report needs is missing or has another type, no rows, a finished trial without finite
+metrics) are reported by name with the reason and skipped, never mixed in; an empty folder, a
+folder without a usable finished trial or a mix of schema versions is a clear
+:class:`AnalysisError` naming the folder (and the first skipped file), not a traceback.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import posixpath
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +25,24 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 SUPPORTED_SCHEMA = 1
+MAX_FILES = 100_000
+
+TEXT, WHOLE, NUMBER = "text", "whole number", "number"
+ROW_COLUMNS = {
+    "schema_version": WHOLE, "experiment": TEXT, "trial_id": TEXT, "method": TEXT, "dataset": TEXT, "status": TEXT,
+    "test_acc": NUMBER, "val_acc": NUMBER, "params_m": NUMBER, "nonzero_params_m": NUMBER, "flops_m": NUMBER,
+    "search_time_s": NUMBER, "retrain_time_s": NUMBER, "search_peak_mem_mb": NUMBER,
+}
+"""Columns a result file must have for the report, and their kind."""
+OPTIONAL_ROW_COLUMNS = {
+    "error": TEXT, "axes_json": TEXT, "seed": WHOLE, "device": TEXT, "target_params_m": NUMBER,
+    "granularities": TEXT, "stages": WHOLE, "subgraphs": WHOLE, "target_gap": NUMBER,
+}
+NOT_NULL = ("experiment", "trial_id", "method", "dataset", "status")
+FINITE_WHEN_OK = ("test_acc", "nonzero_params_m", "flops_m", "search_time_s", "search_peak_mem_mb")
+CURVE_COLUMNS = {"trial_id": TEXT, "method": TEXT, "phase": TEXT, "epoch": WHOLE}
+OPTIONAL_CURVE_COLUMNS = {"remaining_ratio_op": NUMBER, "remaining_ratio_filter": NUMBER,
+                          "remaining_ratio_weight": NUMBER}
 
 
 class AnalysisError(ValueError):
@@ -64,11 +85,12 @@ class Folder:
                       key=lambda f: f.path)
 
     def parquet_files(self) -> list[str]:
-        """``method=*/*.parquet`` below this folder (paths inside the filesystem)."""
+        """``method=*/*.parquet`` below this folder (paths inside the filesystem; a folder of that
+        name is listed too, so the reader can name it instead of passing over it)."""
         if not self.is_dir():
             return []
         infos = self.fs.get_file_info(pafs.FileSelector(self.path, recursive=True))
-        return sorted(i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(".parquet")
+        return sorted(i.path for i in infos if i.path.endswith(".parquet")
                       and posixpath.basename(posixpath.dirname(i.path)).startswith("method=")
                       and not posixpath.basename(i.path).startswith("."))
 
@@ -84,30 +106,96 @@ def open_folder(root: str | Path) -> Folder:
 
 def experiment_dirs(root: Folder) -> list[Folder]:
     """``root`` itself if it holds ``results/``, else its sub-folders that do."""
-    if root.child("results").is_dir():
-        return [root]
-    return [f for f in root.subfolders() if f.child("results").is_dir()]
+    try:
+        if root.child("results").is_dir():
+            return [root]
+        return [f for f in root.subfolders() if f.child("results").is_dir()]
+    except OSError as exc:
+        raise AnalysisError(f"results folder {root.name} cannot be read: {exc.strerror or exc}") from None
 
 
-def _read_tables(fs: pafs.FileSystem, paths: list[str], skipped: list[str]) -> list[pa.Table]:
+def _kind_ok(kind: pa.DataType, wanted: str) -> bool:
+    if pa.types.is_null(kind):
+        return True
+    if wanted == TEXT:
+        return pa.types.is_string(kind) or pa.types.is_large_string(kind)
+    if wanted == WHOLE:
+        return pa.types.is_integer(kind)
+    return pa.types.is_integer(kind) or pa.types.is_floating(kind)
+
+
+def _table_problem(table: pa.Table, required: dict[str, str], optional: dict[str, str]) -> str | None:
+    """Why ``table`` is not a table of this kind (a missing column, a wrong type, no rows), or None."""
+    for name, wanted in {**required, **optional}.items():
+        if name not in table.column_names:
+            if name in required:
+                return f"column {name!r} is missing"
+            continue
+        if not _kind_ok(table.schema.field(name).type, wanted):
+            return f"column {name!r} is {table.schema.field(name).type}, expected a {wanted}"
+    if table.num_rows == 0:
+        return "it holds no rows"
+    return None
+
+
+def _row_problem(table: pa.Table) -> str | None:
+    """Why the rows of a result table cannot be reported (a null key, a non-finite metric of a
+    finished trial), or None."""
+    rows = table.select([c for c in (*NOT_NULL, *FINITE_WHEN_OK) if c in table.column_names]).to_pylist()
+    for i, row in enumerate(rows):
+        for name in NOT_NULL:
+            if row.get(name) is None:
+                return f"row {i}: {name} is empty"
+        if row["status"] == "ok":
+            for name in FINITE_WHEN_OK:
+                value = row.get(name)
+                if value is None or not math.isfinite(value):
+                    return f"row {i}: {name} of a finished trial is {value}, not a finite number"
+    return None
+
+
+def _read(fs: pafs.FileSystem, paths: list[str], skipped: list[str]) -> list[tuple[str, pa.Table]]:
     tables = []
     for path in paths:
+        if fs.get_file_info(path).type != pafs.FileType.File:
+            skipped.append(f"{path}: not a file")
+            continue
         try:
             with fs.open_input_file(path) as handle:
-                tables.append(pq.read_table(handle))
-        except (pa.ArrowInvalid, OSError, ValueError) as exc:
+                tables.append((path, pq.read_table(handle)))
+        except (pa.ArrowException, OSError, ValueError) as exc:
             skipped.append(f"{path}: {' '.join(str(exc).split())[:200]}")
     return tables
 
 
-def _versions(tables: list[pa.Table]) -> set[int]:
-    versions = set()
-    for t in tables:
-        if "schema_version" not in t.column_names:
-            versions.add(0)
-        else:
-            versions.update(int(v) for v in t.column("schema_version").to_pylist() if v is not None)
-    return versions
+def _usable(tables: list[tuple[str, pa.Table]], skipped: list[str], required: dict[str, str],
+            optional: dict[str, str], rows_checked: bool = False) -> list[pa.Table]:
+    usable = []
+    for path, table in tables:
+        problem = _table_problem(table, required, optional) or (_row_problem(table) if rows_checked else None)
+        if problem is not None:
+            skipped.append(f"{path}: {problem}")
+            continue
+        usable.append(table)
+    return usable
+
+
+def _files(dirs: list[Folder], kind: str) -> list[str]:
+    paths = [p for d in dirs for p in d.child(kind).parquet_files()]
+    if len(paths) > MAX_FILES:
+        raise AnalysisError(f"{len(paths)} {kind} files; at most {MAX_FILES} can be reported at once")
+    return paths
+
+
+def _version(table: pa.Table) -> int | None:
+    """The table's schema version (0 for files from before versions were recorded; None when the
+    column holds no usable whole number)."""
+    if "schema_version" not in table.column_names:
+        return 0
+    if not pa.types.is_integer(table.schema.field("schema_version").type):
+        return None
+    values = {int(v) for v in table.column("schema_version").to_pylist() if v is not None}
+    return values.pop() if len(values) == 1 else None
 
 
 def _frame(tables: list[pa.Table]) -> pd.DataFrame:
@@ -129,22 +217,24 @@ def load_results(root: str | Path) -> Results:
         raise AnalysisError(f"{root} holds no results: expected {root}/results/ or <experiment>/results/ folders "
                             "written by `mgas run`")
     skipped: list[str] = []
-    row_tables = _read_tables(folder.fs, [p for d in dirs for p in d.child("results").parquet_files()], skipped)
-    if not row_tables:
-        detail = f" ({len(skipped)} unreadable file(s) skipped)" if skipped else ""
-        raise AnalysisError(f"{root} has no trial results yet{detail}")
-    versions = _versions(row_tables)
+    tables = _read(folder.fs, _files(dirs, "results"), skipped)
+    versions = {v for _, t in tables if t.num_rows and (v := _version(t)) is not None}
     if len(versions) > 1:
         raise AnalysisError(f"{root} mixes result schema versions {sorted(versions)}; analyse each experiment "
                             "separately or re-run the older one with this version of mgas")
-    if versions != {SUPPORTED_SCHEMA}:
-        raise AnalysisError(f"{root} was written with result schema version {versions.pop()}; this mgas reads "
+    if versions and versions != {SUPPORTED_SCHEMA}:
+        raise AnalysisError(f"{root} was written with result schema version {min(versions)}; this mgas reads "
                             f"version {SUPPORTED_SCHEMA}")
+    row_tables = _usable(tables, skipped, ROW_COLUMNS, OPTIONAL_ROW_COLUMNS, rows_checked=True)
+    if not row_tables:
+        detail = f" ({len(skipped)} unusable file(s) skipped; first: {skipped[0]})" if skipped else ""
+        raise AnalysisError(f"{root} has no trial results yet{detail}")
     rows = _frame(row_tables)
     if (rows["status"] == "ok").sum() == 0:
-        errors = "; ".join(f"{r.trial_id}: {r.error}" for r in rows.itertuples())[:500]
+        errors = "; ".join(f"{r.trial_id}: {getattr(r, 'error', None)}" for r in rows.itertuples())[:500]
         raise AnalysisError(f"{root} has {len(rows)} trial(s) but none finished successfully ({errors})")
-    curves = _frame(_read_tables(folder.fs, [p for d in dirs for p in d.child("curves").parquet_files()], skipped))
+    curves = _frame(_usable(_read(folder.fs, _files(dirs, "curves"), skipped), skipped, CURVE_COLUMNS,
+                            OPTIONAL_CURVE_COLUMNS))
     reached = rows["target_reached"] if "target_reached" in rows else pd.Series(None, index=rows.index, dtype=object)
     rows["target_missed"] = reached.map(lambda v: v is False or v is np.False_)
     rows["group"] = rows.apply(group_label, axis=1)
@@ -155,7 +245,9 @@ def group_label(row: pd.Series) -> str:
     """The configuration a row belongs to, without its seed: seeds of one group are aggregated."""
     try:
         axes = json.loads(row.get("axes_json") or "{}")
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, TypeError, RecursionError):
+        axes = {}
+    if not isinstance(axes, dict):
         axes = {}
     axes.pop("seed", None)
     method = axes.pop("method", row.get("method"))

@@ -2,35 +2,65 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from analysis.aggregate import fmt_mean_std
 from analysis.load import AnalysisError
+from mgas_core.errors import UserInputError
+from mgas_core.safe_yaml import load_yaml
+from mgas_core.user_files import read_input_text
 
 DEFAULT_PUBLISHED = Path(__file__).resolve().parents[1] / "experiments" / "reference" / "published.yaml"
 REQUIRED = ("method", "dataset", "variant", "source", "confirmed")
 
 
+NUMERIC = ("test_error_pct", "test_error_std", "params_m", "flops_m", "search_cost_gpu_days")
+
+
+def _entry_problem(entry: Any) -> str | None:
+    if not isinstance(entry, dict):
+        return f"is a {type(entry).__name__}, expected a mapping"
+    missing = [k for k in REQUIRED if k not in entry]
+    if missing:
+        return f"lacks {', '.join(missing)}"
+    for key in ("method", "dataset", "variant", "source"):
+        if not isinstance(entry[key], str):
+            return f"{key} must be text"
+    if not isinstance(entry["confirmed"], bool):
+        return "confirmed must be true or false"
+    for key in NUMERIC:
+        value = entry.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
+                                  or not math.isfinite(value)):
+            return f"{key} must be a finite number or empty, got {value!r}"
+    return None
+
+
 def load_published(path: str | Path | None = None) -> pd.DataFrame:
+    """The published reference numbers (``entries`` of a YAML file, each checked)."""
     path = Path(path) if path is not None else DEFAULT_PUBLISHED
-    if not path.is_file():
-        return pd.DataFrame(columns=[*REQUIRED, "test_error_pct", "params_m"])
+    if path == DEFAULT_PUBLISHED and not path.is_file():
+        return pd.DataFrame(columns=[*REQUIRED, *NUMERIC])
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise AnalysisError(f"published numbers {path} are not valid YAML: {exc}") from exc
-    entries = (data or {}).get("entries", [])
+        data = load_yaml(read_input_text(path, "published numbers"), f"published numbers {path}")
+    except UserInputError as exc:
+        raise AnalysisError(str(exc)) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict) or not isinstance(data.get("entries", []), list):
+        raise AnalysisError(f"published numbers {path} must be a mapping with a list of 'entries'")
+    entries = data.get("entries", [])
     for i, e in enumerate(entries):
-        missing = [k for k in REQUIRED if k not in e]
-        if missing:
-            raise AnalysisError(f"{path} entries[{i}] lacks {', '.join(missing)}")
-    frame = pd.DataFrame(entries)
-    for col in ("test_error_pct", "test_error_std", "params_m", "flops_m", "search_cost_gpu_days"):
+        problem = _entry_problem(e)
+        if problem:
+            raise AnalysisError(f"{path} entries[{i}] {problem}")
+    frame = pd.DataFrame(entries, columns=sorted({k for e in entries for k in e} | set(REQUIRED)))
+    for col in NUMERIC:
         if col not in frame:
             frame[col] = np.nan
     return frame

@@ -41,6 +41,7 @@ def _html_table(frame: pd.DataFrame) -> str:
 
 
 def build_report(results: Results, out: Path, published_path: Path | None = None) -> dict[str, Path]:
+    published = load_published(published_path)  # read and checked before anything is written
     out.mkdir(parents=True, exist_ok=True)
     agg = aggregate(results.ok)
     figures: dict[str, Path] = {
@@ -58,7 +59,7 @@ def build_report(results: Results, out: Path, published_path: Path | None = None
             table = ablation_table(agg, method, factor)
             ablations.append((method, factor, table))
             figures[f"ablation_{method}_{factor}"] = ablation_plot(table, method, factor, out)
-    comparison = comparison_table(agg, load_published(published_path))
+    comparison = comparison_table(agg, published)
     failed = results.failed[["experiment", "trial_id", "method", "error"]] if len(results.failed) else pd.DataFrame()
     missed = results.ok[results.ok["target_missed"]] if "target_missed" in results.ok else results.ok.iloc[:0]
     missed_table = (missed[["experiment", "trial_id", "method", "target_params_m", "nonzero_params_m", "target_gap"]]

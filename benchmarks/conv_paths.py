@@ -3,7 +3,8 @@
     python -m benchmarks.conv_paths [--threads 1] [--batch 96] [--repeats 30] [--json]
 
 The shapes are those of the digits (tiny preset) networks: depthwise 3x3/5x5, dilated or not,
-stride 1/2, on 8x8, 4x4 and 2x2 maps, and 1x1 pointwise convs, channels-last. Both variants run
+stride 1/2, on 8x8, 4x4 and 2x2 maps, and 1x1 pointwise convs, channels-last; plus the strided
+1x1 convs of FactorizedReduce (digits and CIFAR sizes), which run subsampled then stride 1. Both variants run
 in the same process, interleaved, so the ratio is what to read (the machine is noisy).
 """
 
@@ -25,6 +26,8 @@ SHAPES = [
     (16, 8, 3, 2, 1, True), (16, 8, 5, 2, 2, True), (16, 4, 3, 1, 1, True), (16, 4, 5, 1, 1, True),
     (16, 4, 3, 1, 2, True), (32, 4, 5, 2, 1, True), (32, 2, 3, 1, 1, True), (32, 2, 5, 1, 2, True),
     (8, 8, 1, 1, 1, False), (16, 4, 1, 1, 1, False), (32, 2, 1, 1, 1, False),
+    (16, 8, 1, 2, 1, False), (32, 4, 1, 2, 1, False), (64, 16, 1, 2, 1, False), (64, 32, 1, 2, 1, False),
+    (144, 32, 1, 2, 1, False),
 ]
 
 

@@ -26,6 +26,7 @@ import torch
 from mgas_core.config import build_settings
 from mgas_core.data import DatasetInfo
 from mgas_core.methods import create_method
+from mgas_core.methods.base import method_names, result_values
 from mgas_core.metrics import PeakMemory, process_peak_rss_mb
 
 
@@ -50,7 +51,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "search.memory_format": args.memory_format, "search.precision": args.precision,
         "search.checkpoint_cells": args.checkpoint_cells,
     }
-    settings = build_settings("paper", overrides).search
+    run_settings = build_settings("paper", overrides)
+    settings = run_settings.search
     torch.manual_seed(0)
     method = create_method(settings, info, device, seed=0)
     if args.method == "mgas":  # a search step of the requested stage (lambda > 0: every loss term)
@@ -81,8 +83,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "memory_format": "channels_last" if method.memory_format == torch.channels_last else "contiguous",
         "precision": args.precision, "order": args.order,
-        "subgraphs": args.subgraphs if args.method == "msg_das" else None,
-        "mgas_stage": args.mgas_stage if args.method == "mgas" else None,
+        **result_values(run_settings.model_dump(mode="json")),  # the method's own columns (registry)
+        "mgas_stage": args.mgas_stage if hasattr(method, "stage") else None,
         "cells_run": getattr(method, "upto", args.layers),
         "step_s": round(elapsed / args.steps, 4),
         "images_per_s": round(args.batch * args.steps / elapsed, 2),
@@ -143,7 +145,7 @@ def compare(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(description="Supernet search-step throughput and peak memory")
-    p.add_argument("--method", default="darts", choices=("darts", "gold_nas", "msg_das", "mgas"))
+    p.add_argument("--method", default="darts", choices=method_names())
     p.add_argument("--layers", type=int, default=8)
     p.add_argument("--channels", type=int, default=16)
     p.add_argument("--batch", type=int, default=64)

@@ -16,14 +16,17 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import Tensor
 
-from mgas_core.errors import UserInputError
+from mgas_core.config import MAX_CHANNELS, MAX_LAYERS, MAX_NODES
+from mgas_core.errors import UserInputError, format_validation_error
 from mgas_core.io import atomic_write_text, load_tensor_file, save_tensor_file
 from mgas_core.ops import KNOWN_OPS, OpWidths
 from mgas_core.space import reduction_cells
+from mgas_core.user_files import load_json, path_exists, read_input_text
 
 FORMAT = "mgas-architecture"
 FORMAT_VERSION = 1
@@ -131,71 +134,118 @@ class Architecture:
         return path
 
 
-def _parse_cell(raw: Any, where: str) -> CellArch:
-    if not isinstance(raw, dict):
-        raise ArchitectureError(f"{where}: expected an object, got {type(raw).__name__}")
-    ops_raw = raw.get("ops")
-    if not isinstance(ops_raw, list):
-        raise ArchitectureError(f"{where}.ops: expected a list of ops")
-    ops = []
-    for k, o in enumerate(ops_raw):
-        if not isinstance(o, dict) or not {"op", "input", "node"} <= set(o):
-            raise ArchitectureError(f"{where}.ops[{k}]: expected {{op, input, node[, widths]}}, got {o!r}")
-        ops.append(OpSpec(str(o["op"]), int(o["input"]), int(o["node"]), o.get("widths")))
-    concat = raw.get("concat")
-    if not isinstance(concat, list):
-        raise ArchitectureError(f"{where}.concat: expected a list of state indices")
-    pre = raw.get("preprocess", [None, None])
-    if not isinstance(pre, list) or len(pre) != 2:
-        raise ArchitectureError(f"{where}.preprocess: expected a list of two width objects (or nulls)")
-    return CellArch(ops, [int(c) for c in concat], raw.get("reduction"), pre)
+# --- the JSON file format, validated field by field ----------------------------------------------
+
+MAX_CELL_OPS = 1_000
+MAX_WIDTH = 4 * MAX_CHANNELS  # a cell's width after two reductions
 
 
-def architecture_from_json(data: Any, base_dir: Path | None = None) -> Architecture:
+class _FileModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class _WidthsFile(_FileModel):
+    mid: int | None = Field(None, ge=1, le=MAX_WIDTH)
+    out: list[Annotated[int, Field(ge=0, lt=MAX_WIDTH)]] | None = Field(None, min_length=1, max_length=MAX_WIDTH)
+
+
+class _OpFile(_FileModel):
+    op: str = Field(max_length=64)
+    input: int = Field(ge=0, le=MAX_NODES + 1)
+    node: int = Field(ge=0, lt=MAX_NODES)
+    widths: _WidthsFile | None = None
+
+
+class _CellFile(_FileModel):
+    ops: list[_OpFile] = Field(max_length=MAX_CELL_OPS)
+    concat: list[Annotated[int, Field(ge=0, le=MAX_NODES + 1)]] = Field(max_length=MAX_NODES)
+    reduction: bool | None = None
+    preprocess: list[_WidthsFile | None] = Field([None, None], min_length=2, max_length=2)
+
+
+class _ArchFile(_FileModel):
+    format: str
+    version: int
+    name: str = Field("arch", max_length=200)
+    nodes: int = Field(4, ge=1, le=MAX_NODES)
+    normal: _CellFile | None = None
+    reduce: _CellFile | None = None
+    cells: list[_CellFile] | None = Field(None, min_length=1, max_length=MAX_LAYERS)
+    channels: int | None = Field(None, ge=2, le=MAX_CHANNELS)
+    layers: int | None = Field(None, ge=1, le=MAX_LAYERS)
+    masks: str | None = Field(None, min_length=1, max_length=255)
+    meta: dict[str, Any] = {}
+
+
+def _widths(raw: _WidthsFile | None) -> OpWidths | None:
+    return raw.model_dump(exclude_none=True) if raw is not None else None
+
+
+def _cell(raw: _CellFile) -> CellArch:
+    ops = [OpSpec(o.op, o.input, o.node, _widths(o.widths)) for o in raw.ops]
+    return CellArch(ops, list(raw.concat), raw.reduction, [_widths(w) for w in raw.preprocess])
+
+
+def mask_file_path(base_dir: Path | None, name: str) -> Path:
+    """The weight-mask file ``name`` inside the architecture's own folder ``base_dir``: a
+    relative path that, symbolic links followed, stays inside that folder; anything else is refused."""
+    if base_dir is None:
+        raise ArchitectureError("masks: a weight-mask file is named, but the architecture was not read from a folder")
+    relative = Path(name)
+    if "\x00" in name or relative.is_absolute() or ".." in relative.parts:
+        raise ArchitectureError(f"masks: {name!r} must be a file name inside the architecture's folder {base_dir}")
+    folder = base_dir.resolve()
+    path = (folder / relative).resolve()
+    if not path.is_relative_to(folder):
+        raise ArchitectureError(f"masks: {name!r} leads outside the architecture's folder {base_dir}")
+    if not path.is_file():
+        raise ArchitectureError(f"masks: weight-mask file {base_dir / relative} named by the architecture "
+                                "does not exist")
+    return path
+
+
+def architecture_from_json(data: Any, base_dir: Path | None = None, where: str = "architecture") -> Architecture:
+    """An :class:`Architecture` from its JSON form; ``base_dir`` is the folder its mask file lives in."""
     if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise ArchitectureError(f"not an architecture file: expected \"format\": \"{FORMAT}\"")
+        raise ArchitectureError(f"{where}: not an architecture file: expected \"format\": \"{FORMAT}\"")
     if data.get("version") != FORMAT_VERSION:
-        raise ArchitectureError(f"unsupported architecture version {data.get('version')!r}; supported: 1")
-    masks = None
-    if data.get("masks"):
-        mask_path = (base_dir or Path(".")) / str(data["masks"])
-        if not mask_path.is_file():
-            raise ArchitectureError(f"weight-mask file {mask_path} named by the architecture does not exist")
-        masks = load_tensor_file(mask_path)
-    if "cells" in data:
-        cells = [_parse_cell(c, f"cells[{i}]") for i, c in enumerate(data["cells"])]
-        return Architecture(
-            name=str(data.get("name", "arch")),
-            nodes=int(data.get("nodes", 4)),
-            cells=cells,
-            channels=data.get("channels"),
-            layers=data.get("layers", len(cells)),
-            masks=masks,
-            meta=data.get("meta", {}),
-        )
-    if "normal" not in data or "reduce" not in data:
+        raise ArchitectureError(f"{where}: unsupported architecture version {data.get('version')!r}; supported: 1")
+    try:
+        raw = _ArchFile.model_validate(data)
+    except ValidationError as exc:
+        raise ArchitectureError(f"{where}: {format_validation_error(exc)}") from None
+    masks = load_tensor_file(mask_file_path(base_dir, raw.masks)) if raw.masks else None
+    try:
+        return _architecture(raw, masks)
+    except ArchitectureError as exc:
+        raise ArchitectureError(f"{where}: {exc}") from None
+
+
+def _architecture(raw: _ArchFile, masks: dict[str, Tensor] | None) -> Architecture:
+    if raw.cells is not None:
+        if raw.normal is not None or raw.reduce is not None:
+            raise ArchitectureError("give either 'cells' or 'normal' and 'reduce', not both")
+        if raw.layers is not None and raw.layers != len(raw.cells):
+            raise ArchitectureError(f"layers={raw.layers} but 'cells' lists {len(raw.cells)} cells")
+        return Architecture(name=raw.name, nodes=raw.nodes, cells=[_cell(c) for c in raw.cells],
+                            channels=raw.channels, layers=len(raw.cells), masks=masks, meta=raw.meta)
+    if raw.normal is None or raw.reduce is None:
         raise ArchitectureError("an architecture needs either 'cells' or both 'normal' and 'reduce'")
-    return Architecture(
-        name=str(data.get("name", "arch")),
-        nodes=int(data.get("nodes", 4)),
-        normal=_parse_cell(data["normal"], "normal"),
-        reduce=_parse_cell(data["reduce"], "reduce"),
-        channels=data.get("channels"),
-        layers=data.get("layers"),
-        masks=masks,
-        meta=data.get("meta", {}),
-    )
+    return Architecture(name=raw.name, nodes=raw.nodes, normal=_cell(raw.normal), reduce=_cell(raw.reduce),
+                        channels=raw.channels, layers=raw.layers, masks=masks, meta=raw.meta)
 
 
 def load_architecture(path: str | os.PathLike[str]) -> Architecture:
     path = Path(path)
-    if not path.is_file():
-        raise ArchitectureError(f"architecture file {path} does not exist")
     try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ArchitectureError(f"architecture file {path} is not valid JSON: {exc}") from exc
-    return architecture_from_json(data, base_dir=path.parent)
+        text = read_input_text(path, "architecture file")
+    except UserInputError as exc:
+        raise ArchitectureError(str(exc)) from None
+    try:
+        data = load_json(text, f"architecture file {path}")
+    except UserInputError as exc:
+        raise ArchitectureError(str(exc)) from None
+    return architecture_from_json(data, base_dir=path.parent, where=str(path))
 
 
 def validate(arch: Architecture) -> None:
@@ -281,7 +331,7 @@ def resolve_architecture(name_or_path: str) -> Architecture:
     key = name_or_path.lower()
     if key in BUILTIN_ARCHITECTURES:
         return BUILTIN_ARCHITECTURES[key]
-    if not name_or_path.endswith(".json") and not Path(name_or_path).exists():
+    if not name_or_path.endswith(".json") and not path_exists(Path(name_or_path)):
         builtins = ", ".join(BUILTIN_ARCHITECTURES)
         raise ArchitectureError(f"--arch {name_or_path!r} is neither a built-in ({builtins}) nor an existing file")
     return load_architecture(name_or_path)

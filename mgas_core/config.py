@@ -7,39 +7,101 @@ forbids unknown keys so a typo names the offending field.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import math
+import types
+import typing
+from functools import cache
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+import annotated_types
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    ValidationInfo,
+    create_model,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from mgas_core.errors import UserInputError
 
 DATASETS = ("digits", "cifar10", "cifar100", "imagenet", "synthetic")
-METHODS = ("darts", "gold_nas", "msg_das", "mgas")
 GRANULARITIES = ("op", "filter", "weight")
+
+MAX_INT = 1_000_000
+"""Magnitude bound of any integer setting that declares no upper bound of its own."""
+MAX_FLOAT = 1e12
+"""Magnitude bound of any float setting that declares no upper bound of its own."""
+MAX_EPOCHS = 100_000
+MAX_SEED = 2**32 - 1
+
+
+def _scalar_kinds(annotation: Any) -> set[type]:
+    """The scalar types a field annotation admits (``int | None`` -> {int, NoneType})."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return set().union(*(_scalar_kinds(a) for a in typing.get_args(annotation)))
+    if origin is Literal:
+        return {type(a) for a in typing.get_args(annotation)}
+    if origin is Annotated:
+        return _scalar_kinds(typing.get_args(annotation)[0])
+    return {annotation} if isinstance(annotation, type) else set()
+
+
+def _has_upper_bound(metadata: list[Any]) -> bool:
+    return any(isinstance(m, annotated_types.Le | annotated_types.Lt) for m in metadata)
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    """Base of every settings model: unknown keys refused, every float finite, no boolean where a
+    number belongs (``epochs: true``), and every number that declares no upper bound of its own
+    bounded by :data:`MAX_INT` / :data:`MAX_FLOAT`, so a typo cannot start a run that never ends."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _plain_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        field = cls.model_fields.get(info.field_name or "")
+        if field is None:
+            return value
+        kinds = _scalar_kinds(field.annotation)
+        numeric = kinds & {int, float}
+        if isinstance(value, bool) and numeric and bool not in kinds:
+            raise ValueError("expected a number, not a boolean")
+        if numeric and isinstance(value, int | float) and not isinstance(value, bool) \
+                and not _has_upper_bound(field.metadata):
+            limit = MAX_FLOAT if float in numeric else MAX_INT
+            if math.isfinite(value) and abs(value) > limit:
+                raise ValueError(f"must be between {-limit:g} and {limit:g}, got {value:g}")
+        return value
 
 
 class SyntheticShape(Strict):
-    channels: int = Field(3, ge=1)
-    size: int = Field(32, ge=4)
-    classes: int = Field(10, ge=2)
-    samples: int = Field(512, ge=8)
+    channels: int = Field(3, ge=1, le=64)
+    size: int = Field(32, ge=4, le=1024)
+    classes: int = Field(10, ge=2, le=100_000)
+    samples: int = Field(512, ge=8, le=10_000_000)
 
 
 class DataSettings(Strict):
     name: Literal["digits", "cifar10", "cifar100", "imagenet", "synthetic"] = "cifar10"
-    root: str | None = None
+    root: str | None = Field(None, min_length=1, max_length=4096, pattern=r"^[^\x00]*$")
     download: bool = False
     val_fraction: float = Field(0.1, gt=0.0, lt=0.5)
-    workers: int | None = Field(None, ge=0, description="data loader processes; None: the trial's CPUs minus one")
+    workers: int | None = Field(None, ge=0, le=256,
+                                description="data loader processes; None: the trial's CPUs minus one")
     synthetic: SyntheticShape = SyntheticShape()
 
 
 class DartsSettings(Strict):
     order: Literal[1, 2] = 2
     alpha_lr: float = Field(3e-4, gt=0)
-    alpha_betas: tuple[float, float] = (0.5, 0.999)
+    alpha_betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.5, 0.999)
     alpha_weight_decay: float = Field(1e-3, ge=0)
     alpha_init_std: float = Field(1e-3, ge=0)
     unrolled_eps: float = Field(0.01, gt=0)
@@ -61,7 +123,7 @@ class GoldNasSettings(Strict):
     cost_mu: float = Field(1.0, ge=0, description="weight of the op's normalised params/FLOPs")
     eta_min: float = Field(0.01, ge=0, lt=1)
     eta_max: float = Field(0.05, ge=0, lt=1)
-    n0: int = Field(4, ge=1)
+    n0: int = Field(4, ge=1, le=10_000)
     control: LambdaControl = LambdaControl()
     warmup_epochs: int = Field(0, ge=0)
     snapshot: Literal["plateau", "epoch"] = Field(
@@ -69,14 +131,14 @@ class GoldNasSettings(Strict):
 
 
 class MsgDasSettings(Strict):
-    subgraphs: int = Field(2, ge=1)
+    subgraphs: int = Field(2, ge=1, le=64)
     tau_max: float = Field(10.0, gt=0)
     tau_min: float = Field(0.1, gt=0)
     alpha_lr: float = Field(3e-4, gt=0)
-    alpha_betas: tuple[float, float] = (0.5, 0.999)
+    alpha_betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.5, 0.999)
     alpha_weight_decay: float = Field(1e-3, ge=0)
     dropblock_rate: float = Field(0.1, ge=0, lt=1, description="initial DropBlock rate on the skip branch")
-    dropblock_size: int = Field(3, ge=1)
+    dropblock_size: int = Field(3, ge=1, le=1024)
     distill_weight: float = Field(1.0, ge=0)
     distill_temperature: float = Field(2.0, gt=0)
     teacher: Literal["ensemble", "supernet"] = "ensemble"
@@ -144,28 +206,71 @@ class MgasSettings(Strict):
         return [g for g in GRANULARITIES if g in v]
 
 
+MAX_LAYERS = 100
+MAX_CHANNELS = 2048
+MAX_NODES = 16
+MAX_BATCH = 65_536
+MAX_TARGET_M = 100_000.0
+
+
+class SettingConflict(ValueError):
+    """Settings that are each valid but cannot run together; ``field`` is the dotted path (below
+    ``search.`` when raised by a method's :meth:`~mgas_core.methods.base.SearchMethod.check_settings`)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def field_error(field: str, message: str, value: Any, model: str = "settings") -> ValidationError:
+    """A validation error located at the dotted ``field`` (raised from model validators, so the
+    one-line message names the field rather than the whole model)."""
+    loc = tuple(int(p) if p.isdigit() else p for p in field.split("."))
+    detail = InitErrorDetails(type=PydanticCustomError("setting_conflict", "{message}", {"message": message}),
+                              loc=loc, input=value)
+    return ValidationError.from_exception_data(model, [detail])
+
+
+def _registry() -> Any:
+    """The method registry (imported lazily: the registry module imports this one)."""
+    from mgas_core.methods import base
+
+    base.load_methods()
+    return base
+
+
 class SearchSettings(Strict):
-    method: Literal["darts", "gold_nas", "msg_das", "mgas"] = "darts"
-    epochs: int = Field(50, ge=1)
-    layers: int = Field(8, ge=1)
-    channels: int = Field(16, ge=2)
-    nodes: int = Field(4, ge=1)
-    batch_size: int = Field(64, ge=1)
+    """The search's settings; every registered method adds its own group (``search.<method>.*``).
+
+    Build it through :class:`RunSettings` / :func:`build_settings`, which use
+    :func:`search_settings_model` (this class plus one field per registered method's settings)."""
+
+    method: str = Field(default_factory=lambda: _registry().DEFAULT_METHOD, description="a registered method")
+    epochs: int = Field(50, ge=1, le=MAX_EPOCHS)
+    layers: int = Field(8, ge=1, le=MAX_LAYERS)
+    channels: int = Field(16, ge=2, le=MAX_CHANNELS)
+    nodes: int = Field(4, ge=1, le=MAX_NODES)
+    batch_size: int = Field(64, ge=1, le=MAX_BATCH)
     w_lr: float = Field(0.025, gt=0)
     w_lr_min: float = Field(0.001, ge=0)
     w_momentum: float = Field(0.9, ge=0, lt=1)
     w_weight_decay: float = Field(3e-4, ge=0)
     grad_clip: float = Field(5.0, gt=0)
-    target_params: float | None = Field(None, gt=0, description="target size in millions of parameters")
+    target_params: float | None = Field(None, gt=0, le=MAX_TARGET_M,
+                                        description="target size in millions of parameters")
     impl: Literal["fast", "reference"] = "fast"
     memory_format: Literal["auto", "contiguous", "channels_last"] = Field(
         "auto", description="activation layout; auto = channels_last (measured faster on CPU and GPU)")
     precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 autocast of the forward pass (CUDA)")
     checkpoint_cells: bool = Field(False, description="recompute each cell in backward to save activation memory")
-    darts: DartsSettings = DartsSettings()
-    gold_nas: GoldNasSettings = GoldNasSettings()
-    msg_das: MsgDasSettings = MsgDasSettings()
-    mgas: MgasSettings = MgasSettings()
+
+    @field_validator("method")
+    @classmethod
+    def _registered(cls, v: str) -> str:
+        names = _registry().method_names()
+        if v not in names:
+            raise ValueError(f"unknown method {v!r}; allowed: {', '.join(names)}")
+        return v
 
     @field_validator("channels")
     @classmethod
@@ -174,12 +279,48 @@ class SearchSettings(Strict):
             raise ValueError(f"channels must be even (FactorizedReduce halves them), got {v}")
         return v
 
+    @model_validator(mode="after")
+    def _runnable(self) -> SearchSettings:
+        """Combinations that cannot run are refused here, before anything is written or started."""
+        if type(self) is SearchSettings:  # the bare base class has no method groups to check
+            return self
+        method = _registry().METHOD_REGISTRY[self.method]
+        try:
+            if self.impl == "reference" and not method.reference_impl:
+                allowed = [n for n, m in _registry().METHOD_REGISTRY.items() if m.reference_impl]
+                raise SettingConflict("impl", f"impl 'reference' exists for {', '.join(allowed)}, not for "
+                                              f"{self.method!r}; allowed for {self.method}: fast")
+            if self.checkpoint_cells and self.impl == "reference":
+                raise SettingConflict("checkpoint_cells", "checkpoint_cells needs impl fast (the reference "
+                                                          "supernet mirrors the official code)")
+            method.check_settings(self)
+        except SettingConflict as exc:
+            value = self
+            for part in exc.field.split("."):
+                value = getattr(value, part, None)
+            raise field_error(exc.field, str(exc), value, type(self).__name__) from None
+        return self
+
+
+@cache
+def _search_model(groups: tuple[tuple[str, type[BaseModel]], ...]) -> type[SearchSettings]:
+    fields: dict[str, Any] = {name: (model, Field(default_factory=model)) for name, model in groups}
+    return create_model("SearchSettings", __base__=SearchSettings, __module__=__name__, **fields)
+
+
+def search_settings_model() -> type[SearchSettings]:
+    """:class:`SearchSettings` with one field per registered method that has its own settings."""
+    registry = _registry()
+    groups = tuple((name, m.settings_model) for name, m in registry.METHOD_REGISTRY.items()
+                   if m.settings_model is not None)
+    return _search_model(groups)
+
 
 class RetrainSettings(Strict):
-    epochs: int = Field(600, ge=1)
-    channels: int | None = Field(36, ge=2, description="None: the architecture's own width")
-    layers: int | None = Field(20, ge=1, description="None: the architecture's own depth")
-    batch_size: int = Field(96, ge=1)
+    epochs: int = Field(600, ge=1, le=MAX_EPOCHS)
+    channels: int | None = Field(36, ge=2, le=MAX_CHANNELS, description="None: the architecture's own width")
+    layers: int | None = Field(20, ge=1, le=MAX_LAYERS, description="None: the architecture's own depth")
+    batch_size: int = Field(96, ge=1, le=MAX_BATCH)
     lr: float = Field(0.025, gt=0)
     lr_min: float = Field(0.0, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1)
@@ -188,25 +329,49 @@ class RetrainSettings(Strict):
     auxiliary: bool = True
     aux_weight: float = Field(0.4, ge=0)
     drop_path: float = Field(0.2, ge=0, lt=1)
-    cutout: int = Field(16, ge=0, description="cutout length in pixels; 0 disables it")
+    cutout: int = Field(16, ge=0, le=1024, description="cutout length in pixels; 0 disables it")
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     target_params: float | None = Field(
-        None, gt=0, description="scale a genotype's width so the network has about this many M params"
+        None, gt=0, le=MAX_TARGET_M, description="scale a genotype's width so the network has about this many M params"
     )
     memory_format: Literal["auto", "contiguous", "channels_last"] = Field(
         "auto", description="activation layout; auto = channels_last (measured faster)")
+
+    @field_validator("channels")
+    @classmethod
+    def _even(cls, v: int | None) -> int | None:
+        if v is not None and v % 2:
+            raise ValueError(f"channels must be even (FactorizedReduce halves them), got {v}")
+        return v
 
 
 class RunSettings(Strict):
     """Everything one search-then-retrain run needs."""
 
     data: DataSettings = DataSettings()
-    search: SearchSettings = SearchSettings()
+    search: SerializeAsAny[SearchSettings] = Field(default_factory=lambda: search_settings_model()())
     retrain: RetrainSettings = RetrainSettings()
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: int | None = Field(None, ge=1)
+    threads: int | None = Field(None, ge=1, le=1024)
     deterministic: bool = Field(False, description="cuDNN deterministic, no benchmark, torch deterministic algorithms")
+
+    @field_validator("search", mode="before")
+    @classmethod
+    def _with_method_groups(cls, value: Any) -> Any:
+        model = search_settings_model()
+        if isinstance(value, model):
+            return value
+        if isinstance(value, SearchSettings):
+            value = value.model_dump()
+        return model.model_validate(value)
+
+    @model_validator(mode="after")
+    def _device_fits(self) -> RunSettings:
+        if self.device == "cpu" and self.search.precision == "bf16":
+            raise field_error("search.precision", "precision bf16 needs a CUDA device; allowed with device cpu: fp32",
+                              "bf16", "RunSettings")
+        return self
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -265,20 +430,28 @@ def set_dotted(data: dict[str, Any], path: str, value: Any) -> None:
     """Set ``data['a']['b'] = value`` for ``path`` ``'a.b'``, creating nested dicts."""
     keys = path.split(".")
     node = data
-    for k in keys[:-1]:
+    for i, k in enumerate(keys[:-1]):
         node = node.setdefault(k, {})
         if not isinstance(node, dict):
-            raise ValueError(f"{path}: {k!r} is not a settings group")
+            raise UserInputError(f"{path}: {'.'.join(keys[: i + 1])} is a single value, not a settings group")
     node[keys[-1]] = value
 
 
+def _nested_model(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, SearchSettings):
+        return search_settings_model()
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return None
+
+
 def known_paths(model: type[BaseModel] = RunSettings, prefix: str = "") -> list[str]:
-    """Every dotted settings path (leaves) of ``model``."""
+    """Every dotted settings path (leaves) of ``model``, registered methods' groups included."""
     out = []
     for name, field in model.model_fields.items():
-        ann = field.annotation
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            out.extend(known_paths(ann, f"{prefix}{name}."))
+        nested = _nested_model(field.annotation)
+        if nested is not None:
+            out.extend(known_paths(nested, f"{prefix}{name}."))
         else:
             out.append(f"{prefix}{name}")
     return out
@@ -287,7 +460,7 @@ def known_paths(model: type[BaseModel] = RunSettings, prefix: str = "") -> list[
 def build_settings(preset: str = "paper", overrides: dict[str, Any] | None = None) -> RunSettings:
     """``RunSettings`` from a preset plus dotted-path overrides (later wins)."""
     if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; allowed: {', '.join(PRESETS)}")
+        raise UserInputError(f"unknown preset {preset!r}; allowed: {', '.join(PRESETS)}")
     raw: dict[str, Any] = {}
     for path, value in {**PRESETS[preset], **(overrides or {})}.items():
         set_dotted(raw, path, value)

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from mgas_core.config import DataSettings
 from mgas_core.errors import UserInputError
+from mgas_core.user_files import path_exists
 
 Batch = tuple[Tensor, Tensor]
 
@@ -156,7 +157,7 @@ def _require_root(settings: DataSettings, what: str) -> Path:
     if settings.root is None:
         raise DatasetError(f"dataset {settings.name!r} needs --data-root (a folder holding {what})")
     root = Path(os.path.expanduser(settings.root))
-    if not root.exists() and not settings.download:
+    if not path_exists(root) and not settings.download:
         raise DatasetError(f"dataset root {root} does not exist (pass --download to fetch {settings.name})")
     return root
 
@@ -194,6 +195,8 @@ def _cifar(settings: DataSettings, cutout: int, augment: SearchAugment) -> Split
         test = cls(str(root), train=False, transform=plain_tf, download=False)
     except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted"
         raise DatasetError(f"{settings.name} files not found or corrupted under {root}: {exc}") from exc
+    except OSError as exc:  # an unreadable root, or a download that failed
+        raise DatasetError(f"{settings.name} files under {root} cannot be read or fetched: {exc}") from exc
     keep, held = stratified_split(np.asarray(train_full.targets), settings.val_fraction)
     info = DatasetInfo(settings.name, len(train_full.classes), 3, 32, "cifar")
     return Splits(info, Subset(train_full, keep.tolist()), Subset(train_plain, held.tolist()), test,
@@ -214,9 +217,12 @@ def _imagenet(settings: DataSettings, cutout: int) -> Splits:
         *([Cutout(cutout)] if cutout else []),
     ])
     eval_tf = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), *normalize])
-    train_full = datasets.ImageFolder(str(root / "train"), transform=train_tf)
-    train_plain = datasets.ImageFolder(str(root / "train"), transform=eval_tf)
-    test = datasets.ImageFolder(str(root / "val"), transform=eval_tf)
+    try:
+        train_full = datasets.ImageFolder(str(root / "train"), transform=train_tf)
+        train_plain = datasets.ImageFolder(str(root / "train"), transform=eval_tf)
+        test = datasets.ImageFolder(str(root / "val"), transform=eval_tf)
+    except OSError as exc:  # torchvision: no class folder, or no image in one
+        raise DatasetError(f"imagenet root {root}: {exc}") from exc
     if len(train_full.classes) != len(test.classes):
         raise DatasetError(f"imagenet train/ has {len(train_full.classes)} classes but val/ has {len(test.classes)}")
     keep, held = stratified_split(np.asarray(train_full.targets), settings.val_fraction)

@@ -17,12 +17,14 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save
 
+from mgas_core.errors import UserInputError
+
 CHECKPOINT_MAGIC = b"MGAS-CHECKPOINT-V1\n"  # then 32 bytes of SHA-256, then the torch.save payload
 PREVIOUS_SUFFIX = ".prev"
 
 
-class CorruptFileError(RuntimeError):
-    """A file that exists but fails its checksum or cannot be decoded."""
+class CorruptFileError(UserInputError):
+    """A file that exists but fails its checksum or cannot be decoded (named in the message)."""
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from mgas_core.arch import Architecture, ArchitectureError, CellArch
 from mgas_core.channels import CellChannels, OpChannels, plan_cell
 from mgas_core.maskable_conv import MaskableConv2d
-from mgas_core.metrics import ParamCount
+from mgas_core.metrics import ParamCount, count_params
 from mgas_core.ops import (
     EVALUATION,
     FactorizedReduce,
@@ -104,6 +104,10 @@ def cell_specs(cell: CellArch, c_prev_prev: int, c_prev: int, channels: int, red
                reduction_prev: bool) -> CellSpecs:
     """The modules of an evaluation cell: pre-processing of the inputs it reads, and its ops, each
     reading the channels its state keeps."""
+    for k, o in enumerate(cell.ops):
+        mid = (o.widths or {}).get("mid")
+        if isinstance(mid, int) and not 1 <= mid <= channels:
+            raise ValueError(f"ops[{k}].widths.mid={mid} must be between 1 and the cell's {channels} channels")
     plan = cell_channel_plan(cell, channels, reduction)
     pre0, pre1 = cell.preprocess
     spec0 = spec1 = None
@@ -276,8 +280,10 @@ class EvalNetwork(nn.Module):
         return self.classifier(out), logits_aux
 
 
-def apply_weight_masks(model: nn.Module, masks: dict[str, Tensor]) -> None:
-    """Attach fixed weight masks (keys are module paths of :class:`MaskableConv2d` convs)."""
+def check_weight_masks(model: nn.Module, masks: dict[str, Tensor]) -> dict[str, MaskableConv2d]:
+    """The maskable conv each mask belongs to; a mask that names no such conv, has another shape
+    than its weight or holds values other than 0 and 1 is an :class:`ArchitectureError`."""
+    convs = {}
     for key, mask in masks.items():
         try:
             conv = model.get_submodule(key)
@@ -285,10 +291,19 @@ def apply_weight_masks(model: nn.Module, masks: dict[str, Tensor]) -> None:
             raise ArchitectureError(f"weight mask {key!r} names no module of the network") from exc
         if not isinstance(conv, MaskableConv2d):
             raise ArchitectureError(f"weight mask {key!r} names a {type(conv).__name__}, not a maskable conv")
-        try:
-            conv.set_fixed_mask(mask)
-        except ValueError as exc:
-            raise ArchitectureError(f"weight mask {key!r}: {exc}") from exc
+        if tuple(mask.shape) != tuple(conv.weight.shape):
+            raise ArchitectureError(f"weight mask {key!r} has shape {tuple(mask.shape)}, its conv weight "
+                                    f"{tuple(conv.weight.shape)}")
+        if mask.dtype.is_complex or not bool(((mask == 0) | (mask == 1)).all()):
+            raise ArchitectureError(f"weight mask {key!r} must hold only 0 and 1")
+        convs[key] = conv
+    return convs
+
+
+def apply_weight_masks(model: nn.Module, masks: dict[str, Tensor]) -> None:
+    """Attach fixed weight masks (keys are module paths of :class:`MaskableConv2d` convs)."""
+    for key, conv in check_weight_masks(model, masks).items():
+        conv.set_fixed_mask(masks[key])
 
 
 def build_eval_network(
@@ -327,7 +342,16 @@ def count_architecture_params(arch: Architecture, num_classes: int, in_channels:
         dense += sum(m.params() for m in specs.modules)
         last = specs.plan.output_width()
     dense += last * num_classes + num_classes
-    removed = sum(int((mask == 0).sum()) for mask in (arch.masks or {}).values())
+    return _masked(dense, arch.masks)
+
+
+def masked_count(net: nn.Module, masks: dict[str, Tensor] | None) -> ParamCount:
+    """Dense and nonzero parameters of ``net`` (masks not attached) under the weight ``masks``."""
+    return _masked(count_params(net).dense, masks)
+
+
+def _masked(dense: int, masks: dict[str, Tensor] | None) -> ParamCount:
+    removed = sum(int((mask == 0).sum()) for mask in (masks or {}).values())
     return ParamCount(dense=dense, nonzero=dense - removed)
 
 

@@ -22,26 +22,51 @@ import torch.nn.functional as F
 from torch import nn
 
 from mgas_core.arch import Architecture
-from mgas_core.config import RetrainSettings, RunSettings
+from mgas_core.config import MAX_CHANNELS, RetrainSettings, RunSettings
 from mgas_core.data import DatasetInfo, Splits, epoch_batches, split_in_half
+from mgas_core.errors import UserInputError
 from mgas_core.methods.base import SearchMethod, cosine_lr, create_method, set_lr
 from mgas_core.metrics import ParamCount, PeakMemory, Stopwatch, count_flops, count_params
 from mgas_core.model import EvalNetwork, build_eval_network, count_architecture_params
 
 EpochCallback = Callable[[dict[str, Any], Callable[[], dict[str, Any]]], None]
 """``callback(record, state_fn)`` after every epoch; ``state_fn()`` builds the resumable state."""
+StartCallback = Callable[[], None]
+"""``callback()`` once the model is built and any saved state loaded, before the first epoch:
+everything that can be refused has been checked, so a caller writes its outputs from here on."""
 
 
 class DivergedError(RuntimeError):
     """The loss became NaN or infinite."""
 
 
+class StateMismatchError(UserInputError):
+    """A saved state (a checkpoint) that does not fit the model these settings build."""
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device=cuda requested but no CUDA device is available; allowed here: cpu, auto")
+        raise UserInputError("device: cuda requested but no CUDA device is available; allowed here: cpu, auto")
     return torch.device(name)
+
+
+def check_device(settings: RunSettings, device: torch.device) -> None:
+    """Refuse settings the resolved device cannot run (before anything is written)."""
+    if settings.search.precision == "bf16" and device.type != "cuda":
+        raise UserInputError(f"search.precision: bf16 needs a CUDA device, this run uses {device.type}; "
+                             "allowed here: fp32")
+
+
+def _load_saved(load: Callable[[], object]) -> None:
+    """Apply part of a saved state; torch's own refusals (missing or extra keys, other shapes,
+    other parameter groups, a wrong-sized RNG state) mean the state belongs to another model."""
+    try:
+        load()
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise StateMismatchError(f"the saved state does not fit this run ({type(exc).__name__}: "
+                                 f"{' '.join(str(exc).split())[:300]})") from exc
 
 
 def seed_everything(seed: int) -> None:
@@ -111,6 +136,7 @@ def run_search(
     device: torch.device,
     state: dict[str, Any] | None = None,
     on_epoch: EpochCallback | None = None,
+    on_start: StartCallback | None = None,
 ) -> SearchResult:
     """Run (or resume) the search of ``settings.search.method`` on ``splits``."""
     seed_everything(settings.seed)
@@ -120,11 +146,13 @@ def run_search(
     start_epoch = 0
     watch = Stopwatch()
     if state is not None:
-        method.load_state_dict(state["method"])
-        set_rng_state(state["rng"])
+        _load_saved(lambda: method.load_state_dict(state["method"]))
+        _load_saved(lambda: set_rng_state(state["rng"]))
         history = list(state["history"])
         start_epoch = int(state["next_epoch"])
         watch = Stopwatch(float(state["elapsed"]))
+    if on_start is not None:
+        on_start()
     if method.bilevel:
         weight_data, arch_data = split_in_half(splits.train)
     else:
@@ -200,9 +228,11 @@ def width_for_target(arch: Architecture, target_m: float, layers: int, num_class
         return count_architecture_params(arch, num_classes, in_channels, variant, channels=c, layers=layers).dense
 
     target = target_m * 1e6
-    lo, hi = 1, 1024  # in units of 2 channels
-    if params(2 * hi) < target:
-        return 2 * hi
+    lo, hi = 1, MAX_CHANNELS // 2  # in units of 2 channels
+    widest = params(2 * hi)
+    if widest < target:
+        raise UserInputError(f"retrain.target_params={target_m:g} M cannot be reached: {arch.name} at "
+                             f"{layers} cells has {widest / 1e6:.4g} M params even at C={2 * hi}")
     while lo < hi:
         mid = (lo + hi) // 2
         if params(2 * mid) >= target:
@@ -254,6 +284,7 @@ def run_retrain(
     device: torch.device,
     state: dict[str, Any] | None = None,
     on_epoch: EpochCallback | None = None,
+    on_start: StartCallback | None = None,
 ) -> RetrainResult:
     """Train ``arch`` from scratch; select the epoch with the best val accuracy; report its test."""
     cfg = settings.retrain
@@ -269,12 +300,14 @@ def run_retrain(
     best_val, best_state = -1.0, None
     start_epoch, watch = 0, Stopwatch()
     if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        set_rng_state(state["rng"])
+        _load_saved(lambda: model.load_state_dict(state["model"]))
+        _load_saved(lambda: optimizer.load_state_dict(state["optimizer"]))
+        _load_saved(lambda: set_rng_state(state["rng"]))
         history, start_epoch = list(state["history"]), int(state["next_epoch"])
         best_val, best_state = float(state["best_val"]), state["best_state"]
         watch = Stopwatch(float(state["elapsed"]))
+    if on_start is not None:
+        on_start()
     train_data = splits.train_augmented if splits.train_augmented is not None else splits.train
     workers = settings.data.workers
     for epoch in range(start_epoch, cfg.epochs):

@@ -1,29 +1,40 @@
 """The ``mgas`` command line: info, search, train (single process) and run, collect, report (sweeps).
 
-Every user error (unknown name, bad value, missing file, invalid spec) is printed as one line
-``mgas: error: ...`` with exit code 2, before any work starts; bugs still show a traceback.
+Every user error (unknown name, bad or non-finite value, missing or malformed file, settings
+that cannot run together) is a :class:`~mgas_core.errors.UserInputError`, printed as one line
+``mgas: error: ...`` naming the field or the path, with exit code 2, before anything is written
+or started. Any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
-import yaml
 from pydantic import ValidationError
 
-from mgas_core.config import DATASETS, METHODS, PRESETS, RunSettings, build_settings
-from mgas_core.errors import UserInputError, format_validation_error
-from mgas_core.io import CorruptFileError
+from mgas_core.config import DATASETS, PRESETS, RunSettings, build_settings, known_paths
+from mgas_core.errors import UserInputError, format_validation_error, one_line
+from mgas_core.methods.base import method_names
+from mgas_core.safe_yaml import load_yaml
+from mgas_core.train import DivergedError
+from mgas_core.user_files import check_output_dir
 
 EXIT_USAGE = 2
+EXIT_FAILED = 1
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """argparse that reports errors as a single line and exits 2."""
+    """argparse that reports errors as a single line and exits 2; no abbreviated flags (``--epo``
+    is an error, not ``--epochs``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"mgas: error: {message} (see `{self.prog} --help`)\n")
@@ -41,9 +52,9 @@ def _key_value(value: str) -> tuple[str, Any]:
         raise argparse.ArgumentTypeError(f"--set expects KEY=VALUE with a dotted settings path, got {value!r}")
     key, raw = value.split("=", 1)
     try:
-        return key.strip(), yaml.safe_load(raw)
-    except yaml.YAMLError as exc:
-        raise argparse.ArgumentTypeError(f"--set {key}: value {raw!r} is not valid YAML") from exc
+        return key.strip(), load_yaml(raw, f"--set {key.strip()} value")
+    except UserInputError as exc:
+        raise argparse.ArgumentTypeError(one_line(str(exc))) from exc
 
 
 def _add_common(p: argparse.ArgumentParser, *, dataset_required: bool = True) -> None:
@@ -74,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print one JSON object")
 
     search = sub.add_parser("search", help="run one architecture search in this process (no Ray)")
-    search.add_argument("--method", required=True, help=f"search method: {', '.join(METHODS)}")
+    search.add_argument("--method", required=True, help=f"search method: {', '.join(method_names())}")
     _add_common(search)
     search.add_argument("--epochs", type=int, help="search epochs (paper: 50)")
     search.add_argument("--layers", type=int, help="cells of the supernet (paper: 8)")
@@ -161,13 +172,15 @@ def settings_from_args(args: argparse.Namespace, mapping: dict[str, str]) -> Run
         overrides["data.download"] = True
     if "search.target_params" in overrides:  # genotype methods reach the target by width scaling
         overrides.setdefault("retrain.target_params", overrides["search.target_params"])
-    from mgas_core.config import known_paths
-
     paths = set(known_paths())
     for key in overrides:
         if key not in paths and not any(p.startswith(key + ".") for p in paths):
             raise UserInputError(f"unknown setting {key!r}; see `mgas search --help` or the settings reference")
-    return build_settings(args.preset, overrides)
+    flags = {path: "--" + attr.replace("_", "-") for attr, path in mapping.items()}
+    try:
+        return build_settings(args.preset, overrides)
+    except ValidationError as exc:
+        raise UserInputError(format_validation_error(exc, names=flags)) from None
 
 
 def _emit(summary: dict[str, Any], as_json: bool) -> None:
@@ -209,13 +222,16 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
     settings = settings_from_args(args, TRAIN_FLAGS)
     arch = resolve_architecture(args.arch)
-    out = args.out or Path("runs") / f"train-{arch.name}-{settings.data.name}-seed{settings.seed}"
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", arch.name).lstrip(".") or "arch"  # the name comes from a file
+    out = args.out or Path("runs") / f"train-{name}-{settings.data.name}-seed{settings.seed}"
     _emit(train_command(arch, settings, out, progress=not args.no_progress), args.json)
 
 
 def _cmd_run(args: argparse.Namespace) -> None:
     from orchestrator.sweep import run_command
 
+    if args.out is not None and "://" not in args.out:  # an object store is checked when it is opened
+        check_output_dir(Path(args.out), "--out")
     summary = run_command(args.experiment, out=args.out, address=args.address, resume=args.resume,
                           dry_run=args.dry_run, dashboard=args.dashboard, dashboard_host=args.dashboard_host,
                           runtime_env_file=args.runtime_env)
@@ -233,8 +249,9 @@ def _cmd_collect(args: argparse.Namespace) -> None:
 
 def _cmd_report(args: argparse.Namespace) -> None:
     from analysis.load import AnalysisError
-    from analysis.report import report_command
+    from analysis.report import default_report_folder, report_command
 
+    check_output_dir(args.out or default_report_folder(args.results), "--out" if args.out else "report folder")
     try:
         report_command(args.results, args.out, args.published)
     except AnalysisError as exc:
@@ -250,13 +267,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         COMMANDS[args.command](args)
-    except ValidationError as exc:
-        print(f"mgas: error: {format_validation_error(exc)}", file=sys.stderr)
+    except UserInputError as exc:  # only user errors; a bug keeps its traceback
+        print(f"mgas: error: {one_line(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
-    except (UserInputError, CorruptFileError, FileNotFoundError, IsADirectoryError, PermissionError) as exc:
-        message = " ".join(str(exc).split())
-        print(f"mgas: error: {message}", file=sys.stderr)
-        return EXIT_USAGE
+    except DivergedError as exc:  # the run's outcome, not a bug: say so in one line
+        print(f"mgas: failed: {exc}; lower the learning rate (search.w_lr / retrain.lr)", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print("mgas: interrupted", file=sys.stderr)
         return 130

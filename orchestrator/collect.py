@@ -69,7 +69,7 @@ def collect_experiment(experiment: Location) -> dict[str, Any]:
 
     run = tune_run_location(experiment)
     if not tune.Tuner.can_restore(run.uri):
-        raise FileNotFoundError(f"{run.uri} holds no Tune sweep state (expected <storage>/<experiment>/tune)")
+        raise UserInputError(f"{run.uri} holds no Tune sweep state (expected <storage>/<experiment>/tune)")
     grid = tune.Tuner.restore(run.uri, tune_trainable).get_results()
     return write_results(experiment, grid)
 
@@ -101,7 +101,7 @@ def collect_command(storage: str) -> list[dict[str, Any]]:
     except (OSError, ValueError) as exc:  # unknown scheme, unreachable store, no credentials
         raise UserInputError(f"cannot read {storage}: {' '.join(str(exc).split())[:300]}") from exc
     if not experiments:
-        raise FileNotFoundError(f"{root.uri} holds no sweep: expected {TUNE_DIR}/ (Tune's state) in it or in its "
+        raise UserInputError(f"{root.uri} holds no sweep: expected {TUNE_DIR}/ (Tune's state) in it or in its "
                                 "sub-folders, as `mgas run` writes under storage_path/<experiment>")
     summaries = []
     for experiment in experiments:

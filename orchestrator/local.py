@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
 
 import torch
 
 from mgas_core.arch import Architecture
-from mgas_core.config import RunSettings
+from mgas_core.config import MAX_CHANNELS, MAX_LAYERS, RunSettings
 from mgas_core.data import DatasetInfo, load_splits, resolve_data_settings
 from mgas_core.determinism import torch_determinism
+from mgas_core.errors import UserInputError
 from mgas_core.io import (
     PREVIOUS_SUFFIX,
     atomic_write_text,
@@ -21,16 +23,20 @@ from mgas_core.io import (
 )
 from mgas_core.methods.base import search_augment_for
 from mgas_core.metrics import count_flops, count_params
-from mgas_core.model import build_eval_network
+from mgas_core.model import build_eval_network, check_weight_masks, masked_count
 from mgas_core.provenance import provenance
+from mgas_core.search_state import check_search_checkpoint, checkpoint_payload
 from mgas_core.train import (
     RetrainResult,
     SearchResult,
+    StateMismatchError,
+    check_device,
     resolve_device,
     retrain_shape,
     run_retrain,
     run_search,
 )
+from mgas_core.user_files import check_output_dir
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -85,47 +91,63 @@ def derived_size(arch: Architecture, settings: RunSettings, info: DatasetInfo) -
             "nonzero_params_m": count.nonzero_m, "channels": channels, "layers": layers}
 
 
-def _resume_state(ckpt: Path) -> dict[str, Any] | None:
-    """The newest good search checkpoint (``checkpoint.pt``, else ``checkpoint.pt.prev``); says
-    on stderr what was damaged and what it fell back to."""
+def _resume_state(ckpt: Path, settings: RunSettings) -> tuple[dict[str, Any] | None, list[str]]:
+    """The newest good search checkpoint (``checkpoint.pt``, else ``checkpoint.pt.prev``) of a
+    search with these settings, and the lines to print once the search really starts: what was
+    damaged, which file it resumes from and at which epoch. A checkpoint that is whole but does
+    not belong to this search is refused."""
     previous = ckpt.with_name(ckpt.name + PREVIOUS_SUFFIX)
     loaded, used, problems = load_first_good([ckpt, previous])
-    for problem in problems:
-        print(f"warning: damaged checkpoint skipped: {problem}", file=sys.stderr)
-    if loaded is None:
-        if problems:
-            print("warning: no good checkpoint left; the search restarts from epoch 0", file=sys.stderr)
-        return None
-    if problems:
-        print(f"resuming from the previous good checkpoint {used}", file=sys.stderr)
-    return loaded["search"]
+    notes = [f"warning: damaged checkpoint skipped: {problem}" for problem in problems]
+    if loaded is None or used is None:
+        reason = "no good checkpoint left" if problems else f"no checkpoint in {ckpt.parent}"
+        return None, [*notes, f"warning: {reason}; the search starts from epoch 0"]
+    try:
+        state = check_search_checkpoint(loaded, settings)
+    except UserInputError as exc:
+        raise UserInputError(f"checkpoint {used}: {exc}") from None
+    notes.append(f"resuming from {used}{' (the previous good checkpoint)' if problems else ''}: "
+                 f"{state['next_epoch']} of {settings.search.epochs} epochs done")
+    state["source"] = str(used)
+    return state, notes
 
 
 def search_command(settings: RunSettings, out_dir: Path, resume: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Run a search into ``out_dir``: arch JSON (+ masks), config, metrics.jsonl, checkpoint, summary."""
+    """Run a search into ``out_dir``: arch JSON (+ masks), config, metrics.jsonl, checkpoint, summary.
+
+    Everything that can be refused (the folder, the device, the data, the checkpoint and whether
+    it fits the model) is checked before the first file is written."""
+    check_output_dir(out_dir, "--out")
     settings = _prepare(settings)
     device = resolve_device(settings.device)
+    check_device(settings, device)
     splits = load_splits(settings.data, search_augment=search_augment_for(settings.search))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_run_config(out_dir, settings, "search")
-    state = None
     ckpt = out_dir / CHECKPOINT
-    if resume:
-        state = _resume_state(ckpt)
+    state, notes = _resume_state(ckpt, settings) if resume else (None, [])
     bar = EpochProgress(settings.search.epochs, f"search {settings.search.method}") if progress else None
     metrics_path = out_dir / "metrics.jsonl"
-    if state is None and metrics_path.exists():
-        metrics_path.unlink()
+
+    def on_start() -> None:
+        for note in notes:
+            print(note, file=sys.stderr)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_run_config(out_dir, settings, "search")
+        # exactly one row per epoch done: the resumed checkpoint's history, nothing after it
+        done = state["history"] if state is not None else []
+        atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in done))
 
     def on_epoch(record: dict[str, Any], state_fn: Any) -> None:
         with metrics_path.open("a") as fh:
             fh.write(json.dumps(record) + "\n")
-        save_checkpoint_keeping_previous({"search": state_fn()}, ckpt)
+        save_checkpoint_keeping_previous(checkpoint_payload(settings, state_fn()), ckpt)
         if bar is not None:
             bar(record)
 
-    with torch_determinism(settings.deterministic):
-        result = run_search(settings, splits, device, state=state, on_epoch=on_epoch)
+    try:
+        with torch_determinism(settings.deterministic):
+            result = run_search(settings, splits, device, state=state, on_epoch=on_epoch, on_start=on_start)
+    except StateMismatchError as exc:
+        raise UserInputError(f"checkpoint {state['source'] if state else ckpt}: {exc}") from None
     return write_search_outputs(result, settings, splits.info, out_dir, device)
 
 
@@ -155,15 +177,17 @@ def write_search_outputs(result: SearchResult, settings: RunSettings, info: Data
 
 
 def train_command(arch: Architecture, settings: RunSettings, out_dir: Path, progress: bool = True) -> dict[str, Any]:
+    check_output_dir(out_dir, "--out")
     settings = _prepare(settings)
     device = resolve_device(settings.device)
     splits = load_splits(settings.data, cutout=settings.retrain.cutout)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_run_config(out_dir, settings, "train")
     bar = EpochProgress(settings.retrain.epochs, f"train {arch.name}") if progress else None
     metrics_path = out_dir / "metrics.jsonl"
-    if metrics_path.exists():
-        metrics_path.unlink()
+
+    def on_start() -> None:  # the network is built: the architecture fits; now write
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_run_config(out_dir, settings, "train")
+        atomic_write_text(metrics_path, "")
 
     def on_epoch(record: dict[str, Any], state_fn: Any) -> None:
         del state_fn
@@ -173,7 +197,7 @@ def train_command(arch: Architecture, settings: RunSettings, out_dir: Path, prog
             bar(record)
 
     with torch_determinism(settings.deterministic):
-        result: RetrainResult = run_retrain(arch, settings, splits, device, on_epoch=on_epoch)
+        result: RetrainResult = run_retrain(arch, settings, splits, device, on_epoch=on_epoch, on_start=on_start)
     summary = {
         "arch": arch.name,
         "dataset": splits.info.name,
@@ -195,13 +219,37 @@ def train_command(arch: Architecture, settings: RunSettings, out_dir: Path, prog
     return summary
 
 
-def info_command(arch: Architecture, info: DatasetInfo, channels: int | None, layers: int | None) -> dict[str, Any]:
+def eval_shape(arch: Architecture, info: DatasetInfo, channels: int | None,
+               layers: int | None) -> tuple[int, int]:
+    """(channels, layers) ``mgas info`` counts: a genotype at the given or the paper's width and
+    depth; a per-cell architecture only at its own."""
     if arch.is_genotype:
         channels = channels if channels is not None else (48 if info.variant == "imagenet" else 36)
         layers = layers if layers is not None else (14 if info.variant == "imagenet" else 20)
-    model = build_eval_network(arch, info.num_classes, info.in_channels, channels, layers, auxiliary=True,
-                               variant=info.variant)
-    count = count_params(model)
+    else:
+        assert arch.channels is not None and arch.cells is not None
+        for flag, given, own in (("--channels", channels, arch.channels), ("--layers", layers, len(arch.cells))):
+            if given is not None and given != own:
+                raise UserInputError(f"{flag} {given}: architecture {arch.name!r} was derived with {own}; "
+                                     f"it can only be counted at {flag} {own}")
+        channels, layers = arch.channels, len(arch.cells)
+    if not (2 <= channels <= MAX_CHANNELS and channels % 2 == 0):
+        raise UserInputError(f"--channels must be an even number between 2 and {MAX_CHANNELS} (got {channels})")
+    if not 1 <= layers <= MAX_LAYERS:
+        raise UserInputError(f"--layers must be between 1 and {MAX_LAYERS} (got {layers})")
+    return channels, layers
+
+
+def info_command(arch: Architecture, info: DatasetInfo, channels: int | None, layers: int | None) -> dict[str, Any]:
+    """Parameters and FLOPs of the evaluation network, counted on the meta device (no weight is
+    allocated, so any width the settings allow is counted in about a second)."""
+    channels, layers = eval_shape(arch, info, channels, layers)
+    with torch.device("meta"):
+        model = build_eval_network(replace(arch, masks=None), info.num_classes, info.in_channels, channels, layers,
+                                   auxiliary=True, variant=info.variant)
+    if arch.masks:
+        check_weight_masks(model, arch.masks)
+    count = masked_count(model, arch.masks)
     flops = count_flops(model, info.input_shape)
     return {
         "arch": arch.name,

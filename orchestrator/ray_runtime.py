@@ -7,7 +7,6 @@ enables the dashboard it binds to 127.0.0.1 unless a host is given explicitly.
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,8 +20,16 @@ SHARED_FILESYSTEMS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", 
 
 
 def short_temp_dir() -> str:
-    """Ray's socket paths must stay under ~107 characters: use a short folder in /tmp."""
-    return str(Path(tempfile.gettempdir()) / f"mgas-ray-{os.getuid()}")
+    """Ray's socket paths must stay under ~107 characters: a short folder in /tmp, or the folder
+    ``$MGAS_RAY_TEMP_DIR`` names (tests give every embedded Ray its own)."""
+    return os.environ.get("MGAS_RAY_TEMP_DIR") or str(Path(tempfile.gettempdir()) / f"mgas-ray-{os.getuid()}")
+
+
+def ray_is_running() -> bool:
+    """True when this process is already connected to Ray (then ``mgas run`` uses that cluster)."""
+    import ray
+
+    return ray.is_initialized()
 
 
 def filesystem_type(path: Path) -> str:
@@ -124,11 +131,10 @@ def in_submitted_job() -> bool:
 
 
 def check_cluster(storage: str, declared_shared: bool, address: str | None, trials: list[dict[str, Any]]) -> None:
-    """Before any trial starts on a joined cluster: shared storage, the code on every node, and
-    every method's resource request against the nodes there."""
+    """Before any trial starts on a joined cluster: shared storage and the code on every node
+    (each method's resource request is checked against the nodes by ``preflight.check_capacity``)."""
     check_cluster_storage(storage, declared_shared, client=bool(address and address.startswith("ray://")))
     check_nodes_import()
-    warn_unplaceable(trials)
 
 
 def check_cluster_storage(storage: str, declared_shared: bool, client: bool = False) -> None:
@@ -210,29 +216,3 @@ def check_nodes_import(timeout_s: float = 600.0) -> list[dict[str, str]]:
 def _last_line(exc: BaseException) -> str:
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     return lines[-1][:300] if lines else type(exc).__name__
-
-
-def warn_unplaceable(trials: list[dict[str, Any]]) -> list[str]:
-    """A warning for each method whose trial request fits no node of the cluster now (an
-    autoscaler may still add one, so the sweep is not refused)."""
-    import ray
-
-    from orchestrator.sweep import trial_placement
-
-    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
-    warnings = []
-    seen: set[str] = set()
-    for t in trials:
-        method = t["settings"]["search"]["method"]
-        if method in seen:
-            continue
-        seen.add(method)
-        bundle = trial_placement({"trial": t}).bundles[0]
-        if not any(all(node.get(k, 0.0) >= v for k, v in bundle.items()) for node in nodes):
-            text = ", ".join(f"{k}={v:g}" for k, v in bundle.items())
-            warnings.append(f"warning: no node of the cluster has {text} now; the {method} trials wait until one "
-                            "joins (an autoscaler may add it)")
-    for line in warnings:
-        print(line, file=sys.stderr)
-    return warnings
-

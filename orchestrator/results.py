@@ -12,8 +12,8 @@ config, its last reported result, its error), so the writer is idempotent per tr
 driver-side callback, the rewrite after ``Tuner.fit``/restore and ``mgas collect`` all produce the
 same bytes, and a trial's row is replaced, never duplicated. Files are named by the trial's stable id
 and written whole (temp file then rename; one PUT on an object store). The columns are defined
-once, in :data:`RESULT_SCHEMA`; adding one means adding it there and, if a trial reports it, to
-:data:`REPORTED_FIELDS`.
+once, in :func:`result_schema` (plus the columns each registered method declares); adding one
+means adding it there and, if a trial reports it, to :data:`REPORTED_FIELDS`.
 """
 
 from __future__ import annotations
@@ -28,11 +28,12 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mgas_core.methods.base import get_method, result_columns, result_values
 from orchestrator.storage import Location, resolve
 
 SCHEMA_VERSION = 1
 
-RESULT_SCHEMA = pa.schema([
+_RESULT_HEAD = [
     ("schema_version", pa.int32()),
     ("experiment", pa.string()),
     ("trial_id", pa.string()),
@@ -40,9 +41,11 @@ RESULT_SCHEMA = pa.schema([
     ("dataset", pa.string()),
     ("seed", pa.int64()),
     ("target_params_m", pa.float64()),
-    ("granularities", pa.string()),
-    ("stages", pa.int64()),
-    ("subgraphs", pa.int64()),
+]
+"""Then the columns the registered methods declare (``SearchMethod.result_fields``: MGAS's
+``granularities`` and ``stages``, MSG-DAS's ``subgraphs``), then :data:`_RESULT_TAIL`."""
+_ARROW_TYPES = {int: pa.int64(), float: pa.float64(), bool: pa.bool_(), str: pa.string()}
+_RESULT_TAIL = [
     ("status", pa.string()),
     ("error", pa.string()),
     ("target_reached", pa.bool_()),
@@ -81,7 +84,13 @@ RESULT_SCHEMA = pa.schema([
     ("wall_time_s", pa.float64()),
     ("finished_at", pa.float64()),
     ("deterministic", pa.bool_()),
-])
+]
+
+
+def result_schema() -> pa.Schema:
+    """The explicit schema of a result row, with the columns the method registry declares."""
+    method_columns = [(name, _ARROW_TYPES[kind]) for name, kind in result_columns().items()]
+    return pa.schema([*_RESULT_HEAD, *method_columns, *_RESULT_TAIL])
 
 CURVE_SCHEMA = pa.schema([
     ("schema_version", pa.int32()),
@@ -194,14 +203,13 @@ def row_from_result(trial: dict[str, Any], result: dict[str, Any] | None, error:
     search = settings["search"]
     method = search["method"]
     provenance = trial.get("provenance", {})
+    get_method(method, trial.get("method_module"))  # a method registered outside mgas_core (a plugin)
     row: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "experiment": trial.get("experiment"), "trial_id": trial["trial_id"], "method": method,
         "dataset": settings["data"]["name"], "seed": settings["seed"],
         "target_params_m": search.get("target_params"),
-        "granularities": ",".join(search["mgas"]["granularities"]) if method == "mgas" else None,
-        "stages": search["mgas"]["stages"] if method == "mgas" else None,
-        "subgraphs": search["msg_das"]["subgraphs"] if method == "msg_das" else None,
+        **result_values(settings),
         "config_json": json.dumps(settings, sort_keys=True), "axes_json": json.dumps(trial["axes"], default=str),
         "deterministic": settings.get("deterministic", False),
         "git_sha": provenance.get("git_sha"), "versions": json.dumps(provenance.get("versions", {}), sort_keys=True),
@@ -232,7 +240,7 @@ def write_trial(experiment: str | Path | Location, row: dict[str, Any],
         curve_location(target, row["method"], row["trial_id"]).write_bytes(
             table_bytes(table_from_rows(curve_rows(history, base), CURVE_SCHEMA)))
     location = result_location(target, row["method"], row["trial_id"])
-    location.write_bytes(table_bytes(table_from_rows([row], RESULT_SCHEMA)))  # the row last: it marks "done"
+    location.write_bytes(table_bytes(table_from_rows([row], result_schema())))  # the row last: it marks "done"
     return location
 
 

@@ -30,10 +30,13 @@ max_concurrent_trials: 2
 max_failures: 1
 ```
 
-Axes that only mean something for one method (``granularities``, ``stages``, ``search.<m>.*``)
-are dropped for the other methods, so no duplicate trials appear. Every trial's settings are
-validated with :class:`~mgas_core.config.RunSettings`; any error names the field and the allowed
-values.
+Axes that only mean something for one method (a method's short axes such as ``granularities``
+and ``stages`` for MGAS, ``search.<m>.*``) are dropped for the other methods, so no duplicate
+trials appear; which axes and setting groups belong to which method comes from the method
+registry. The file is read with a bounded YAML loader (duplicate keys, alias bombs and files over
+a few MB are refused); every number must be finite and in range; every trial's settings are
+validated with :class:`~mgas_core.config.RunSettings`, including the combinations a method cannot
+run; any error names the field and the allowed values.
 """
 
 from __future__ import annotations
@@ -41,33 +44,45 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError, field_validator, model_validator
+from pydantic import Field, RootModel, ValidationError, field_validator, model_validator
 
-from mgas_core.config import DATASETS, METHODS, PRESETS, RunSettings, build_settings, known_paths
+from mgas_core.config import DATASETS, PRESETS, RunSettings, Strict, build_settings, field_error, known_paths
 from mgas_core.errors import UserInputError, format_validation_error
+from mgas_core.methods.base import DEFAULT_METHOD, load_methods
+from mgas_core.safe_yaml import load_yaml
+from mgas_core.user_files import read_input_text
 
-AXIS_PATHS = {
-    "method": "search.method",
-    "seed": "seed",
-    "granularities": "search.mgas.granularities",
-    "stages": "search.mgas.stages",
-    "target_params": "search.target_params",
-}
-METHOD_ONLY_AXES = {"granularities": "mgas", "stages": "mgas"}
+COMMON_AXES = {"method": "search.method", "seed": "seed", "target_params": "search.target_params"}
+MAX_TRIALS = 10_000
+MAX_AXIS_VALUES = 1_000
+PATH_TEXT = r"^[^\x00]*$"
 
 
-class TrialResources(BaseModel):
+def method_axes() -> dict[str, dict[str, str]]:
+    """Short sweep axes declared by methods: axis -> {method: dotted settings path}."""
+    out: dict[str, dict[str, str]] = {}
+    for name, method in load_methods().items():
+        for field in method.sweep_axes:
+            out.setdefault(field, {})[name] = f"search.{name}.{field}"
+    return out
+
+
+def axis_names() -> list[str]:
+    return [*COMMON_AXES, *method_axes()]
+
+
+class TrialResources(Strict):
     """What one trial asks for; unset fields come from ``resources.default``."""
 
-    model_config = ConfigDict(extra="forbid")
-    cpu: float | None = Field(None, gt=0)
-    gpu: float | None = Field(None, ge=0)
-    accelerator_type: str | None = Field(None, min_length=1, description="e.g. A100: only nodes with that GPU")
+    cpu: float | None = Field(None, gt=0, le=1024)
+    gpu: float | None = Field(None, ge=0, le=64)
+    accelerator_type: str | None = Field(None, min_length=1, max_length=128,
+                                         description="e.g. A100: only nodes with that GPU")
 
     @field_validator("gpu")
     @classmethod
@@ -101,9 +116,10 @@ class ResourcesSpec(RootModel[dict[str, TrialResources]]):
 
     @model_validator(mode="after")
     def _known_methods(self) -> ResourcesSpec:
-        unknown = [k for k in self.root if k != "default" and k not in METHODS]
+        methods = load_methods()
+        unknown = [k for k in self.root if k != "default" and k not in methods]
         if unknown:
-            raise ValueError(f"unknown key {unknown[0]!r} in resources; allowed: default, {', '.join(METHODS)}, "
+            raise ValueError(f"unknown key {unknown[0]!r} in resources; allowed: default, {', '.join(methods)}, "
                              f"{', '.join(sorted(RESOURCE_FIELDS))}")
         return self
 
@@ -124,15 +140,14 @@ class ResourcesSpec(RootModel[dict[str, TrialResources]]):
         return float(self.for_method("default")["gpu"])
 
 
-class RuntimeSpec(BaseModel):
+class RuntimeSpec(Strict):
     """Ray's runtime environment for every task of the sweep: the code and its requirements on
     every node. ``working_dir`` is relative to the file that names it."""
 
-    model_config = ConfigDict(extra="forbid")
-    working_dir: str | None = None
-    pip: list[str] = []
+    working_dir: str | None = Field(None, min_length=1, max_length=4096, pattern=PATH_TEXT)
+    pip: list[str] = Field([], max_length=1000)
     env_vars: dict[str, str | int | float | bool] = {}  # values become strings
-    excludes: list[str] = []
+    excludes: list[str] = Field([], max_length=1000)
 
     def to_ray(self, base: Path) -> dict[str, Any]:
         env: dict[str, Any] = {}
@@ -154,12 +169,7 @@ class RuntimeSpec(BaseModel):
 def load_runtime_env(path: str | Path) -> dict[str, Any]:
     """``mgas run --runtime-env FILE``: a YAML/JSON file with the keys of the spec's ``runtime``."""
     path = Path(path)
-    if not path.is_file():
-        raise UserInputError(f"runtime env file {path} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise UserInputError(f"runtime env file {path} is not valid YAML/JSON: {' '.join(str(exc).split())}") from exc
+    raw = load_yaml(read_input_text(path, "runtime env file"), f"runtime env file {path}")
     try:
         runtime = RuntimeSpec.model_validate(raw if raw is not None else {})
     except ValidationError as exc:
@@ -167,12 +177,11 @@ def load_runtime_env(path: str | Path) -> dict[str, Any]:
     return runtime.to_ray(path.resolve().parent)
 
 
-class DatasetSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class DatasetSpec(Strict):
     name: str
-    root: str | None = None  # ~ and relative roots are resolved on the node where the trial runs
+    root: str | None = Field(None, min_length=1, max_length=4096, pattern=PATH_TEXT)  # resolved on the trial's node
     download: bool = False
-    workers: int | None = Field(None, ge=0, description="loader processes; default: the trial's CPUs minus one")
+    workers: int | None = Field(None, ge=0, le=256, description="loader processes; default: the trial's CPUs minus one")
 
     @field_validator("name")
     @classmethod
@@ -182,12 +191,11 @@ class DatasetSpec(BaseModel):
         return v
 
 
-class ExperimentSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    description: str = ""
-    output_dir: str = "results"
-    storage_path: str | None = None
+class ExperimentSpec(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
+    description: str = Field("", max_length=10_000)
+    output_dir: str = Field("results", min_length=1, max_length=4096, pattern=PATH_TEXT)
+    storage_path: str | None = Field(None, min_length=1, max_length=4096, pattern=PATH_TEXT)
     shared_storage: bool = False
     dataset: DatasetSpec
     preset: str = "paper"
@@ -195,14 +203,14 @@ class ExperimentSpec(BaseModel):
     base: dict[str, Any] = {}
     methods: dict[str, dict[str, Any]] = {}
     sweep: dict[str, list[Any]] = {}
-    include: list[dict[str, Any]] = []
-    exclude: list[dict[str, Any]] = []
+    include: list[dict[str, Any]] = Field([], max_length=MAX_TRIALS)
+    exclude: list[dict[str, Any]] = Field([], max_length=MAX_TRIALS)
     resources: ResourcesSpec = ResourcesSpec()
     runtime: RuntimeSpec | None = None
     deterministic: bool = False
-    checkpoint_interval_s: float = Field(10.0, ge=0)
-    max_concurrent_trials: int | None = Field(None, ge=1)
-    max_failures: int = Field(1, ge=0)
+    checkpoint_interval_s: float = Field(10.0, ge=0, le=86_400)
+    max_concurrent_trials: int | None = Field(None, ge=1, le=MAX_TRIALS)
+    max_failures: int = Field(1, ge=0, le=1000)
 
     @field_validator("dataset", mode="before")
     @classmethod
@@ -216,47 +224,87 @@ class ExperimentSpec(BaseModel):
             raise ValueError(f"unknown preset {v!r}; allowed: {', '.join(PRESETS)}")
         return v
 
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"unknown device {v!r}; allowed: auto, cpu, cuda")
+        return v
+
     @field_validator("methods")
     @classmethod
     def _methods(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        names = list(load_methods())
         for m in v:
-            if m not in METHODS:
-                raise ValueError(f"unknown method {m!r}; allowed: {', '.join(METHODS)}")
+            if m not in names:
+                raise ValueError(f"unknown method {m!r}; allowed: {', '.join(names)}")
         return v
 
     @field_validator("sweep")
     @classmethod
     def _axes(cls, v: dict[str, list[Any]]) -> dict[str, list[Any]]:
         paths = set(known_paths())
+        axes = axis_names()
         for axis, values in v.items():
-            if axis not in AXIS_PATHS and axis not in paths:
-                raise ValueError(f"unknown sweep axis {axis!r}; allowed: {', '.join(AXIS_PATHS)} "
+            if axis not in axes and axis not in paths:
+                raise ValueError(f"unknown sweep axis {axis!r}; allowed: {', '.join(axes)} "
                                  "or a dotted settings path such as search.epochs")
             if not isinstance(values, list) or not values:
                 raise ValueError(f"axis {axis!r} must be a non-empty list of values")
+            if len(values) > MAX_AXIS_VALUES:
+                raise ValueError(f"axis {axis!r} has {len(values)} values; at most {MAX_AXIS_VALUES}")
+        size = math.prod(len(values) for values in v.values())
+        if size > MAX_TRIALS:
+            raise ValueError(f"the grid has {size} combinations; at most {MAX_TRIALS} trials per experiment")
         return v
+
+    @model_validator(mode="after")
+    def _method_names(self) -> ExperimentSpec:
+        names = list(load_methods())
+        named = [("sweep.method", v) for v in self.sweep.get("method", [])]
+        named += [("base.search.method", self.base["search.method"])] if "search.method" in self.base else []
+        named += [(f"{kind}.{i}.method", rule["method"]) for kind, rules in (("include", self.include),
+                                                                             ("exclude", self.exclude))
+                  for i, rule in enumerate(rules) if "method" in rule]
+        for where, value in named:
+            if not isinstance(value, str) or value not in names:
+                raise field_error(where, f"unknown method {value!r}; allowed: {', '.join(names)}", value)
+        return self
+
+    @model_validator(mode="after")
+    def _gpu_for_cuda(self) -> ExperimentSpec:
+        if self.device != "cuda":
+            return self
+        for key in ("default", *(k for k in self.resources.root if k != "default")):
+            if self.resources.for_method(key)["gpu"] == 0:
+                where = "resources.gpu" if key == "default" else f"resources.{key}.gpu"
+                raise field_error("device", f"cuda needs {where} > 0 (a trial without a GPU share sees no CUDA "
+                                            "device); allowed with gpu 0: auto, cpu", self.device)
+        return self
 
 
 def _check_paths(where: str, mapping: dict[str, Any]) -> None:
     paths = set(known_paths())
+    axes = axis_names()
     for key in mapping:
-        if key not in paths and key not in AXIS_PATHS:
+        if key not in paths and key not in axes:
             close = sorted(p for p in paths if p.split(".")[-1] == key.split(".")[-1])
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise UserInputError(f"{where}: unknown setting {key!r}{hint}")
 
 
 def load_spec(path: str | Path) -> tuple[ExperimentSpec, Path]:
-    """Parse and validate an experiment YAML (safe loader only); return it and its folder."""
+    """Parse and validate an experiment YAML (bounded safe loader); return it and its folder."""
     path = Path(path)
-    if not path.is_file():
-        raise UserInputError(f"experiment file {path} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise UserInputError(f"experiment file {path} is not valid YAML: {' '.join(str(exc).split())}") from exc
+    raw = load_yaml(read_input_text(path, "experiment file"), f"experiment file {path}")
     if not isinstance(raw, dict):
         raise UserInputError(f"experiment file {path} must be a mapping of settings, got {type(raw).__name__}")
+    resources = raw.get("resources")
+    try:
+        if isinstance(resources, dict) and "default" not in resources:  # the shorthand: errors name resources.cpu
+            TrialResources.model_validate({k: v for k, v in resources.items() if k in RESOURCE_FIELDS})
+    except ValidationError as exc:
+        raise UserInputError(f"{path.name}: {format_validation_error(exc, prefix='resources.')}") from exc
     try:
         spec = ExperimentSpec.model_validate(raw)
     except ValidationError as exc:
@@ -270,17 +318,18 @@ def load_spec(path: str | Path) -> tuple[ExperimentSpec, Path]:
     return spec, path.parent
 
 
-def _to_path(axis: str) -> str:
-    return AXIS_PATHS.get(axis, axis)
+def _to_path(axis: str, method: str) -> str:
+    if axis in COMMON_AXES:
+        return COMMON_AXES[axis]
+    return method_axes().get(axis, {}).get(method, axis)
 
 
 def _applies(axis: str, method: str) -> bool:
-    owner = METHOD_ONLY_AXES.get(axis)
-    if owner is not None:
-        return owner == method
-    path = _to_path(axis)
-    parts = path.split(".")
-    return not (len(parts) > 2 and parts[0] == "search" and parts[1] in METHODS and parts[1] != method)
+    owners = method_axes().get(axis)
+    if owners is not None and axis not in COMMON_AXES:
+        return method in owners
+    parts = axis.split(".")
+    return not (len(parts) > 2 and parts[0] == "search" and parts[1] in load_methods() and parts[1] != method)
 
 
 def _matches(rule: dict[str, Any], axes: dict[str, Any]) -> bool:
@@ -307,7 +356,7 @@ def expand_trials(spec: ExperimentSpec) -> list[dict[str, Any]]:
     """Grid over the sweep axes, minus excludes, plus includes; one dict per trial with the
     validated settings (``settings``), the axis values (``axes``) and a stable ``trial_id``."""
     axes = dict(spec.sweep)
-    axes.setdefault("method", [spec.base.get("search.method", "darts")])
+    axes.setdefault("method", [spec.base.get("search.method", DEFAULT_METHOD)])
     names = list(axes)
     combos: list[dict[str, Any]] = []
     seen: set[str] = set()
@@ -328,11 +377,15 @@ def expand_trials(spec: ExperimentSpec) -> list[dict[str, Any]]:
             combos.append(dict(rule))
     if not combos:
         raise UserInputError("the sweep expands to no trials (every combination was excluded)")
+    if len(combos) > MAX_TRIALS:
+        raise UserInputError(f"the sweep expands to {len(combos)} trials; at most {MAX_TRIALS} per experiment")
     trials = []
     for combo in combos:
         settings = trial_settings(spec, combo)
+        method = load_methods()[settings["search"]["method"]]
         trials.append({"trial_id": trial_key(combo), "axes": combo, "settings": settings,
-                       "resources": spec.resources.for_method(settings["search"]["method"])})
+                       "resources": spec.resources.for_method(settings["search"]["method"]),
+                       "method_module": method.__module__})
     ids = [t["trial_id"] for t in trials]
     if len(set(ids)) != len(ids):
         raise UserInputError("two trials share an id; make the sweep's axis values distinct")
@@ -340,14 +393,14 @@ def expand_trials(spec: ExperimentSpec) -> list[dict[str, Any]]:
 
 
 def trial_settings(spec: ExperimentSpec, axes: dict[str, Any]) -> dict[str, Any]:
-    method = axes.get("method", spec.base.get("search.method", "darts"))
+    method = axes.get("method", spec.base.get("search.method", DEFAULT_METHOD))
     overrides: dict[str, Any] = {"data.name": spec.dataset.name, "data.root": spec.dataset.root,
                                  "data.download": spec.dataset.download, "data.workers": spec.dataset.workers,
                                  "device": spec.device, "deterministic": spec.deterministic}
     overrides.update(spec.base)
     overrides.update(spec.methods.get(method, {}))
     for axis, value in axes.items():
-        overrides[_to_path(axis)] = value
+        overrides[_to_path(axis, method)] = value
         if axis == "target_params":
             overrides["retrain.target_params"] = value
     threads = max(1, int(spec.resources.for_method(method)["cpu"]))
@@ -357,6 +410,9 @@ def trial_settings(spec: ExperimentSpec, axes: dict[str, Any]) -> dict[str, Any]
         settings: RunSettings = build_settings(spec.preset, overrides)
     except ValidationError as exc:
         raise UserInputError(f"{where}: {format_validation_error(exc)}") from exc
-    except ValueError as exc:
+    except UserInputError as exc:
         raise UserInputError(f"{where}: {exc}") from exc
+    if settings.search.precision == "bf16" and spec.resources.for_method(method)["gpu"] == 0:
+        raise UserInputError(f"{where}: search.precision: bf16 needs a GPU, but resources.gpu is 0; "
+                             "allowed without a GPU: fp32")
     return settings.model_dump(mode="json")

@@ -110,13 +110,19 @@ def run_sweep(spec: ExperimentSpec, trials: list[dict[str, Any]], uri: str, addr
 
     from orchestrator.callbacks import ResultsWriter, SweepProgress
     from orchestrator.collect import write_results
-    from orchestrator.ray_runtime import check_cluster, init_ray
+    from orchestrator.preflight import check_capacity, cluster_nodes, local_node
+    from orchestrator.ray_runtime import check_cluster, init_ray, ray_is_running
     from orchestrator.trainable import tune_trainable
 
     started = time.time()
     experiment = resolve(uri)
+    methods = [t["settings"]["search"]["method"] for t in trials]
+    if not address and not ray_is_running():  # before Ray starts
+        check_capacity(spec.resources, methods, [local_node()], "this machine (embedded Ray)")
     embedded = init_ray(address, dashboard, dashboard_host, runtime_env)
     try:
+        check_capacity(spec.resources, methods, cluster_nodes(), "this machine (embedded Ray)" if embedded
+                       else f"the Ray cluster at {address or 'this process'}")
         if not embedded:
             check_cluster(uri, spec.shared_storage, address, trials)
         trainable = tune.with_resources(tune_trainable, trial_placement)

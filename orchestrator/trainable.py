@@ -31,8 +31,9 @@ from mgas_core.arch import Architecture, architecture_from_json
 from mgas_core.config import RunSettings
 from mgas_core.data import load_splits, resolve_data_settings
 from mgas_core.determinism import torch_determinism
+from mgas_core.errors import UserInputError
 from mgas_core.io import CorruptFileError, load_checkpoint, load_checkpoint_bytes, save_checkpoint
-from mgas_core.methods.base import search_augment_for
+from mgas_core.methods.base import get_method, search_augment_for
 from mgas_core.provenance import git_revision, library_versions
 from mgas_core.train import DivergedError, resolve_device, run_retrain, run_search
 
@@ -105,6 +106,8 @@ def run_trial_pipeline(trial: dict[str, Any], state: dict[str, Any] | None, repo
                        cpus: float | None = None) -> dict[str, Any]:
     """Run (or resume) one trial; returns the final metrics (the Parquet row's fields).
     ``cpus``: the trial's CPU allocation (data loader workers are derived from it)."""
+    # a method registered outside mgas_core (a plugin, a test) is imported where it was defined
+    get_method(trial["settings"]["search"]["method"], trial.get("method_module"))
     settings = RunSettings.model_validate(trial["settings"])
     settings.data = resolve_data_settings(settings.data, cpus if cpus is not None else settings.threads,
                                           Path(os.environ.get("TUNE_ORIG_WORKING_DIR") or os.getcwd()))
@@ -148,6 +151,8 @@ def _pipeline(settings: RunSettings, device: torch.device, state: dict[str, Any]
 
         retrained = run_retrain(arch, settings, splits, device, state=state.get("retrain"), on_epoch=on_retrain_epoch)
     except DivergedError as exc:
+        raise TrialFailed(str(exc)) from exc
+    except UserInputError as exc:  # settings this trial's method or data refuse: retrying cannot help
         raise TrialFailed(str(exc)) from exc
     except (torch.OutOfMemoryError, MemoryError) as exc:
         raise TrialOutOfMemory(_oom_message(exc, settings, phase), isinstance(exc, torch.OutOfMemoryError),

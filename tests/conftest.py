@@ -1,15 +1,64 @@
-"""Shared fixtures: tiny settings that run in seconds on 2 CPU cores."""
+"""Shared fixtures: tiny settings that run in seconds on 2 CPU cores; a test session that is safe
+beside real work (every Ray it starts lives in a temp folder of its own; a user's RAY_ADDRESS is
+ignored); deterministic generated tests (hypothesis with a fixed seed, no example database)."""
 
 from __future__ import annotations
 
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from hypothesis import settings as hypothesis_settings
 
 from mgas_core.config import RunSettings, build_settings
+from tests.processes import private_ray_env
 
 torch.set_num_threads(1)
+
+# the same generated cases on every run (CI reproducible); `--hypothesis-profile explore` draws new ones
+hypothesis_settings.register_profile("default", derandomize=True, database=None, deadline=None)
+hypothesis_settings.register_profile("explore", derandomize=False, database=None, deadline=None)
+hypothesis_settings.load_profile("default")
+
+
+# --- the bad-input suite's count, printed at the end of every run (xdist workers report theirs) ---
+_BAD_INPUT_FROM_WORKERS: Counter[str] = Counter()
+
+
+def _bad_input_counts() -> Counter[str]:
+    module = sys.modules.get("tests.reliability.bad_input")
+    return Counter(module.STATS) if module is not None else Counter()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["bad_input"] = dict(_bad_input_counts())
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    _BAD_INPUT_FROM_WORKERS.update(getattr(node, "workeroutput", {}).get("bad_input", {}))
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    counts = _bad_input_counts() + _BAD_INPUT_FROM_WORKERS
+    tracebacks = counts.pop("tracebacks", 0)
+    if counts:
+        parts = ", ".join(f"{kind} {n}" for kind, n in sorted(counts.items()))
+        terminalreporter.write_line(f"bad-input suite: {sum(counts.values())} cases ({parts}); "
+                                    f"tracebacks: {tracebacks}")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_ray() -> Iterator[Path]:
+    """No test joins, or is joined by, a Ray of the user running the suite (see tests/processes.py)."""
+    with private_ray_env() as folder:
+        yield folder
 
 
 def tiny(**overrides: Any) -> RunSettings:

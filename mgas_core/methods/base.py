@@ -1,5 +1,14 @@
 """The method protocol every search method implements, and the method registry.
 
+The registry is the one source of method names: settings validation, experiment specs, the
+result schema, the trial pipeline and the benchmarks all read it. A method is one module: its
+class, decorated with ``@register_method("name")``, declares its own settings group
+(``settings_model``, validated as ``search.<name>.*``), whether it runs on the reference
+supernet, which of its settings become result columns and short sweep axes, and which setting
+combinations it cannot run (``check_settings``). Every module of ``mgas_core.methods`` is
+imported on first use; methods from other installed packages are found through the
+``mgas.methods`` entry-point group.
+
 The shared loop (:func:`mgas_core.train.run_search`) calls, per epoch: ``begin_epoch``, then
 ``train_step`` per batch (with a second batch from the held-out half for bilevel methods) until
 the epoch ends or ``finished`` turns true, then ``end_of_epoch`` (pruning, regrowth, stage
@@ -9,17 +18,20 @@ optimiser, controller and parameter so a resumed search is bitwise identical.
 
 from __future__ import annotations
 
+import importlib
 import math
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, ClassVar
 
 import torch
+from pydantic import BaseModel
 from torch import Tensor, nn
 
 from mgas_core.arch import Architecture
-from mgas_core.config import SearchSettings
+from mgas_core.config import SearchSettings, SettingConflict
 from mgas_core.data import Batch, DatasetInfo, SearchAugment
 from mgas_core.errors import UserInputError
 
@@ -31,6 +43,20 @@ class SearchMethod(ABC):
     primitives: ClassVar[tuple[str, ...]]
     bilevel: ClassVar[bool] = False
     """True when ``train_step`` needs a batch from the architecture half of the training set."""
+    settings_model: ClassVar[type[BaseModel] | None] = None
+    """The method's own settings group, validated as ``search.<name>.*`` (None: it has none)."""
+    reference_impl: ClassVar[bool] = False
+    """True when the method also runs on the reference supernet (``search.impl: reference``)."""
+    result_fields: ClassVar[tuple[str, ...]] = ()
+    """Fields of the method's settings group recorded as result columns of the same name."""
+    sweep_axes: ClassVar[tuple[str, ...]] = ()
+    """Fields of the method's settings group usable as short sweep axes (``stages``)."""
+
+    @classmethod
+    def check_settings(cls, settings: SearchSettings) -> None:
+        """Refuse settings this method cannot run with: raise
+        :class:`~mgas_core.config.SettingConflict` naming the field (called during validation)."""
+        del settings
 
     def __init__(self, settings: SearchSettings, info: DatasetInfo, device: torch.device, seed: int) -> None:
         self.settings = settings
@@ -42,6 +68,10 @@ class SearchMethod(ABC):
         self.memory_format = resolve_memory_format(settings)
         if settings.precision == "bf16" and device.type != "cuda":
             raise UserInputError("search.precision=bf16 needs a CUDA device; allowed on CPU: fp32")
+        try:  # validated with the settings already; settings changed since (assignment) are checked again
+            type(self).check_settings(settings)
+        except SettingConflict as exc:
+            raise UserInputError(f"search.{exc.field}: {exc}") from None
 
     @classmethod
     def search_augment(cls, settings: SearchSettings) -> SearchAugment:
@@ -136,12 +166,23 @@ class SearchMethod(ABC):
 
 
 METHOD_REGISTRY: dict[str, type[SearchMethod]] = {}
+DEFAULT_METHOD = "darts"
+"""The method of settings that name none (``mgas train`` retrains without searching)."""
+ENTRY_POINT_GROUP = "mgas.methods"
+METHOD_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+_entry_points_loaded: list[bool] = []
 
 
 def register_method(name: str) -> Callable[[type[SearchMethod]], type[SearchMethod]]:
+    """Class decorator: make ``name`` a search method (``search.method: name``)."""
     def wrap(cls: type[SearchMethod]) -> type[SearchMethod]:
-        if name in METHOD_REGISTRY:
-            raise ValueError(f"method {name!r} registered twice")
+        if not METHOD_NAME.match(name):
+            raise ValueError(f"method name {name!r} must be lower-case letters, digits and _ (a settings key)")
+        if name in SearchSettings.model_fields:
+            raise ValueError(f"method name {name!r} is taken by the search setting of that name")
+        known = METHOD_REGISTRY.get(name)
+        if known is not None and (known.__module__, known.__qualname__) != (cls.__module__, cls.__qualname__):
+            raise ValueError(f"method {name!r} registered twice ({known.__module__} and {cls.__module__})")
         cls.name = name
         METHOD_REGISTRY[name] = cls
         return cls
@@ -149,12 +190,68 @@ def register_method(name: str) -> Callable[[type[SearchMethod]], type[SearchMeth
     return wrap
 
 
-def create_method(settings: SearchSettings, info: DatasetInfo, device: torch.device, seed: int) -> SearchMethod:
-    import mgas_core.methods  # noqa: F401  (registers the built-in methods)
+def unregister_method(name: str) -> None:
+    """Remove a registered method (tests that register a throwaway one clean up with this)."""
+    METHOD_REGISTRY.pop(name, None)
 
-    if settings.method not in METHOD_REGISTRY:
-        raise ValueError(f"unknown method {settings.method!r}; allowed: {', '.join(sorted(METHOD_REGISTRY))}")
-    method = METHOD_REGISTRY[settings.method](settings, info, device, seed)
+
+def load_methods() -> dict[str, type[SearchMethod]]:
+    """The registry with every built-in method (all modules of ``mgas_core.methods``) and those
+    that installed packages declare in the ``mgas.methods`` entry-point group."""
+    importlib.import_module("mgas_core.methods")
+    if not _entry_points_loaded:
+        _entry_points_loaded.append(True)
+        from importlib.metadata import entry_points
+
+        for entry in entry_points(group=ENTRY_POINT_GROUP):
+            entry.load()
+    return METHOD_REGISTRY
+
+
+def method_names() -> tuple[str, ...]:
+    return tuple(load_methods())
+
+
+def result_columns() -> dict[str, type]:
+    """Result columns the registered methods declare (``result_fields``), each with the scalar
+    type it is stored as: int, float, bool, or str (lists are joined with commas)."""
+    columns: dict[str, type] = {}
+    for name, method in load_methods().items():
+        for field in method.result_fields:
+            if method.settings_model is None or field not in method.settings_model.model_fields:
+                raise ValueError(f"method {name!r} declares result field {field!r}, which its settings lack")
+            annotation = method.settings_model.model_fields[field].annotation
+            kind = next((k for k in (bool, int, float) if annotation is k or annotation == k | None), str)
+            if columns.setdefault(field, kind) is not kind:
+                raise ValueError(f"result column {field!r} is declared as {columns[field].__name__} and "
+                                 f"{kind.__name__} by two methods")
+    return columns
+
+
+def result_values(settings: dict[str, Any]) -> dict[str, Any]:
+    """The declared result columns of one run (``settings`` as dumped to JSON): the method's own
+    values, None for columns other methods declare."""
+    columns = dict.fromkeys(result_columns())
+    name = settings["search"]["method"]
+    for field in get_method(name).result_fields:
+        value = settings["search"][name][field]
+        columns[field] = ",".join(map(str, value)) if isinstance(value, list | tuple) else value
+    return columns
+
+
+def get_method(name: str, module: str | None = None) -> type[SearchMethod]:
+    """The class registered as ``name``; ``module`` (where it was registered, recorded with each
+    trial) is imported first if the name is not known in this process yet (a Ray worker)."""
+    registry = load_methods()
+    if name not in registry and module:
+        importlib.import_module(module)
+    if name not in registry:
+        raise UserInputError(f"unknown method {name!r}; allowed: {', '.join(registry)}")
+    return registry[name]
+
+
+def create_method(settings: SearchSettings, info: DatasetInfo, device: torch.device, seed: int) -> SearchMethod:
+    method = get_method(settings.method)(settings, info, device, seed)
     method.model.to(memory_format=method.memory_format)
     return method
 

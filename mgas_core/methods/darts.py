@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from mgas_core.arch import Architecture
-from mgas_core.config import SearchSettings
+from mgas_core.config import DartsSettings, SearchSettings
 from mgas_core.data import Batch, DatasetInfo
 from mgas_core.methods.base import (
     SearchMethod,
@@ -66,6 +66,8 @@ class SharedAlphaModel(nn.Module):
 class Darts(SearchMethod):
     primitives = DARTS_PRIMITIVES
     bilevel = True
+    settings_model = DartsSettings
+    reference_impl = True
 
     def __init__(self, settings: SearchSettings, info: DatasetInfo, device: torch.device, seed: int) -> None:
         super().__init__(settings, info, device, seed)

@@ -37,7 +37,7 @@ from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
 
 from mgas_core.arch import Architecture, CellArch, OpSpec, architecture_from_json, prune_dead_ops
-from mgas_core.config import SearchSettings
+from mgas_core.config import GoldNasSettings, SearchSettings, SettingConflict
 from mgas_core.data import Batch, DatasetInfo
 from mgas_core.methods.base import SearchMethod, accuracy, clip_and_step, cosine_lr, register_method, set_lr
 from mgas_core.methods.cell_alphas import PerCellAlphaModel
@@ -65,6 +65,15 @@ def op_resource(name: str, channels: int, stride: int, resolution: int, kind: st
 @register_method("gold_nas")
 class GoldNas(SearchMethod):
     primitives = NO_NONE_PRIMITIVES
+    settings_model = GoldNasSettings
+    reference_impl = True
+
+    @classmethod
+    def check_settings(cls, settings: SearchSettings) -> None:
+        cfg = settings.gold_nas
+        if cfg.eta_min > cfg.eta_max:
+            raise SettingConflict("gold_nas.eta_min", f"eta_min={cfg.eta_min} must not exceed "
+                                                      f"eta_max={cfg.eta_max}")
 
     def __init__(self, settings: SearchSettings, info: DatasetInfo, device: torch.device, seed: int) -> None:
         super().__init__(settings, info, device, seed)

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mgas_core.arch import Architecture
-from mgas_core.config import SearchSettings
+from mgas_core.config import MgasSettings, SearchSettings, SettingConflict
 from mgas_core.data import Batch, DatasetInfo, SearchAugment
 from mgas_core.errors import UserInputError
 from mgas_core.masks import FilterGate
@@ -60,6 +60,15 @@ from mgas_core.supernet_factory import build_supernet
 @register_method("mgas")
 class Mgas(SearchMethod):
     primitives = NO_NONE_PRIMITIVES
+    settings_model = MgasSettings
+    result_fields = ("granularities", "stages")
+    sweep_axes = ("granularities", "stages")
+
+    @classmethod
+    def check_settings(cls, settings: SearchSettings) -> None:
+        if settings.mgas.stages > settings.layers:
+            raise SettingConflict("mgas.stages", f"stages must be between 1 and the number of cells "
+                                                 f"({settings.layers}), got {settings.mgas.stages}")
 
     def __init__(self, settings: SearchSettings, info: DatasetInfo, device: torch.device, seed: int) -> None:
         super().__init__(settings, info, device, seed)

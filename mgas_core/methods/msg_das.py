@@ -27,12 +27,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchvision.ops import drop_block2d
 
 from mgas_core.arch import Architecture
-from mgas_core.config import SearchSettings
+from mgas_core.config import MsgDasSettings, SearchSettings, SettingConflict
 from mgas_core.data import Batch, DatasetInfo
-from mgas_core.errors import UserInputError
 from mgas_core.methods.base import SearchMethod, accuracy, clip_and_step, cosine_lr, frozen, register_method, set_lr
 from mgas_core.methods.darts import SharedAlphaModel
 from mgas_core.methods.genotype import derive_genotype
@@ -51,6 +49,8 @@ class DropBlockIdentity(Identity):
 
     def forward(self, x: Tensor, x_relu: Tensor | None = None, scale: Tensor | None = None) -> Tensor:
         if self.training and self.rate > 0:
+            from torchvision.ops import drop_block2d  # imported on first use: torchvision takes ~1.5 s to load
+
             block = min(self.block_size, x.shape[-1], x.shape[-2])
             block -= 1 - block % 2  # DropBlock needs an odd block that fits the map
             x = drop_block2d(x, self.rate, block, training=True)
@@ -71,16 +71,22 @@ def gumbel_topk(logits: Tensor, k: int, tau: float, generator: torch.Generator) 
 class MsgDas(SearchMethod):
     primitives = DARTS_PRIMITIVES
     bilevel = True
+    settings_model = MsgDasSettings
+    result_fields = ("subgraphs",)
+
+    @classmethod
+    def check_settings(cls, settings: SearchSettings) -> None:
+        cfg = settings.msg_das
+        if not 1 <= cfg.subgraphs <= len(cls.primitives):
+            raise SettingConflict("msg_das.subgraphs", f"subgraphs K={cfg.subgraphs} must be between 1 and the "
+                                                       f"number of ops ({len(cls.primitives)})")
+        if cfg.tau_min > cfg.tau_max:
+            raise SettingConflict("msg_das.tau_min", f"tau_min={cfg.tau_min} must not exceed tau_max={cfg.tau_max}")
 
     def __init__(self, settings: SearchSettings, info: DatasetInfo, device: torch.device, seed: int) -> None:
         super().__init__(settings, info, device, seed)
         cfg = settings.msg_das
         self.cfg = cfg
-        if not 1 <= cfg.subgraphs <= len(self.primitives):
-            raise UserInputError(f"subgraphs K={cfg.subgraphs} must be between 1 and the number of ops "
-                                 f"({len(self.primitives)})")
-        if cfg.tau_min > cfg.tau_max:
-            raise UserInputError(f"msg_das.tau_min={cfg.tau_min} must not exceed tau_max={cfg.tau_max}")
         net = build_supernet(settings, self.primitives, info)
         skip = self.primitives.index("skip_connect")
         self.dropblocks: list[DropBlockIdentity] = []

@@ -118,3 +118,28 @@ def test_flops_count_every_declared_tap_whatever_path_runs():
     declared = pixels * channels * 25 + pixels * channels * 9 + pixels * channels * channels
     assert count_flops(model, (channels, size, size)) == declared
     assert all(conv.rewrites for conv in model), "counting must leave the rewrites on"
+
+
+@pytest.mark.parametrize("c_in", [1, 2, 4, 8])
+@pytest.mark.parametrize("c_out", [1, 4])
+def test_strided_pointwise_conv_on_few_channels_matches_the_declared_conv(c_in, c_out):
+    """FactorizedReduce's 1x1 stride-2 convs run as the subsample's channel product, exactly the
+    declared conv in value and gradient. On one thread, channels-last, with fewer than 8 input channels,
+    torch 2.14's own strided 1x1 backward corrupts the heap (the process dies); this must not."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(c_in * 10 + c_out)
+        conv = MaskableConv2d(c_in, c_out, 1, stride=2)
+        for _ in range(5):
+            x = torch.randn(16, c_in, 8, 8).contiguous(memory_format=torch.channels_last).requires_grad_()
+            out = conv(x)
+            ref = F.conv2d(x.detach().double()[:, :, ::2, ::2], conv.weight.detach().double())
+            gx, gw = torch.autograd.grad(out, (x, conv.weight), torch.ones_like(out))
+            torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+            assert gx[:, :, 1::2].abs().sum() == 0 and gx[:, :, ::2, ::2].abs().sum() > 0
+            torch.testing.assert_close(gw.double(), x.detach().double()[:, :, ::2, ::2].sum((0, 2, 3))
+                                       .view(1, c_in, 1, 1).expand_as(gw), rtol=1e-4, atol=1e-4)
+        assert conv.path_for(x) in ("conv", "linear")
+    finally:
+        torch.set_num_threads(threads)

@@ -107,13 +107,13 @@ def test_synthetic_shapes():
 def test_mgas_searches_cifar_with_autoaugment_and_cutout_as_the_official_code(tmp_path, monkeypatch):
     from torchvision import transforms
 
-    from mgas_core.config import SearchSettings
+    from mgas_core.config import search_settings_model
     from mgas_core.methods.base import search_augment_for
 
     _write_cifar(tmp_path, monkeypatch)
     settings = DataSettings(name="cifar10", root=str(tmp_path), val_fraction=0.2)
-    mgas = load_splits(settings, search_augment=search_augment_for(SearchSettings(method="mgas")))
-    darts = load_splits(settings, search_augment=search_augment_for(SearchSettings(method="darts")))
+    mgas = load_splits(settings, search_augment=search_augment_for(search_settings_model()(method="mgas")))
+    darts = load_splits(settings, search_augment=search_augment_for(search_settings_model()(method="darts")))
     kinds = [type(t).__name__ for t in mgas.train.dataset.transform.transforms]
     assert kinds == ["RandomCrop", "RandomHorizontalFlip", "AutoAugment", "ToTensor", "Normalize", "Cutout"]
     assert mgas.train.dataset.transform.transforms[2].policy == transforms.AutoAugmentPolicy.CIFAR10

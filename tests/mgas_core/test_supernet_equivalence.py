@@ -16,7 +16,7 @@ from mgas_core.reference_supernet import ReferenceSuperNetwork
 from mgas_core.space import DARTS_PRIMITIVES
 from mgas_core.supernet import SuperNetwork
 
-TOL = 1e-5
+TOL = 3e-5  # float32: one conv summed in another order rounds differently (stem gradients: 1.2e-5)
 
 
 def _pair(variant: str, layers: int, channels: int, nodes: int):
@@ -41,6 +41,7 @@ def _pair(variant: str, layers: int, channels: int, nodes: int):
 def test_logits_and_gradients_match_reference(variant, size, layout, dtype):
     layers, channels, nodes = 5, 4, 3  # reduction cells at 1 and 3, a reduction_prev cell after each
     fast, ref = _pair(variant, layers, channels, nodes)
+    tol = TOL if dtype == torch.float32 else 1e-9  # float64 shows the computation is the same, float32 its rounding
     fast.to(dtype=dtype, memory_format=layout)
     ref.to(dtype=dtype, memory_format=layout)
     num_edges, num_ops = fast.topology.num_edges, len(DARTS_PRIMITIVES)
@@ -59,14 +60,14 @@ def test_logits_and_gradients_match_reference(variant, size, layout, dtype):
         results.append((logits.detach(), a.grad, [p.grad for p in net.parameters()],
                         [b.clone() for b in net.buffers()]))
     (lf, af, gf, bf), (lr, ar, gr, br) = results
-    torch.testing.assert_close(lf, lr, atol=TOL, rtol=TOL)
-    torch.testing.assert_close(af, ar, atol=TOL, rtol=TOL)
+    torch.testing.assert_close(lf, lr, atol=tol, rtol=tol)
+    torch.testing.assert_close(af, ar, atol=tol, rtol=tol)
     for (name, _), g1, g2 in zip(fast.named_parameters(), gf, gr):
         assert (g1 is None) == (g2 is None), name
         if g1 is not None:
-            torch.testing.assert_close(g1, g2, atol=TOL, rtol=TOL, msg=lambda m, n=name: f"{n}: {m}")
+            torch.testing.assert_close(g1, g2, atol=tol, rtol=tol, msg=lambda m, n=name: f"{n}: {m}")
     for b1, b2 in zip(bf, br):  # BN running statistics move identically
-        torch.testing.assert_close(b1.float(), b2.float(), atol=TOL, rtol=TOL)
+        torch.testing.assert_close(b1.float(), b2.float(), atol=tol, rtol=tol)
     assert af.abs().sum() > 0 and lf.abs().sum() > 0
 
 

@@ -175,3 +175,47 @@ def test_target_scales_genotype_width(capsys, tmp_path):
           "--out", str(tmp_path), "--json", "--no-progress", *TINY_SEARCH[:-2]])
     summary = json.loads(capsys.readouterr().out)
     assert abs(summary["params"] - 50000) / 50000 < 0.15
+
+
+def test_search_killed_between_its_metrics_row_and_its_checkpoint_resumes_with_each_row_once(
+        tmp_path, capsys, monkeypatch):
+    """A kill after epoch 2's metrics row but before its checkpoint: the resume starts from epoch 1's
+    checkpoint, says so on stderr, and metrics.jsonl ends with each epoch exactly once, the same
+    rows an uninterrupted search writes."""
+    import orchestrator.local as local
+
+    common = ["search", "--method", "darts", "--dataset", "synthetic", "--epochs", "3", "--json", "--no-progress",
+              *TINY_SEARCH]
+    main([*common, "--out", str(tmp_path / "whole")])
+    whole = [json.loads(line) for line in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
+    capsys.readouterr()
+
+    real_save, saves = local.save_checkpoint_keeping_previous, []
+
+    def killed_on_second_save(*args, **kwargs):
+        saves.append(1)
+        if len(saves) == 2:
+            raise KeyboardInterrupt  # the process dies here: row 2 written, its checkpoint not
+        return real_save(*args, **kwargs)
+
+    monkeypatch.setattr(local, "save_checkpoint_keeping_previous", killed_on_second_save)
+    out = tmp_path / "killed"
+    with pytest.raises(SystemExit) as info:
+        main([*common, "--out", str(out)])
+    assert info.value.code == 130
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2  # the duplicate-to-be
+    monkeypatch.setattr(local, "save_checkpoint_keeping_previous", real_save)
+    capsys.readouterr()
+    main([*common, "--out", str(out), "--resume"])
+    assert f"resuming from {out / 'checkpoint.pt'}: 1 of 3 epochs done" in capsys.readouterr().err
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1, 2]
+    assert [r["loss"] for r in rows] == [r["loss"] for r in whole]
+
+
+def test_a_diverging_search_is_one_line_and_exit_1(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["search", "--method", "darts", "--dataset", "synthetic", "--epochs", "1", "--no-progress",
+              "--out", str(tmp_path / "s"), "--set", "search.w_lr=1e12", *TINY_SEARCH])
+    err = capsys.readouterr().err
+    assert info.value.code == 1 and err.startswith("mgas: failed: diverged at epoch 0") and err.count("\n") == 1

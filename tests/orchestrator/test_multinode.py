@@ -25,7 +25,7 @@ import yaml
 
 from orchestrator.results import read_rows
 from orchestrator.storage import resolve
-from tests.orchestrator.helpers import TINY_BASE
+from tests.orchestrator.helpers import TINY_BASE, write_spec
 from tests.orchestrator.multinode import BUCKET, RAY_CLI, LocalCluster, LocalS3, cluster_env, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]  # Ray tests run one after another
@@ -158,7 +158,7 @@ def test_killed_driver_job_submit_resume_collect_and_report_from_s3(cluster, tmp
     assert "3 trials (3 ok, 0 failed)" in (other_dir / "placed-report" / "report.html").read_text()
 
 
-def test_unimportable_code_and_node_local_storage_are_refused_in_one_line(cluster, tmp_path):
+def test_unimportable_code_local_storage_and_impossible_resources_are_refused_in_one_line(cluster, tmp_path):
     broken = tmp_path / "broken"
     (broken / "mgas_core").mkdir(parents=True)
     (broken / "mgas_core" / "__init__.py").write_text("raise ImportError('a stale copy of mgas_core')\n")
@@ -173,3 +173,18 @@ def test_unimportable_code_and_node_local_storage_are_refused_in_one_line(cluste
 
     local = mgas(cluster.env, tmp_path, "run", str(spec), "--address", cluster.address, "--out", str(tmp_path / "o"))
     assert local.returncode == 2 and "shared storage" in local.stderr.strip().splitlines()[-1]
+
+    # trials no node can ever run (Tune would wait forever) are refused before Tune starts
+    for resources, fragment in [
+        ({"cpu": 4}, "resources.cpu=4 per trial, but the largest node of the Ray cluster"),
+        ({"default": {"cpu": 1}, "darts": {"gpu": 1, "accelerator_type": "FAKE_B"}},
+         "resources.darts.accelerator_type=FAKE_B, but no node of the Ray cluster"),
+    ]:
+        too_big = write_spec(tmp_path, name="too-big", sweep={"method": ["darts"], "seed": [0]},
+                             resources=resources, shared_storage=True)
+        refused = mgas(cluster.env, tmp_path, "run", str(too_big), "--address", cluster.address)
+        assert refused.returncode == 2, refused.stderr[-2000:]
+        line = refused.stderr.strip().splitlines()[-1]
+        assert fragment in line and refused.stderr.count("mgas: error") == 1, refused.stderr[-2000:]
+        assert not (tmp_path / "out" / "too-big").exists()  # nothing written
+

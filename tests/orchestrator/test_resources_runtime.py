@@ -43,8 +43,8 @@ def test_dry_run_names_each_methods_request(tmp_path, capsys, monkeypatch):
 
 
 @pytest.mark.parametrize("resources,fragment", [
-    ({"mgas": {"gpu": 2}}, "resources.mgas.gpu: Value error, gpu 2: a trial uses one device"),
-    ({"gpu": 4}, "resources.default.gpu"),
+    ({"mgas": {"gpu": 2}}, "resources.mgas.gpu: gpu 2: a trial uses one device"),
+    ({"gpu": 4}, "resources.gpu"),
     ({"nas": {"gpu": 1}}, "unknown key 'nas' in resources; allowed: default, darts"),
     ({"cpu": 1, "default": {"cpu": 2}}, "either at the top of resources or under default"),
     ({"mgas": {"tpu": 1}}, "resources.mgas.tpu"),

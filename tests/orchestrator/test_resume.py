@@ -1,57 +1,71 @@
 """A sweep whose driver process is killed is resumed with --resume: only unfinished trials run, and
-the rows of the trials that had finished are rewritten from Tune's state."""
+the rows of the trials that had finished are rewritten from Tune's state.
+
+Safe beside real work: the driver runs with a Ray temp folder of its own (so it shares nothing
+with a `mgas run` of the same user), and the test ends exactly the processes it started: the
+driver and its descendants, by pid. It waits on conditions (a finished trial's row, Tune's saved
+sweep state recording it), never for a fixed time.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
+from pathlib import Path
 
-import psutil
 import pytest
 
 from orchestrator.results import read_rows
 from tests.orchestrator.helpers import write_spec
+from tests.processes import kill_process_tree, private_ray_env, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]  # Ray tests run one after another
 
 
-def _kill_session(proc: subprocess.Popen) -> None:
-    """SIGKILL the driver's whole process group and any Ray process it left behind."""
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
-    for p in psutil.process_iter(["pid", "cmdline"]):
-        try:
-            cmd = " ".join(p.info["cmdline"] or [])
-            if f"mgas-ray-{os.getuid()}" in cmd:
-                p.kill()
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
+def terminated_in_saved_state(run_dir: Path) -> set[str]:
+    """Trial ids Tune's newest saved sweep state records as finished (what `--resume` will skip)."""
+    states = sorted(run_dir.glob("experiment_state-*.json"))
+    if not states:
+        return set()
+    try:
+        data = json.loads(states[-1].read_text())
+    except (json.JSONDecodeError, OSError):  # being rewritten right now
+        return set()
+    done = set()
+    for trial_state, _ in data.get("trial_data", []):
+        state = json.loads(trial_state) if isinstance(trial_state, str) else trial_state
+        if state.get("status") == "TERMINATED":
+            done.add(state.get("trial_id"))
+    return done
 
 
 def test_killed_driver_then_resume_runs_only_unfinished_trials(tmp_path):
-    path = write_spec(tmp_path, name="resume", sweep={"method": ["darts"], "seed": [0, 1]},
+    # the second trial is much longer than the first, so it is still running when the driver dies
+    path = write_spec(tmp_path, name="resume", sweep={"method": ["darts"], "seed": [0]},
+                      include=[{"method": "darts", "seed": 1, "retrain.epochs": 6}],
                       max_concurrent_trials=1, base={"search.epochs": 3})
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "orchestrator.cli", "run", str(path)]
     experiment_dir = tmp_path / "out" / "resume"
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 240
-        while time.time() < deadline and len(read_rows(experiment_dir)) < 1:
-            time.sleep(0.2)
-        time.sleep(2.5)  # let Tune persist the sweep state that records the finished trial
-    finally:
-        _kill_session(proc)
-    before = {r["trial_id"]: r["finished_at"] for r in read_rows(experiment_dir)}
-    assert len(before) == 1, before
+    cmd = [sys.executable, "-m", "orchestrator.cli", "run", str(path)]
+    with private_ray_env():
+        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_for(lambda: len(read_rows(experiment_dir)) >= 1 or proc.poll() is not None, 300,
+                     "the first trial's result row")
+            wait_for(lambda: terminated_in_saved_state(experiment_dir / "tune") or proc.poll() is not None,
+                     60, "Tune's saved sweep state to record the finished trial")
+        finally:
+            ended = kill_process_tree(proc.pid)
+            proc.wait(timeout=30)
+        assert proc.pid in ended
+        before = {r["trial_id"]: r["finished_at"] for r in read_rows(experiment_dir)}
+        assert len(before) == 1, before
 
-    shutil.rmtree(experiment_dir / "results")  # as if the head's disk was lost: the restore rewrites the row
-    done = subprocess.run([*cmd, "--resume", "--json"], env=env, capture_output=True, text=True, timeout=300)
+        shutil.rmtree(experiment_dir / "results")  # as if the head's disk was lost: the restore rewrites the row
+        done = subprocess.run([*cmd, "--resume", "--json"], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "resuming sweep" in done.stdout
     rows = read_rows(experiment_dir)

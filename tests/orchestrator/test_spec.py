@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from mgas_core.errors import UserInputError
 from orchestrator.cli import main
@@ -36,12 +37,12 @@ def test_target_axis_sets_search_target_and_genotype_width(tmp_path):
 
 
 @pytest.mark.parametrize("fields,fragment", [
-    ({"sweep": {"method": ["darts", "nas_bench"]}}, "search.method: Input should be 'darts', 'gold_nas'"),
+    ({"sweep": {"method": ["darts", "nas_bench"]}}, "sweep.method: unknown method 'nas_bench'; allowed: darts"),
     ({"sweep": {"method": ["mgas"], "stages": ["three"]}}, "search.mgas.stages"),
     ({"sweep": {"method": ["darts"], "search.darts.alpha_rate": [0.1]}}, "unknown sweep axis"),
     ({"base": {"search.epoch": 3}}, "unknown setting 'search.epoch'"),
-    ({"resources": {"cpu": -1}}, "resources.default.cpu"),
-    ({"resources": {"cpu": 1, "gpu": -0.5}}, "resources.default.gpu"),
+    ({"resources": {"cpu": -1}}, "resources.cpu"),
+    ({"resources": {"cpu": 1, "gpu": -0.5}}, "resources.gpu"),
     ({"dataset": "mnist"}, "unknown dataset 'mnist'"),
     ({"sweep": {"method": []}}, "non-empty list"),
     ({"max_failures": "many"}, "max_failures"),
@@ -84,3 +85,16 @@ def test_dry_run_prints_plan_without_ray(tmp_path, capsys, monkeypatch):
     assert main(["run", str(path), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "4 trials" in out and "cpu=1 gpu=0.5" in out and "mgas_seed1" in out
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_gpu_trials_on_a_machine_without_gpu_are_refused_before_ray_starts(tmp_path, capsys, monkeypatch):
+    import orchestrator.ray_runtime as runtime
+
+    monkeypatch.setattr(runtime, "init_ray", lambda *a, **k: (_ for _ in ()).throw(AssertionError("no Ray")))
+    path = write_spec(tmp_path, resources={"cpu": 1, "gpu": 0.5})
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "resources.gpu=0.5 per trial, but this machine (embedded Ray) has no GPU" in err
+    assert not (tmp_path / "out").exists()
+

@@ -17,22 +17,28 @@ import ray
 
 from mgas_core.arch import load_architecture
 from mgas_core.model import count_architecture_params
+from orchestrator.cli import main
 from orchestrator.collect import collect_command
-from orchestrator.results import RESULT_SCHEMA, read_rows
+from orchestrator.results import read_rows, result_schema
 from orchestrator.spec import expand_trials, load_spec
 from orchestrator.sweep import run_command
 from orchestrator.trainable import run_trial_pipeline
+from tests.orchestrator.conftest import PLUGIN
 from tests.orchestrator.helpers import write_spec
+from tests.processes import private_ray_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]  # Ray tests run one after another
 
 
 @pytest.fixture(scope="module", autouse=True)
 def ray_2cpu():
+    """This module's own 2-CPU Ray, in a temp folder of its own (nothing shared with other Rays)."""
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-    yield
-    ray.shutdown()
+    with private_ray_env() as folder:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+                 _temp_dir=str(folder))
+        yield
+        ray.shutdown()
 
 
 class _Records(logging.Handler):
@@ -74,7 +80,7 @@ def test_sweep_writes_exactly_one_filled_row_per_trial(tmp_path):
     assert mgas["granularities"] == "op,filter,weight" and mgas["stages"] == 2
     assert mgas["remaining_ratio_op"] is not None
     table = pq.read_table(next((experiment_dir / "results").glob("method=darts/*.parquet")))
-    assert table.schema.equals(RESULT_SCHEMA)
+    assert table.schema.equals(result_schema())
     curves = list((experiment_dir / "curves").glob("method=*/*.parquet"))
     assert len(curves) == 5
     phases = set(pq.read_table(curves[0]).column("phase").to_pylist())
@@ -153,3 +159,20 @@ def test_diverging_trial_is_recorded_and_the_sweep_goes_on(tmp_path):
     assert good["status"] == "ok"
     assert bad["status"] == "failed" and bad["error"].startswith("diverged at epoch 0")
     assert bad["attempts"] is None or bad["attempts"] <= 1
+
+
+def test_fifth_method_runs_through_a_one_trial_sweep(random_alpha, tmp_path, capsys):
+    """A method registered outside mgas_core (tests/plugins/random_alpha.py) runs as a Ray trial."""
+    path = write_spec(tmp_path, name="plugin", sweep={"method": [random_alpha], "alpha_std": [0.5]},
+                      base={"search.epochs": 1, "retrain.epochs": 1})
+    trials = expand_trials(load_spec(path)[0])
+    assert len(trials) == 1 and trials[0]["method_module"] == PLUGIN
+    assert main(["run", str(path), "--dry-run"]) == 0
+    assert "alpha_std=0.5" in capsys.readouterr().out
+    summary = run_command(path)  # the module's Ray: its workers import the plugin where it was registered
+    assert summary["ok"] == 1
+    [row] = read_rows(tmp_path / "out" / "plugin")
+    assert row["method"] == random_alpha and row["status"] == "ok" and row["alpha_std"] == 0.5
+    assert json.loads(row["config_json"])["search"]["random_alpha"] == {"alpha_std": 0.5}
+    [result_file] = (tmp_path / "out" / "plugin" / "results").glob(f"method={random_alpha}/*.parquet")
+    assert pq.read_table(result_file).schema.equals(result_schema())

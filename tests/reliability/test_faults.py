@@ -129,16 +129,23 @@ def test_no_good_checkpoint_restarts_the_trial_and_says_so(tmp_path, capsys):
 
 @pytest.mark.parametrize("how", ["truncated", "tampered"])
 def test_local_search_resume_falls_back_to_previous_checkpoint(tmp_path, how, capsys):
+    from orchestrator.local import search_command
+    from tests.conftest import tiny
+
+    settings = tiny(search__epochs=2)
+    search_command(settings, tmp_path, progress=False)  # checkpoint.pt after epoch 2, .prev after epoch 1
     ckpt = tmp_path / "checkpoint.pt"
-    save_checkpoint_keeping_previous({"search": {"epoch": 1}}, ckpt)
-    save_checkpoint_keeping_previous({"search": {"epoch": 2}}, ckpt)
-    assert _resume_state(ckpt) == {"epoch": 2}
+    state, notes = _resume_state(ckpt, settings)
+    assert state["next_epoch"] == 2 and notes == [f"resuming from {ckpt}: 2 of 2 epochs done"]
     _damage(ckpt, how)
     with pytest.raises(CorruptFileError):
         load_checkpoint(ckpt)
-    assert _resume_state(ckpt) == {"epoch": 1}
-    err = capsys.readouterr().err
-    assert "damaged checkpoint skipped" in err and "previous good checkpoint" in err
+    state, notes = _resume_state(ckpt, settings)
+    assert state["next_epoch"] == 1 and len(notes) == 2
+    assert notes[0].startswith("warning: damaged checkpoint skipped")
+    assert notes[1] == f"resuming from {ckpt}.prev (the previous good checkpoint): 1 of 2 epochs done"
+    search_command(settings, tmp_path, resume=True, progress=False)  # the notes are printed once it starts
+    assert notes[1] in capsys.readouterr().err
 
 
 # --- out of memory ----------------------------------------------------------------------------------
@@ -165,6 +172,15 @@ def test_out_of_memory_is_recorded_with_batch_size_and_hint(tmp_path, monkeypatc
     message = str(info.value)
     assert "out of memory in search at batch size 16" in message
     assert "hint: lower search.batch_size" in message
+
+
+def test_settings_a_trial_cannot_run_fail_it_once_with_the_reason(tmp_path):
+    """A target above the supernet's size is only known once MGAS builds it: the trial fails with
+    that reason instead of being retried (max_failures) with the same settings."""
+    spec, _ = load_spec(write_spec(tmp_path, sweep={"method": ["mgas"], "seed": [0], "target_params": [50.0]}))
+    trial = expand_trials(spec)[0]
+    with pytest.raises(TrialFailed, match="not below the supernet's size"):
+        run_trial_pipeline(trial, None, lambda metrics, state: None)
 
 
 # --- security defaults ------------------------------------------------------------------------------

@@ -1,0 +1,163 @@
+"""Bad-input suite, command lines: generated bad arguments to `mgas search`, `train`, `info`,
+`run` and `report` (values out of range, non-finite, of the wrong type, unknown names, settings
+that cannot run together, paths that are files, folders or missing). See bad_input.py."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.reliability.bad_input import assert_refused
+
+SEARCH = ["search", "--method", "darts", "--dataset", "digits", "--preset", "tiny", "--no-progress"]
+TRAIN = ["train", "--arch", "darts_v2", "--dataset", "digits", "--preset", "tiny", "--no-progress"]
+
+FLAGS = {"method", "dataset", "preset", "seed", "device", "threads", "set", "out", "json", "epochs", "layers",
+         "channels", "batch", "order", "stages", "granularities", "subgraphs", "cost", "impl", "resume", "download",
+         "help", "arch", "experiment", "address", "published", "dashboard", "progress", "info", "search", "train",
+         "run", "report"}
+word = st.from_regex(r"\A[a-z]{3,10}\Z").filter(lambda w: w not in {"darts", "mgas", "digits", "tiny", "paper"} | FLAGS)
+
+
+def _not_an_int(text: str) -> bool:
+    try:
+        int(text)
+    except ValueError:
+        return True
+    return False
+junk = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",), exclude_characters="\x00"),
+               min_size=1, max_size=12)
+not_finite = st.sampled_from(["inf", "-inf", "nan", "1e999", "-1e999"])
+huge = st.integers(min_value=10, max_value=40).map(lambda k: str(10**k))
+
+# flag -> (settings path, values that must be refused)
+SEARCH_INT_FLAGS = {
+    "--epochs": "search.epochs", "--layers": "search.layers", "--channels": "search.channels",
+    "--batch": "search.batch_size", "--seed": "seed", "--threads": "threads",
+}
+TRAIN_INT_FLAGS = {"--epochs": "retrain.epochs", "--channels": "retrain.channels", "--layers": "retrain.layers",
+                   "--batch": "retrain.batch_size", "--seed": "seed", "--threads": "threads"}
+SET_NUMBERS = ["search.w_lr", "search.grad_clip", "search.w_momentum", "retrain.lr", "retrain.drop_path",
+               "data.val_fraction", "search.darts.alpha_lr", "search.gold_nas.eta_min", "search.msg_das.tau_max",
+               "search.mgas.regrow_fraction", "search.mgas.threshold_lr", "search.target_params"]
+SET_INTS = ["search.epochs", "search.nodes", "search.layers", "retrain.epochs", "retrain.cutout",
+            "data.synthetic.samples", "search.gold_nas.n0", "search.mgas.stages", "search.msg_das.subgraphs",
+            "data.workers"]
+
+
+def _int_flag_cases(base: list[str], flags: dict[str, str]) -> st.SearchStrategy:
+    bad = st.one_of(st.integers(max_value=-1).map(str), huge, st.just("0"))
+    return st.tuples(st.sampled_from(sorted(flags)), bad).filter(lambda fv: fv != ("--seed", "0")).map(
+        lambda fv: ([*base, fv[0], fv[1]], (flags[fv[0]], fv[0])))  # seed 0 is the one valid value here
+
+
+SEARCH_CASES = st.one_of(
+    _int_flag_cases(SEARCH, SEARCH_INT_FLAGS),
+    st.integers(min_value=-9, max_value=99).filter(lambda c: c < 2 or c % 2).map(
+        lambda c: ([*SEARCH, "--channels", str(c)], ("search.channels",))),
+    st.one_of(not_finite, st.sampled_from(["0", "-1", "-0.5", "1e9"])).map(
+        lambda v: ([*SEARCH, "--target-params", v], ("search.target_params", "--target-params"))),
+    st.sampled_from(["big", "1e", "--", "nan?", "0x10"]).map(lambda v: ([*SEARCH, "--target-params", v],
+                                                                      ("--target-params",))),
+    junk.filter(_not_an_int).map(lambda v: ([*SEARCH, "--epochs", v], ("--epochs",))),
+    word.map(lambda m: (["search", "--method", m, "--dataset", "digits"], ("search.method", m))),
+    word.map(lambda d: (["search", "--method", "darts", "--dataset", d], ("--dataset",))),
+    st.tuples(st.sampled_from(SET_NUMBERS), not_finite).map(
+        lambda kv: ([*SEARCH, "--set", f"{kv[0]}={kv[1].replace('inf', '.inf').replace('nan', '.nan')}"],
+                    (kv[0],))),
+    st.tuples(st.sampled_from(SET_INTS), st.sampled_from(["true", "false", "yes", "[1]", "{a: 1}", "x"])).map(
+        lambda kv: ([*SEARCH, "--set", f"{kv[0]}={kv[1]}"], (kv[0],))),
+    st.tuples(st.sampled_from(SET_INTS), huge).map(lambda kv: ([*SEARCH, "--set", f"{kv[0]}={kv[1]}"], (kv[0],))),
+    word.map(lambda k: ([*SEARCH, "--set", f"search.{k}=1"], (f"search.{k}",))),
+    junk.filter(lambda t: "=" not in t).map(lambda t: ([*SEARCH, "--set", t], ("--set",))),
+    st.sampled_from(["search.epochs=[1, [2", "search.epochs={a: 1, a: 2}", "search.epochs=&a [*a]",
+                     "search.epochs=" + "[" * 80 + "]" * 80]).map(lambda t: ([*SEARCH, "--set", t], ("--set",))),
+    word.map(lambda f: ([*SEARCH, f"--{f}"], (f"--{f}",))),
+    word.map(lambda c: ([c], ("invalid choice", c))),
+    # combinations that cannot run, refused before anything is written
+    st.sampled_from(["mgas", "msg_das"]).map(lambda m: (["search", "--method", m, "--dataset", "digits",
+                                                         "--impl", "reference"], ("search.impl",))),
+    st.integers(min_value=5, max_value=40).map(lambda s: (["search", "--method", "mgas", "--dataset", "digits",
+                                                           "--preset", "tiny", "--stages", str(s)],
+                                                          ("search.mgas.stages",))),
+    st.integers(min_value=9, max_value=64).map(lambda k: (["search", "--method", "msg_das", "--dataset", "digits",
+                                                           "--subgraphs", str(k)], ("search.msg_das.subgraphs",))),
+    st.just(([*SEARCH, "--device", "cpu", "--set", "search.precision=bf16"], ("search.precision",))),
+    st.just(([*SEARCH, "--set", "search.impl=reference", "--set", "search.checkpoint_cells=true"],
+             ("search.checkpoint_cells",))),
+    st.just((["search", "--method", "darts", "--dataset", "cifar10"], ("--data-root",))),
+    st.just((["search", "--method", "darts", "--dataset", "cifar10", "--data-root", "/no/such/dir"],
+             ("/no/such/dir",))),
+)
+if not torch.cuda.is_available():
+    SEARCH_CASES = st.one_of(SEARCH_CASES, st.just(([*SEARCH, "--device", "cuda"], ("device",))))
+
+TRAIN_CASES = st.one_of(
+    _int_flag_cases(TRAIN, TRAIN_INT_FLAGS),
+    st.one_of(not_finite, st.sampled_from(["0", "-3", "1e6", "1e300"])).map(
+        lambda v: ([*TRAIN, "--target-params", v], ("retrain.target_params", "--target-params"))),
+    st.sampled_from(["5000", "90000"]).map(lambda v: ([*TRAIN, "--target-params", v], ("retrain.target_params",))),
+    word.map(lambda a: (["train", "--arch", f"{a}.json", "--dataset", "digits"], (f"{a}.json",))),
+    word.map(lambda a: (["train", "--arch", a, "--dataset", "digits"], ("neither a built-in",))),
+    st.tuples(st.sampled_from(["retrain.lr", "retrain.drop_path", "retrain.aux_weight"]), not_finite).map(
+        lambda kv: ([*TRAIN, "--set", f"{kv[0]}={kv[1].replace('inf', '.inf').replace('nan', '.nan')}"],
+                    (kv[0],))),
+)
+
+INFO_CASES = st.one_of(
+    st.integers(max_value=0).map(lambda v: (["info", "--arch", "darts_v2", "--dataset", "cifar10", "--layers",
+                                             str(v)], ("--layers",))),
+    huge.map(lambda v: (["info", "--arch", "darts_v1", "--dataset", "imagenet", "--layers", v], ("--layers",))),
+    st.integers(min_value=-99, max_value=9999).filter(lambda c: c < 2 or c % 2 or c > 2048).map(
+        lambda v: (["info", "--arch", "darts_v2", "--dataset", "cifar100", "--channels", str(v)], ("--channels",))),
+    word.map(lambda a: (["info", "--arch", a, "--dataset", "cifar10"], ("neither a built-in",))),
+    word.map(lambda d: (["info", "--arch", "darts_v2", "--dataset", d], ("--dataset",))),
+)
+
+
+def _refused(argv: list[str], names: tuple[str, ...], kind: str) -> None:
+    with tempfile.TemporaryDirectory() as d:
+        assert_refused(argv, Path(d), names, kind)
+
+
+@settings(max_examples=220)
+@given(SEARCH_CASES)
+def test_bad_search_arguments_are_refused(argv_names):
+    _refused(*argv_names, "search")
+
+
+@settings(max_examples=70)
+@given(TRAIN_CASES)
+def test_bad_train_arguments_are_refused(argv_names):
+    _refused(*argv_names, "train")
+
+
+@settings(max_examples=60)
+@given(INFO_CASES)
+def test_bad_info_arguments_are_refused(argv_names):
+    _refused(*argv_names, "info")
+
+
+def test_output_paths_that_are_files_or_missing_inputs_are_named():
+    with tempfile.TemporaryDirectory() as d:
+        folder = Path(d)
+        a_file = folder / "a_file"
+        a_file.write_text("x")
+        spec = folder / "x.yaml"
+        spec.write_text("name: x\ndataset: digits\npreset: tiny\n")
+        cases = [
+            ([*SEARCH, "--out", str(a_file)], "search"), ([*TRAIN, "--out", str(a_file)], "train"),
+            ([*SEARCH, "--out", str(a_file / "below")], "search"), (["run", str(spec), "--out", str(a_file)], "run"),
+            (["report", str(folder), "--out", str(a_file)], "report"), (["report", str(a_file)], "report"),
+            (["report", str(folder / "missing")], "report"), (["report", str(folder)], "report"),
+            (["run", str(folder / "missing.yaml")], "run"), (["run", str(folder)], "run"),
+            (["info", "--arch", str(folder), "--dataset", "cifar10"], "info"),
+            (["info", "--arch", str(folder / "missing.json"), "--dataset", "cifar10"], "info"),
+            (["train", "--arch", str(a_file), "--dataset", "digits"], "train"),
+        ]
+        for argv, kind in cases:
+            assert_refused(argv, folder, (str(a_file), str(folder)), kind)
