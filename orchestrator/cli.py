@@ -9,11 +9,14 @@ or started. Any other exception is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TextIO
 
 from pydantic import ValidationError
 
@@ -183,9 +186,41 @@ def settings_from_args(args: argparse.Namespace, mapping: dict[str, str]) -> Run
         raise UserInputError(format_validation_error(exc, names=flags)) from None
 
 
-def _emit(summary: dict[str, Any], as_json: bool) -> None:
+@contextlib.contextmanager
+def stdout_to_stderr() -> Iterator[TextIO]:
+    """While a ``--json`` command runs, everything else that would reach stdout (Ray's and Tune's
+    banners, worker output forwarded to the driver, our own progress lines) goes to stderr, at the
+    file-descriptor level where stdout has one; yields a stream on the real stdout for the JSON."""
+    sys.stdout.flush()
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a real file (an in-process test's capture)
+        fd = None
+    saved_fd = os.dup(fd) if fd is not None else None
+    real = os.fdopen(saved_fd, "w", closefd=False) if saved_fd is not None else sys.stdout
+    previous = sys.stdout
+    try:
+        if fd is not None:
+            sys.stderr.flush()
+            os.dup2(sys.stderr.fileno(), fd)
+        sys.stdout = sys.stderr
+        yield real
+    finally:
+        sys.stdout.flush()
+        sys.stdout = previous
+        if saved_fd is not None:
+            real.flush()
+            os.dup2(saved_fd, fd)
+            os.close(saved_fd)
+
+
+def _print_json(value: Any, stream: TextIO | None) -> None:
+    print(json.dumps(value, default=str), file=stream or sys.stdout, flush=True)
+
+
+def _emit(summary: dict[str, Any], as_json: bool, stream: TextIO | None = None) -> None:
     if as_json:
-        print(json.dumps(summary, default=str))
+        _print_json(summary, stream)
         return
     for key, value in summary.items():
         if key in ("events", "snapshots"):
@@ -204,7 +239,7 @@ def _cmd_info(args: argparse.Namespace) -> None:
 
     arch = resolve_architecture(args.arch)
     info = dataset_info(DataSettings(name=args.dataset))
-    _emit(info_command(arch, info, args.channels, args.layers), args.json)
+    _emit(info_command(arch, info, args.channels, args.layers), args.json, args.json_stream)
 
 
 def _cmd_search(args: argparse.Namespace) -> None:
@@ -213,7 +248,8 @@ def _cmd_search(args: argparse.Namespace) -> None:
     settings = settings_from_args(args, SEARCH_FLAGS)
     s = settings.search
     out = args.out or Path("runs") / f"search-{s.method}-{settings.data.name}-seed{settings.seed}"
-    _emit(search_command(settings, out, resume=args.resume, progress=not args.no_progress), args.json)
+    _emit(search_command(settings, out, resume=args.resume, progress=not args.no_progress), args.json,
+          args.json_stream)
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
@@ -224,7 +260,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
     arch = resolve_architecture(args.arch)
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", arch.name).lstrip(".") or "arch"  # the name comes from a file
     out = args.out or Path("runs") / f"train-{name}-{settings.data.name}-seed{settings.seed}"
-    _emit(train_command(arch, settings, out, progress=not args.no_progress), args.json)
+    _emit(train_command(arch, settings, out, progress=not args.no_progress), args.json, args.json_stream)
 
 
 def _cmd_run(args: argparse.Namespace) -> None:
@@ -236,7 +272,7 @@ def _cmd_run(args: argparse.Namespace) -> None:
                           dry_run=args.dry_run, dashboard=args.dashboard, dashboard_host=args.dashboard_host,
                           runtime_env_file=args.runtime_env)
     if args.json and summary is not None:
-        print(json.dumps(summary, default=str))
+        _print_json(summary, args.json_stream)
 
 
 def _cmd_collect(args: argparse.Namespace) -> None:
@@ -244,7 +280,7 @@ def _cmd_collect(args: argparse.Namespace) -> None:
 
     summaries = collect_command(args.storage)
     if args.json:
-        print(json.dumps(summaries, default=str))
+        _print_json(summaries, args.json_stream)
 
 
 def _cmd_report(args: argparse.Namespace) -> None:
@@ -265,8 +301,13 @@ COMMANDS = {"info": _cmd_info, "search": _cmd_search, "train": _cmd_train, "run"
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.json_stream = None
     try:
-        COMMANDS[args.command](args)
+        if getattr(args, "json", False):  # stdout holds the JSON object and nothing else
+            with stdout_to_stderr() as args.json_stream:
+                COMMANDS[args.command](args)
+        else:
+            COMMANDS[args.command](args)
     except UserInputError as exc:  # only user errors; a bug keeps its traceback
         print(f"mgas: error: {one_line(str(exc))}", file=sys.stderr)
         return EXIT_USAGE

@@ -8,6 +8,7 @@ where ``<root>`` is ``--out``, else the spec's ``storage_path`` (a local path, a
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from orchestrator.spec import ExperimentSpec, expand_trials, load_runtime_env, l
 from orchestrator.storage import Location, is_uri, join, normalize, resolve
 
 TUNE_DIR = "tune"
+PROGRESS_LOG = "progress.log"  # every epoch of every trial, appended
 KEEP_CHECKPOINTS = 3  # with checkpoint_interval_s >= 5 s, Tune never needs to force an experiment sync
 
 
@@ -106,6 +108,8 @@ def run_sweep(spec: ExperimentSpec, trials: list[dict[str, Any]], uri: str, addr
               runtime_env: dict[str, Any] | None = None) -> dict[str, Any]:
     # persist the sweep's state often, so a killed driver resumes with every finished trial known
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+    # Tune's own console output (a config banner, trial tables) off: the sweep's status is ours
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     from ray import tune
 
     from orchestrator.callbacks import ResultsWriter, SweepProgress
@@ -126,17 +130,17 @@ def run_sweep(spec: ExperimentSpec, trials: list[dict[str, Any]], uri: str, addr
         if not embedded:
             check_cluster(uri, spec.shared_storage, address, trials)
         trainable = tune.with_resources(tune_trainable, trial_placement)
-        progress = SweepProgress(len(trials))
+        progress = SweepProgress(trials, join(uri, PROGRESS_LOG) if experiment.local else None)
         run_path = join(uri, TUNE_DIR)
         restored = resume and tune.Tuner.can_restore(run_path)
         param_space = {"trial": tune.grid_search(trials)}
         if restored:
-            print(f"resuming sweep from {run_path}")
+            print(f"resuming sweep from {run_path}", file=sys.stderr)
             tuner = tune.Tuner.restore(run_path, trainable, resume_unfinished=True, resume_errored=True,
                                        param_space=param_space)
         else:
             if resume:
-                print(f"nothing to resume at {run_path}; starting the sweep")
+                print(f"nothing to resume at {run_path}; starting the sweep", file=sys.stderr)
             _move_previous(experiment)
             tuner = tune.Tuner(
                 trainable,
@@ -169,7 +173,7 @@ def run_sweep(spec: ExperimentSpec, trials: list[dict[str, Any]], uri: str, addr
                "rows": written["rows"], "resumed": restored, "results_dir": results_dir,
                "wall_time_s": time.time() - started}
     print(f"sweep {spec.name}: {ok}/{len(trials)} trials ok, {len(trials) - ok} failed in "
-          f"{summary['wall_time_s']:.0f}s; results in {results_dir}")
+          f"{summary['wall_time_s']:.0f}s; results in {results_dir}", file=sys.stderr)
     return summary
 
 

@@ -219,3 +219,25 @@ def test_a_diverging_search_is_one_line_and_exit_1(tmp_path, capsys):
               "--out", str(tmp_path / "s"), "--set", "search.w_lr=1e12", *TINY_SEARCH])
     err = capsys.readouterr().err
     assert info.value.code == 1 and err.startswith("mgas: failed: diverged at epoch 0") and err.count("\n") == 1
+
+
+def test_json_stdout_holds_only_the_json_object_even_for_output_at_the_descriptor_level(tmp_path):
+    """`mgas run --dry-run --json` through the entry point: the plan table (and anything a library
+    writes straight to file descriptor 1) goes to stderr; stdout parses as one JSON object."""
+    import subprocess
+    import sys
+
+    from tests.orchestrator.helpers import write_spec
+
+    spec = write_spec(tmp_path)
+    code = ("import os, sys; import orchestrator.sweep as sweep; from orchestrator.cli import main; "
+            "plan = sweep.print_plan; "
+            "sweep.print_plan = lambda *a: (os.write(1, b'fd 1 during the command\\n'), plan(*a))[1]; "
+            "os.write(1, b'fd 1 before\\n'); sys.exit(main(sys.argv[1:]))")
+    done = subprocess.run([sys.executable, "-c", code, "run", str(spec), "--dry-run", "--json"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    before, rest = done.stdout.split("fd 1 before\n", 1)  # stdout is untouched outside the command
+    assert before == "" and "fd 1 during the command" in done.stderr
+    plan = json.loads(rest)
+    assert plan["trials"] == 4 and "experiment tiny: 4 trials" in done.stderr

@@ -67,7 +67,9 @@ def test_killed_driver_then_resume_runs_only_unfinished_trials(tmp_path):
         shutil.rmtree(experiment_dir / "results")  # as if the head's disk was lost: the restore rewrites the row
         done = subprocess.run([*cmd, "--resume", "--json"], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "resuming sweep" in done.stdout
+    assert "resuming sweep" in done.stderr
+    summary = json.loads(done.stdout)  # --json: the summary object is all there is on stdout
+    assert summary["resumed"] is True and summary["ok"] == 2
     rows = read_rows(experiment_dir)
     ids = [r["trial_id"] for r in rows]
     assert len(ids) == 2 and len(set(ids)) == 2

@@ -50,7 +50,7 @@ class _Records(logging.Handler):
         self.messages.append(record.getMessage())
 
 
-def test_sweep_writes_exactly_one_filled_row_per_trial(tmp_path):
+def test_sweep_writes_exactly_one_filled_row_per_trial(tmp_path, capsys):
     path = write_spec(tmp_path, sweep={"method": ["darts", "gold_nas", "msg_das", "mgas"], "seed": [0]},
                       include=[{"method": "darts", "seed": 1}])
     tune_state_log = logging.getLogger("ray.tune.execution.experiment_state")
@@ -65,6 +65,18 @@ def test_sweep_writes_exactly_one_filled_row_per_trial(tmp_path):
     # checkpoints are spaced (checkpoint_interval_s), so Tune never forces an experiment sync
     assert not [m for m in records.messages if "triggered multiple times" in m], records.messages
     experiment_dir = tmp_path / "out" / "tiny"
+    # progress: nothing per epoch on the terminal (stderr is not a TTY here: one line per started and
+    # finished trial), every epoch of every trial in progress.log
+    out, err = capsys.readouterr()
+    trial_ids = [t["trial_id"] for t in expand_trials(load_spec(path)[0])]
+    assert "epoch" not in out and "epoch" not in err, (out[-500:], err[-500:])
+    for tid in trial_ids:
+        assert sum(1 for line in err.splitlines() if f"] {tid}: done test_acc" in line) == 1, err[-2000:]
+    log = (experiment_dir / "progress.log").read_text().splitlines()
+    for t in expand_trials(load_spec(path)[0]):
+        retrain = [ln for ln in log if f"] {t['trial_id']}: retrain epoch " in ln]
+        assert len(retrain) == t["settings"]["retrain"]["epochs"], log
+        assert any(f"] {t['trial_id']}: search epoch 1/" in ln for ln in log)
     rows = read_rows(experiment_dir)
     assert summary["ok"] == 5 and len(rows) == 5
     assert sorted(r["trial_id"] for r in rows) == sorted(t["trial_id"] for t in expand_trials(load_spec(path)[0]))
