@@ -9,8 +9,25 @@ METRICS = ("test_acc", "val_acc", "params_m", "nonzero_params_m", "flops_m", "se
            "search_peak_mem_mb", "retrain_time_s", "target_gap")
 
 
+def trial_rows(rows: pd.DataFrame) -> pd.DataFrame:
+    """Each trial's own row: the architecture its search ended on (a GOLD-NAS search's other
+    snapshots are rows of their own, ``snapshot_final`` false, drawn as its series)."""
+    if "snapshot_final" not in rows:
+        return rows
+    return rows[rows["snapshot_final"].map(lambda v: v is None or bool(v) or v != v)]
+
+
+def snapshot_series(rows: pd.DataFrame) -> pd.DataFrame:
+    """The rows of searches that yield a series of architectures (GOLD-NAS), one per snapshot."""
+    if "snapshot_index" not in rows:
+        return rows.iloc[:0]
+    return rows[rows["snapshot_index"].notna()].sort_values(["trial_id", "snapshot_index"])
+
+
 def aggregate(ok: pd.DataFrame) -> pd.DataFrame:
-    """One row per (experiment, dataset, group): mean, std and count of every metric over seeds."""
+    """One row per (experiment, dataset, group): mean, std and count of every metric over seeds
+    (each trial's own row only; see :func:`trial_rows`)."""
+    ok = trial_rows(ok)
     keys = ["experiment", "dataset", "method", "group"]
     grouped = ok.groupby(keys, dropna=False)
     out = grouped.size().rename("n").to_frame()
@@ -19,7 +36,8 @@ def aggregate(ok: pd.DataFrame) -> pd.DataFrame:
             continue
         out[f"{metric}_mean"] = grouped[metric].mean()
         out[f"{metric}_std"] = grouped[metric].std(ddof=1).fillna(0.0)
-    for extra in ("target_params_m", "granularities", "stages", "subgraphs", "device", "target_missed"):
+    for extra in ("target_params_m", "granularities", "stages", "subgraphs", "device", "target_missed",
+                  "search_peak_mem_kind", "config_json"):
         if extra in ok:
             out[extra] = grouped[extra].first()
     return out.reset_index()

@@ -41,10 +41,24 @@ def _save(fig: plt.Figure, folder: Path, name: str) -> Path:
     return png
 
 
+def _error(values: pd.Series, counts: pd.Series, scale: float = 1.0) -> np.ndarray | None:
+    """Error bars only where a point aggregates two seeds or more (one seed has no spread)."""
+    err = np.where(counts.to_numpy() >= 2, values.fillna(0.0).to_numpy(dtype=float) * scale, 0.0)
+    return err if err.any() else None
+
+
 def pareto_plot(agg: pd.DataFrame, folder: Path, cost: str = "nonzero_params_m", name: str = "pareto",
-                xlabel: str = "nonzero parameters (M)") -> Path:
-    """Test accuracy vs ``cost`` per configuration (mean ± std over seeds); the front of every
-    dataset as a step line, dominated points faded."""
+                xlabel: str = "nonzero parameters (M)", series: pd.DataFrame | None = None) -> Path:
+    """:func:`pareto_figure` written as ``<name>.png`` and ``.pdf``."""
+    return _save(pareto_figure(agg, cost, xlabel, series), folder, name)
+
+
+def pareto_figure(agg: pd.DataFrame, cost: str = "nonzero_params_m", xlabel: str = "nonzero parameters (M)",
+                  series: pd.DataFrame | None = None) -> plt.Figure:
+    """Test accuracy vs ``cost`` per configuration (mean ± std over seeds, bars only with two
+    seeds or more); the front of every dataset as a step line, dominated points faded; MGAS
+    points labelled with their target; every search that yields a series (GOLD-NAS's retrained
+    snapshots, ``series``) drawn as its own connected line, labelled ``... series``."""
     datasets = sorted(agg["dataset"].unique())
     fig, axes = plt.subplots(1, len(datasets), figsize=(6.2 * len(datasets), 4.6), squeeze=False)
     for ax, dataset in zip(axes[0], datasets):
@@ -56,7 +70,8 @@ def pareto_plot(agg: pd.DataFrame, folder: Path, cost: str = "nonzero_params_m",
             right = float(sub[f"{cost}_mean"].max())
             xs, ys = np.append(xs, max(right, xs[-1]) * 1.02), np.append(ys, ys[-1])
             ax.step(xs, ys, where="post", color="black", linewidth=1.2, alpha=0.7, label="Pareto front", zorder=1)
-        for i, method in enumerate(sorted(sub["method"].unique())):
+        methods = sorted(sub["method"].unique())
+        for i, method in enumerate(methods):
             colour, marker, label = style(method, i)
             m = sub[sub["method"] == method]
             missed = m["target_missed"].fillna(False).astype(bool) if "target_missed" in m else m["n"] < 0
@@ -66,16 +81,35 @@ def pareto_plot(agg: pd.DataFrame, folder: Path, cost: str = "nonzero_params_m",
                     if pts.empty:
                         continue
                     first = front_flag or m[on_front[m.index]].empty
-                    ax.errorbar(pts[f"{cost}_mean"], pts["acc_pct"], yerr=pts["test_acc_std"] * 100,
-                                xerr=pts[f"{cost}_std"], fmt=marker, color=colour, alpha=alpha, markersize=7,
-                                capsize=3, linestyle="none", zorder=2, mfc="none" if miss else colour,
+                    ax.errorbar(pts[f"{cost}_mean"], pts["acc_pct"], yerr=_error(pts["test_acc_std"], pts["n"], 100),
+                                xerr=_error(pts[f"{cost}_std"], pts["n"]), fmt=marker, color=colour, alpha=alpha,
+                                markersize=7, capsize=3, linestyle="none", zorder=2, mfc="none" if miss else colour,
                                 label=(f"{label} (target missed)" if miss else label) if first else None)
+            if method == "mgas" and "target_params_m" in m:
+                for row in m.itertuples():
+                    if row.target_params_m == row.target_params_m and row.target_params_m is not None:
+                        ax.annotate(f"target {row.target_params_m:g}M", (getattr(row, f"{cost}_mean"), row.acc_pct),
+                                    textcoords="offset points", xytext=(5, 5), fontsize=7, color=colour)
+        if series is not None and not series.empty:
+            _draw_series(ax, series[series["dataset"] == dataset], cost, methods)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(f"{dataset}: accuracy vs {xlabel.split(' (')[0]}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
-    return _save(fig, folder, name)
+    return fig
+
+
+def _draw_series(ax: plt.Axes, series: pd.DataFrame, cost: str, methods: list[str]) -> None:
+    """One connected line per search, through its retrained snapshots in the order taken."""
+    for trial_id, points in series.groupby("trial_id", sort=True):
+        points = points.sort_values("snapshot_index")
+        method = str(points["method"].iloc[0])
+        colour, marker, label = style(method, methods.index(method) if method in methods else 0)
+        seed = points["seed"].iloc[0] if "seed" in points else None
+        ax.plot(points[cost], points["test_acc"] * 100, color=colour, marker=marker, markersize=4, linewidth=1.0,
+                alpha=0.8, zorder=2, mfc="white",
+                label=f"{label} series ({trial_id if seed is None else f'seed {seed}'}, {len(points)} retrained)")
 
 
 def remaining_ratio_plot(curves: pd.DataFrame, folder: Path) -> Path | None:

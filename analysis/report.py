@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 import sys
 from pathlib import Path
 
 import pandas as pd
 
-from analysis.aggregate import ablation_table, aggregate, varying_factors
+from analysis.aggregate import ablation_table, aggregate, snapshot_series, trial_rows, varying_factors
 from analysis.load import Results, load_results
 from analysis.plots import ablation_plot, cost_memory_plot, pareto_plot, remaining_ratio_plot
 from analysis.published import comparison_table, load_published
@@ -44,10 +45,11 @@ def build_report(results: Results, out: Path, published_path: Path | None = None
     published = load_published(published_path)  # read and checked before anything is written
     out.mkdir(parents=True, exist_ok=True)
     agg = aggregate(results.ok)
+    series = snapshot_series(results.ok)
     figures: dict[str, Path] = {
-        "pareto": pareto_plot(agg, out),
+        "pareto": pareto_plot(agg, out, series=series),
         "pareto_flops": pareto_plot(agg, out, cost="flops_m", name="pareto_flops",
-                                    xlabel="multiply-adds (M FLOPs)"),
+                                    xlabel="multiply-adds (M FLOPs)", series=series),
         "search_cost_memory": cost_memory_plot(agg, out),
     }
     ratio = remaining_ratio_plot(results.curves, out)
@@ -61,19 +63,28 @@ def build_report(results: Results, out: Path, published_path: Path | None = None
             figures[f"ablation_{method}_{factor}"] = ablation_plot(table, method, factor, out)
     comparison = comparison_table(agg, published)
     failed = results.failed[["experiment", "trial_id", "method", "error"]] if len(results.failed) else pd.DataFrame()
-    missed = results.ok[results.ok["target_missed"]] if "target_missed" in results.ok else results.ok.iloc[:0]
+    own = trial_rows(results.ok)
+    missed = own[own["target_missed"]] if "target_missed" in own else own.iloc[:0]
     missed_table = (missed[["experiment", "trial_id", "method", "target_params_m", "nonzero_params_m", "target_gap"]]
                     if len(missed) else pd.DataFrame())
     sections = [
         ("Comparison with published numbers", comparison,
-         "Measured: mean ± std over seeds (test error of the val-selected epoch, nonzero parameters, "
-         "multiply-adds). Published values marked `?` are not confirmed (see experiments/reference/published.yaml)."),
+         "Measured: mean ± std over seeds (± only with two seeds or more; test error of the val-selected epoch, "
+         "nonzero parameters, multiply-adds, search cost in GPU-days on a GPU and CPU-hours on a CPU, peak "
+         "search memory with what it measures). A published row stands beside a configuration only when "
+         "method, dataset, search space, evaluation protocol and the entry's extra settings all match "
+         "(experiments/reference/published.yaml); otherwise —. Published values marked `?` are not confirmed."),
         *[(f"Ablation: {m} over {f}", t, "") for m, f, t in ablations],
+        ("Snapshot series (GOLD-NAS)", series_table(series),
+         "Every snapshot of a search that yields a series, retrained from scratch: one row each, largest first; "
+         "the last of each search is the architecture it ended on."),
         ("Trials that missed their target", missed_table,
-         "The search ended (epoch budget spent) above its target; these rows are grouped apart "
-         "(`[target missed]`) and drawn hollow, never averaged with runs that reached the target. "
+         "The search ended (epoch budget spent) above its target (MGAS, a GOLD-NAS floor), or a width-scaled "
+         "genotype's nearest width is further from its target than retrain.target_tolerance; these rows are "
+         "grouped apart (`[target missed]`) and drawn hollow, never averaged with runs that reached the target. "
          "target_gap = nonzero / target - 1."),
         ("Failed trials", failed, ""),
+        *provenance_sections(results.rows),
     ]
     md = [f"# mgas report: {', '.join(results.experiments)}\n",
           f"{len(results.rows)} trials ({len(results.ok)} ok, {len(results.failed)} failed).\n"]
@@ -88,6 +99,45 @@ def build_report(results: Results, out: Path, published_path: Path | None = None
     html_path = out / "report.html"
     html_path.write_text(_html_report(results, figures, sections))
     return {"report_md": md_path, "report_html": html_path, **figures}
+
+
+def series_table(series: pd.DataFrame) -> pd.DataFrame:
+    if series.empty:
+        return pd.DataFrame()
+    cols = ["trial_id", "snapshot_index", "snapshot_epoch", "snapshot_final", "nonzero_params_m", "flops_m",
+            "test_acc", "retrain_time_s"]
+    return series[[c for c in cols if c in series]].reset_index(drop=True)
+
+
+def provenance_sections(rows: pd.DataFrame) -> list[tuple[str, pd.DataFrame, str]]:
+    """Where the numbers come from: code revisions, library versions, devices, and each trial's
+    node and GPU (one entry per trial, from its own row)."""
+    trials = trial_rows(rows)
+
+    def counts(column: str, name: str) -> pd.DataFrame:
+        if column not in trials:
+            return pd.DataFrame()
+        values = trials[column].fillna("unknown").astype(str)
+        return values.value_counts().rename_axis(name).reset_index(name="trials")
+
+    libraries: dict[tuple[str, str], int] = {}
+    for text in trials.get("versions", []):
+        try:
+            versions = json.loads(text) if isinstance(text, str) else {}
+        except json.JSONDecodeError:
+            versions = {}
+        for library, version in (versions.items() if isinstance(versions, dict) else []):
+            libraries[(str(library), str(version))] = libraries.get((str(library), str(version)), 0) + 1
+    library_table = pd.DataFrame([{"library": lib, "version": ver, "trials": n}
+                                  for (lib, ver), n in sorted(libraries.items())])
+    placement = [c for c in ("experiment", "trial_id", "method", "status", "device", "device_name", "node_ip",
+                             "node_id", "gpu_ids", "git_sha") if c in trials]
+    return [
+        ("Provenance: code revisions", counts("git_sha", "git revision"), "The git revision each trial ran."),
+        ("Provenance: library versions", library_table, "Library versions recorded by each trial."),
+        ("Provenance: devices", counts("device_name", "device"), "The device each trial searched and retrained on."),
+        ("Provenance: trials", trials[placement].reset_index(drop=True), "Each trial's node, GPU ids and revision."),
+    ]
 
 
 def _html_report(results: Results, figures: dict[str, Path], sections: list) -> str:

@@ -128,6 +128,11 @@ class GoldNasSettings(Strict):
     warmup_epochs: int = Field(0, ge=0)
     snapshot: Literal["plateau", "epoch"] = Field(
         "plateau", description="Pareto snapshot when pruning resumes after a plateau, or after every pruning epoch")
+    stable_rounds: int = Field(3, ge=0, le=MAX_EPOCHS,
+                               description="a plateau is more than this many epochs in a row without pruning")
+    retrain_snapshots: int | None = Field(
+        None, ge=1, le=1000, description="retrain this many snapshots of the series (evenly spaced, the final one "
+                                          "always); None: every snapshot")
 
 
 class MsgDasSettings(Strict):
@@ -334,6 +339,9 @@ class RetrainSettings(Strict):
     target_params: float | None = Field(
         None, gt=0, le=MAX_TARGET_M, description="scale a genotype's width so the network has about this many M params"
     )
+    target_tolerance: float = Field(
+        0.05, ge=0, lt=1, description="a width-scaled genotype reaches its target when its size is within this "
+                                      "fraction of it (target_reached, target_gap)")
     memory_format: Literal["auto", "contiguous", "channels_last"] = Field(
         "auto", description="activation layout; auto = channels_last (measured faster)")
 

@@ -70,18 +70,61 @@ def process_peak_rss_mb() -> float:
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
+def _proc_status_mb(field: str) -> float | None:
+    """A ``VmRSS``/``VmHWM`` line of /proc/self/status in MiB (None where there is no procfs)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark of this process to its current RSS (Linux >= 4.0)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
 class PeakMemory:
-    """Peak memory of a device: CUDA's max allocated bytes on GPU, process peak RSS on CPU."""
+    """Peak memory of a run from now on, comparable between methods.
+
+    CUDA: ``torch.cuda.max_memory_allocated`` (the caching allocator's peak: model, optimiser
+    state and activations; peak stats reset here). CPU: the peak resident set size above the RSS
+    held when measuring began (model, optimiser and data already loaded, before the first step),
+    the kernel's peak mark being reset here, so what torch's import and earlier work took is
+    not counted and a reused worker process does not carry an earlier trial's peak.
+    ``kind`` says which of the two a figure is."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
+            self.baseline_mb = torch.cuda.memory_allocated(device) / 2**20
+            self.kind = "cuda max_memory_allocated"
+            return
+        self.baseline_mb = _proc_status_mb("VmRSS") or 0.0
+        self._reset = _reset_peak_rss()
+        self.kind = "cpu peak RSS above the start of the run" if self._reset else "cpu process peak RSS"
 
     def peak_mb(self) -> float:
+        """The total peak: allocated bytes on CUDA, resident memory on CPU."""
         if self.device.type == "cuda":
             return torch.cuda.max_memory_allocated(self.device) / 2**20
-        return process_peak_rss_mb()
+        peak = _proc_status_mb("VmHWM") if self._reset else None
+        return peak if peak is not None else process_peak_rss_mb()
+
+    def run_peak_mb(self) -> float:
+        """What results report: the allocator peak on CUDA, the peak above the start on CPU."""
+        if self.device.type == "cuda" or not self._reset:
+            return self.peak_mb()
+        return max(0.0, self.peak_mb() - self.baseline_mb)
 
 
 class Stopwatch:

@@ -25,7 +25,7 @@ from mgas_core.arch import Architecture
 from mgas_core.config import MAX_CHANNELS, RetrainSettings, RunSettings
 from mgas_core.data import DatasetInfo, Splits, epoch_batches, split_in_half
 from mgas_core.errors import UserInputError
-from mgas_core.methods.base import SearchMethod, cosine_lr, create_method, set_lr
+from mgas_core.methods.base import RetrainCandidate, SearchMethod, cosine_lr, create_method, set_lr
 from mgas_core.metrics import ParamCount, PeakMemory, Stopwatch, count_flops, count_params
 from mgas_core.model import EvalNetwork, build_eval_network, count_architecture_params
 
@@ -124,10 +124,15 @@ class SearchResult:
     val_acc: float
     search_time_s: float
     peak_mem_mb: float
+    """The search's memory peak (:meth:`PeakMemory.run_peak_mb`: CUDA allocator peak, or CPU RSS
+    above the start of the search); ``peak_mem_kind`` says which."""
     history: list[dict[str, Any]]
     events: list[dict[str, Any]]
     summary: dict[str, Any] = field(default_factory=dict)
     method: SearchMethod | None = None
+    peak_mem_kind: str = ""
+    candidates: list[RetrainCandidate] = field(default_factory=list)
+    """What the search yields for retraining, the final architecture (``arch``) last."""
 
 
 def run_search(
@@ -141,16 +146,18 @@ def run_search(
     """Run (or resume) the search of ``settings.search.method`` on ``splits``."""
     seed_everything(settings.seed)
     method = create_method(settings.search, splits.info, device, settings.seed)
-    memory = PeakMemory(device)
     history: list[dict[str, Any]] = []
     start_epoch = 0
     watch = Stopwatch()
+    peak_before = 0.0  # the peak of the part of the search that ran before a resume
     if state is not None:
         _load_saved(lambda: method.load_state_dict(state["method"]))
         _load_saved(lambda: set_rng_state(state["rng"]))
         history = list(state["history"])
         start_epoch = int(state["next_epoch"])
         watch = Stopwatch(float(state["elapsed"]))
+        peak_before = float(state.get("peak_mem_mb", 0.0))
+    memory = PeakMemory(device)  # model, optimisers and data are loaded: the first step is next
     if on_start is not None:
         on_start()
     if method.bilevel:
@@ -197,20 +204,24 @@ def run_search(
 
             def state_fn(next_epoch: int = next_epoch, hist: list = hist, elapsed: float = elapsed) -> dict[str, Any]:
                 return {"method": method.state_dict(), "rng": rng_state(), "history": hist,
-                        "next_epoch": next_epoch, "elapsed": elapsed}
+                        "next_epoch": next_epoch, "elapsed": elapsed,
+                        "peak_mem_mb": max(peak_before, memory.run_peak_mb())}
 
             on_epoch(record, state_fn)
-    arch = method.derive()
-    arch.meta.update({"method": method.name, "seed": settings.seed, "dataset": splits.info.name})
+    candidates = method.architectures_to_retrain()
+    for candidate in candidates:
+        candidate.arch.meta.update({"method": method.name, "seed": settings.seed, "dataset": splits.info.name})
     return SearchResult(
-        arch=arch,
+        arch=candidates[-1].arch,
         val_acc=history[-1]["val_acc"] if history else float("nan"),
         search_time_s=watch.elapsed,
-        peak_mem_mb=memory.peak_mb(),
+        peak_mem_mb=max(peak_before, memory.run_peak_mb()),
+        peak_mem_kind=memory.kind,
         history=history,
         events=list(method.events),
         summary=method.summary(),
         method=method,
+        candidates=candidates,
     )
 
 
@@ -256,6 +267,7 @@ class RetrainResult:
     retrain_time_s: float
     peak_mem_mb: float
     history: list[dict[str, Any]]
+    peak_mem_kind: str = ""
 
 
 def retrain_shape(arch: Architecture, cfg: RetrainSettings, info: DatasetInfo) -> tuple[int, int]:
@@ -353,4 +365,5 @@ def run_retrain(
         model.load_state_dict(best_state)
     test_acc = evaluate(lambda t: model(t.contiguous(memory_format=layout))[0], model, splits.test,
                         cfg.batch_size, device, workers)
-    return RetrainResult(best_val, test_acc, params, flops, channels, layers, watch.elapsed, memory.peak_mb(), history)
+    return RetrainResult(best_val, test_acc, params, flops, channels, layers, watch.elapsed, memory.run_peak_mb(),
+                         history, memory.kind)

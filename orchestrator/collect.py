@@ -16,7 +16,7 @@ import sys
 from typing import Any
 
 from mgas_core.errors import UserInputError
-from orchestrator.results import arch_location, row_from_result, write_trial
+from orchestrator.results import arch_location, rows_from_result, write_trial
 from orchestrator.storage import Location, copy_file, resolve
 
 TUNE_DIR = "tune"
@@ -40,13 +40,15 @@ def copy_architecture(checkpoint: Any, experiment: Location, trial_id: str) -> i
 
 def write_trial_outputs(experiment: Location, trial: dict[str, Any], result: dict[str, Any] | None,
                         error: object = None, checkpoint: Any = None) -> dict[str, Any]:
-    """Write (replace) one trial's row, curves and architecture; returns the row."""
-    row = row_from_result(trial, result, error)
+    """Write (replace) one trial's rows, curves and architecture; returns the trial's own row (the
+    final architecture's; a GOLD-NAS search adds one row per other retrained snapshot)."""
+    rows = rows_from_result(trial, result, error)
+    row = rows[-1]
     history = None
     if row.get("status") == "ok" and result:
         history = json.loads(result.get("history_json") or "[]")
         copy_architecture(checkpoint, experiment, trial["trial_id"])
-    write_trial(experiment, row, history)
+    write_trial(experiment, rows, history)
     return row
 
 

@@ -162,6 +162,7 @@ def write_search_outputs(result: SearchResult, settings: RunSettings, info: Data
         "val_acc": result.val_acc,
         "search_time_s": result.search_time_s,
         "peak_mem_mb": result.peak_mem_mb,
+        "peak_mem_kind": result.peak_mem_kind,
         "device": str(device),
         "epochs_run": len(result.history),
         **derived_size(result.arch, settings, info),
@@ -213,6 +214,7 @@ def train_command(arch: Architecture, settings: RunSettings, out_dir: Path, prog
         "layers": result.layers,
         "retrain_time_s": result.retrain_time_s,
         "peak_mem_mb": result.peak_mem_mb,
+        "peak_mem_kind": result.peak_mem_kind,
         "device": str(device),
     }
     atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=1) + "\n")

@@ -50,6 +50,9 @@ _RESULT_TAIL = [
     ("error", pa.string()),
     ("target_reached", pa.bool_()),
     ("target_gap", pa.float64()),
+    ("snapshot_index", pa.int64()),
+    ("snapshot_final", pa.bool_()),
+    ("snapshot_epoch", pa.int64()),
     ("test_acc", pa.float64()),
     ("val_acc", pa.float64()),
     ("search_val_acc", pa.float64()),
@@ -66,6 +69,7 @@ _RESULT_TAIL = [
     ("search_time_s", pa.float64()),
     ("retrain_time_s", pa.float64()),
     ("search_peak_mem_mb", pa.float64()),
+    ("search_peak_mem_kind", pa.string()),
     ("retrain_peak_mem_mb", pa.float64()),
     ("device", pa.string()),
     ("device_name", pa.string()),
@@ -100,6 +104,7 @@ CURVE_SCHEMA = pa.schema([
     ("seed", pa.int64()),
     ("phase", pa.string()),
     ("search_phase", pa.string()),
+    ("snapshot_index", pa.int64()),
     ("epoch", pa.int64()),
     ("loss", pa.float64()),
     ("train_acc", pa.float64()),
@@ -163,7 +168,8 @@ def curve_rows(history: list[dict[str, Any]], base: dict[str, Any]) -> list[dict
     for rec in history:
         rows.append({
             **base,
-            "phase": rec.get("phase"), "search_phase": rec.get("search_phase"), "epoch": rec.get("epoch"),
+            "phase": rec.get("phase"), "search_phase": rec.get("search_phase"),
+            "snapshot_index": rec.get("snapshot_index"), "epoch": rec.get("epoch"),
             "loss": rec.get("loss"),
             "train_acc": rec.get("train_acc"), "val_acc": rec.get("val_acc"), "time_s": rec.get("time_s"),
             "lr": rec.get("lr", rec.get("w_lr")), "lambda": rec.get("lambda"), "tau": rec.get("tau"),
@@ -178,7 +184,8 @@ def curve_rows(history: list[dict[str, Any]], base: dict[str, Any]) -> list[dict
 
 # what a trial's final report carries into its row (the rest comes from the trial's config)
 REPORTED_FIELDS = {
-    "status", "error", "target_reached", "target_gap", "test_acc", "val_acc", "search_val_acc", "params_m",
+    "status", "error", "target_reached", "target_gap", "snapshot_index", "snapshot_final", "snapshot_epoch",
+    "search_peak_mem_kind", "test_acc", "val_acc", "search_val_acc", "params_m",
     "nonzero_params_m", "flops_m",
     "supernet_params_m", "channels", "layers", "remaining_ratio_op", "remaining_ratio_filter",
     "remaining_ratio_weight", "search_epochs", "search_time_s", "retrain_time_s", "search_peak_mem_mb",
@@ -227,20 +234,38 @@ def row_from_result(trial: dict[str, Any], result: dict[str, Any] | None, error:
     return row
 
 
-def write_trial(experiment: str | Path | Location, row: dict[str, Any],
+def rows_from_result(trial: dict[str, Any], result: dict[str, Any] | None,
+                     error: object = None) -> list[dict[str, Any]]:
+    """Every row of one trial: the trial's own (:func:`row_from_result`, the final architecture)
+    and, for a search that yields a series (GOLD-NAS), one more per other retrained snapshot:
+    the same trial fields with that architecture's retrained metrics, ``snapshot_final`` false and
+    no target verdict (only the final architecture answers for the target)."""
+    row = row_from_result(trial, result, error)
+    rows = [row]
+    extra = (result or {}).get("snapshot_rows_json") if row["status"] == "ok" else None
+    for snapshot in json.loads(extra) if extra else []:
+        rows.append({**row, **{k: v for k, v in snapshot.items() if k in REPORTED_FIELDS},
+                     "target_reached": None, "target_gap": None})
+    return sorted(rows, key=lambda r: -1 if r.get("snapshot_index") is None else r["snapshot_index"])
+
+
+def write_trial(experiment: str | Path | Location, rows: dict[str, Any] | list[dict[str, Any]],
                 history: list[dict[str, Any]] | None) -> Location:
-    """Write (replace) the trial's result row and its curves under the experiment's folder."""
+    """Write (replace) the trial's result rows (one file, one row per retrained architecture) and
+    its curves under the experiment's folder."""
     target = experiment if isinstance(experiment, Location) else resolve(experiment)
-    row = {"schema_version": SCHEMA_VERSION, **row}
-    if row.get("finished_at") is None and row.get("status") == "ok":
-        row["finished_at"] = time.time()
+    rows = [{"schema_version": SCHEMA_VERSION, **r} for r in ([rows] if isinstance(rows, dict) else rows)]
+    first = rows[0]
+    for row in rows:
+        if row.get("finished_at") is None and row.get("status") == "ok":
+            row["finished_at"] = time.time()
     if history:
-        base = {"schema_version": SCHEMA_VERSION, "experiment": row["experiment"], "trial_id": row["trial_id"],
-                "method": row["method"], "seed": row.get("seed")}
-        curve_location(target, row["method"], row["trial_id"]).write_bytes(
+        base = {"schema_version": SCHEMA_VERSION, "experiment": first["experiment"], "trial_id": first["trial_id"],
+                "method": first["method"], "seed": first.get("seed")}
+        curve_location(target, first["method"], first["trial_id"]).write_bytes(
             table_bytes(table_from_rows(curve_rows(history, base), CURVE_SCHEMA)))
-    location = result_location(target, row["method"], row["trial_id"])
-    location.write_bytes(table_bytes(table_from_rows([row], result_schema())))  # the row last: it marks "done"
+    location = result_location(target, first["method"], first["trial_id"])
+    location.write_bytes(table_bytes(table_from_rows(rows, result_schema())))  # the rows last: they mark "done"
     return location
 
 

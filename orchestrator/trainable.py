@@ -35,7 +35,7 @@ from mgas_core.errors import UserInputError
 from mgas_core.io import CorruptFileError, load_checkpoint, load_checkpoint_bytes, save_checkpoint
 from mgas_core.methods.base import get_method, search_augment_for
 from mgas_core.provenance import git_revision, library_versions
-from mgas_core.train import DivergedError, resolve_device, run_retrain, run_search
+from mgas_core.train import DivergedError, RetrainResult, resolve_device, run_retrain, run_search
 
 STATE_FILE = "trial_state.pt"
 ARCH_FILES = ("arch.json", "arch.masks.safetensors")
@@ -120,6 +120,34 @@ def run_trial_pipeline(trial: dict[str, Any], state: dict[str, Any] | None, repo
         return _pipeline(settings, device, state, report)
 
 
+RETRAINED_FIELDS = ("test_acc", "val_acc", "params_m", "nonzero_params_m", "flops_m", "channels", "layers",
+                    "retrain_time_s", "retrain_peak_mem_mb", "arch_json")
+"""The fields of a row that belong to the architecture retrained (one per GOLD-NAS snapshot)."""
+
+
+def _retrained_fields(retrained: RetrainResult, entry: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "snapshot_index": entry["snapshot_index"], "snapshot_final": entry["final"],
+        "snapshot_epoch": entry["search_epoch"],
+        "test_acc": retrained.test_acc, "val_acc": retrained.val_acc,
+        "params_m": retrained.params.dense_m, "nonzero_params_m": retrained.params.nonzero_m,
+        "flops_m": retrained.flops / 1e6, "channels": retrained.channels, "layers": retrained.layers,
+        "retrain_time_s": retrained.retrain_time_s, "retrain_peak_mem_mb": retrained.peak_mem_mb,
+        "arch_json": entry["arch"]["json"],
+        "history": [{**rec, "snapshot_index": entry["snapshot_index"]} for rec in retrained.history],
+    }
+
+
+def width_target(settings: RunSettings, arch: Architecture, nonzero_m: float) -> dict[str, Any]:
+    """``target_reached``/``target_gap`` of a genotype scaled to ``retrain.target_params``: the
+    nearest even width lands within ``retrain.target_tolerance`` of the target, or it does not."""
+    target = settings.retrain.target_params
+    if target is None or not arch.is_genotype:
+        return {}
+    gap = nonzero_m / target - 1
+    return {"target_reached": abs(gap) <= settings.retrain.target_tolerance, "target_gap": gap}
+
+
 def _pipeline(settings: RunSettings, device: torch.device, state: dict[str, Any], report: Report) -> dict[str, Any]:
     splits = load_splits(settings.data, cutout=settings.retrain.cutout,
                          search_augment=search_augment_for(settings.search))
@@ -133,23 +161,34 @@ def _pipeline(settings: RunSettings, device: torch.device, state: dict[str, Any]
             snapshots = result.summary.pop("snapshots", [])
             state.update({
                 "phase": "retrain", "search": None, "arch": _arch_state(result.arch),
+                # every architecture the search yields, the final one last; each becomes a row
+                "plan": [{"snapshot_index": c.snapshot_index, "final": c.final, "search_epoch": c.search_epoch,
+                          "arch": _arch_state(c.arch)} for c in result.candidates],
+                "retrained": [],
                 "search_summary": {
                     "val_acc": result.val_acc, "search_time_s": result.search_time_s,
-                    "peak_mem_mb": result.peak_mem_mb, "epochs": len(result.history),
-                    "events": result.events, "history": result.history,
+                    "peak_mem_mb": result.peak_mem_mb, "peak_mem_kind": result.peak_mem_kind,
+                    "epochs": len(result.history), "events": result.events, "history": result.history,
                     "snapshots": [{k: (v.to_json() if isinstance(v, Architecture) else v) for k, v in s.items()}
                                   for s in snapshots],
                     **{k: v for k, v in result.summary.items()},
                 },
             })
             phase = "retrain"
-        arch = _arch_from_state(state["arch"])
         summary = state["search_summary"]
+        plan, retrained = state["plan"], state["retrained"]
+        while len(retrained) < len(plan):
+            entry = plan[len(retrained)]
 
-        def on_retrain_epoch(record: dict[str, Any], state_fn: Callable[[], dict[str, Any]]) -> None:
-            report(_flat_metrics(record), lambda: {**state, "retrain": state_fn()})
+            def on_retrain_epoch(record: dict[str, Any], state_fn: Callable[[], dict[str, Any]],
+                                 entry: dict[str, Any] = entry) -> None:
+                report(_flat_metrics({**record, "snapshot_index": entry["snapshot_index"]}),
+                       lambda: {**state, "retrained": list(retrained), "retrain": state_fn()})
 
-        retrained = run_retrain(arch, settings, splits, device, state=state.get("retrain"), on_epoch=on_retrain_epoch)
+            done = run_retrain(_arch_from_state(entry["arch"]), settings, splits, device, state=state.get("retrain"),
+                               on_epoch=on_retrain_epoch)
+            retrained.append(_retrained_fields(done, entry))
+            state["retrain"] = None
     except DivergedError as exc:
         raise TrialFailed(str(exc)) from exc
     except UserInputError as exc:  # settings this trial's method or data refuse: retrying cannot help
@@ -160,24 +199,32 @@ def _pipeline(settings: RunSettings, device: torch.device, state: dict[str, Any]
     ratios = summary.get("remaining_ratio", {})
     events = (summary["events"] + [{"type": "recovery", "detail": note} for note in state.get("recovery", [])]
               + list(state.get("events", [])))
+    final_arch = _arch_from_state(state["arch"])
+    main = retrained[-1]
+    target = {"target_reached": summary.get("target_reached"), "target_gap": summary.get("target_gap"),
+              **width_target(settings, final_arch, main["nonzero_params_m"])}
+    snapshot_rows = [{k: v for k, v in r.items() if k != "history"} for r in retrained[:-1]]
+    has_series = main["snapshot_index"] is not None
     final = {
-        "status": "ok", "error": None,
-        "target_reached": summary.get("target_reached"), "target_gap": summary.get("target_gap"),
-        "test_acc": retrained.test_acc, "val_acc": retrained.val_acc, "search_val_acc": summary["val_acc"],
-        "params_m": retrained.params.dense_m, "nonzero_params_m": retrained.params.nonzero_m,
-        "flops_m": retrained.flops / 1e6, "channels": retrained.channels, "layers": retrained.layers,
+        "status": "ok", "error": None, **target,
+        **{k: main[k] for k in RETRAINED_FIELDS},
+        "snapshot_index": main["snapshot_index"], "snapshot_epoch": main["snapshot_epoch"],
+        "snapshot_final": True if has_series else None,
+        "search_val_acc": summary["val_acc"],
         "supernet_params_m": summary["supernet_params"] / 1e6 if "supernet_params" in summary else None,
         "remaining_ratio_op": ratios.get("op"), "remaining_ratio_filter": ratios.get("filter"),
         "remaining_ratio_weight": ratios.get("weight"),
         "search_epochs": summary["epochs"], "search_time_s": summary["search_time_s"],
-        "retrain_time_s": retrained.retrain_time_s, "search_peak_mem_mb": summary["peak_mem_mb"],
-        "retrain_peak_mem_mb": retrained.peak_mem_mb, "device": str(device),
+        "search_peak_mem_mb": summary["peak_mem_mb"], "search_peak_mem_kind": summary.get("peak_mem_kind"),
+        "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "attempts": state["attempt"], "arch_json": json.dumps(arch.to_json()),
+        "attempts": state["attempt"],
         "deterministic": settings.deterministic and torch.are_deterministic_algorithms_enabled(),
         "events_json": json.dumps(events, default=str),
         "snapshots_json": json.dumps(summary["snapshots"], default=str),
-        "history_json": json.dumps(summary["history"] + retrained.history, default=str),
+        "snapshot_rows_json": json.dumps(snapshot_rows, default=str) if snapshot_rows else None,
+        "history_json": json.dumps(summary["history"] + [rec for r in retrained for rec in r["history"]],
+                                   default=str),
         ARCH_STATE_KEY: state["arch"],
     }
     return final

@@ -24,6 +24,7 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -36,6 +37,17 @@ from mgas_core.data import Batch, DatasetInfo, SearchAugment
 from mgas_core.errors import UserInputError
 
 Event = dict[str, Any]
+
+
+@dataclass
+class RetrainCandidate:
+    """An architecture a search yields for retraining: its result, or one point of a series
+    (GOLD-NAS's snapshots: ``snapshot_index`` and the search epoch it was taken at)."""
+
+    arch: Architecture
+    snapshot_index: int | None = None
+    final: bool = True
+    search_epoch: int | None = None
 
 
 class SearchMethod(ABC):
@@ -128,6 +140,11 @@ class SearchMethod(ABC):
     def summary(self) -> dict[str, Any]:
         """Method-specific fields of the final JSON summary."""
         return {}
+
+    def architectures_to_retrain(self) -> list[RetrainCandidate]:
+        """What the trial pipeline retrains, each becoming a result row, the final one last: by
+        default the one derived architecture."""
+        return [RetrainCandidate(self.derive())]
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {}

@@ -1,8 +1,9 @@
 """GOLD-NAS (Bi, Xie et al., arXiv 2007.03331): gradual one-level pruning in an enlarged space.
 
 Per-cell alphas (no normal/reduce sharing) over the 7 ops without ``none``, op weight
-``sigmoid(alpha)`` (init 0), any subset of ops may survive per edge. Weights and alphas are
-stepped on the same training batch (one level). Loss = CE + lambda * cost with
+``sigmoid(alpha)`` (init 0), any subset of ops may survive per edge. Weights (SGD, constant
+learning rate) and alphas are stepped on the same training batch (one level). Loss = CE +
+lambda * cost with
 
     cost = sum over active ops o entering node n of log(1 + k_n * sigma(a_o) / S_n) * (c + mu * F_o)
 
@@ -10,11 +11,15 @@ where S_n sums sigma over all active ops entering node n (every edge of the node
 explicit node -> edge map, so the last edge of a node is prunable too), k_n counts them and F_o
 is the op's parameters or FLOPs (``cost``), normalised by the largest op's. After every epoch up
 to ``n0`` passes prune every op with ``sigma(a_o) <= eta_min``, else the weakest one if it is
-``<= eta_max``; then the lambda controller. Whenever pruning resumes after a plateau (an epoch
-that pruned nothing), the architecture of that plateau is snapshotted, so one search yields a
-series of Pareto points (``snapshot: epoch`` instead snapshots the pruned architecture after every
-epoch that pruned, for short searches that never plateau). ``target_params`` is the resource
-floor at which the search stops.
+``<= eta_max``; then the lambda controller (lambda starts at 0). As in the reference code
+(``train_search.py:main``), an epoch that prunes after more than ``stable_rounds`` (3) epochs in a
+row without pruning ends a plateau, and the architecture after that epoch's pruning is
+snapshotted, so one search yields a series of Pareto points; the architecture the search ends
+on is the final snapshot (``snapshot: epoch`` instead snapshots after every epoch that pruned, for
+short searches that never plateau). ``target_params`` is the resource floor (dense parameters of
+the derived network): the search prunes until it is reached or ``search.epochs`` are spent, and
+says which (``target_reached``, ``target_gap``). Every snapshot is retrained
+(:meth:`GoldNas.architectures_to_retrain`; ``retrain_snapshots`` keeps an evenly spaced subset).
 
 Pruning thresholds apply to the op weight ``sigma(a_o)`` itself, as in the paper's algorithm.
 (Applying them to ``sigma / S_n`` instead, as one reading suggests, cannot work: that share starts
@@ -39,7 +44,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from mgas_core.arch import Architecture, CellArch, OpSpec, architecture_from_json, prune_dead_ops
 from mgas_core.config import GoldNasSettings, SearchSettings, SettingConflict
 from mgas_core.data import Batch, DatasetInfo
-from mgas_core.methods.base import SearchMethod, accuracy, clip_and_step, cosine_lr, register_method, set_lr
+from mgas_core.methods.base import RetrainCandidate, SearchMethod, accuracy, clip_and_step, register_method, set_lr
 from mgas_core.methods.cell_alphas import PerCellAlphaModel
 from mgas_core.methods.lambda_control import LambdaController
 from mgas_core.metrics import count_params
@@ -87,7 +92,7 @@ class GoldNas(SearchMethod):
         self.a_opt = torch.optim.SGD([self.model.alpha], lr=cfg.alpha_lr, momentum=cfg.alpha_momentum)
         self.controller = LambdaController(cfg.control.lambda0, cfg.control.c0)
         self.last_pruned: int | None = None
-        self.ever_pruned = False
+        self.unpruned_epochs = 0  # epochs in a row without pruning (the reference's plateau counter)
         self.snapshots: list[dict[str, Any]] = []
         self.stopped = False
         self.lr = cfg.w_lr
@@ -111,7 +116,7 @@ class GoldNas(SearchMethod):
     # --- training -----------------------------------------------------------------------------
     def begin_epoch(self, epoch: int) -> None:
         super().begin_epoch(epoch)
-        self.lr = cosine_lr(self.cfg.w_lr, self.settings.w_lr_min, epoch, self.settings.epochs)
+        self.lr = self.cfg.w_lr  # constant, as the reference
         set_lr(self.w_opt, self.lr)
 
     def cost(self) -> Tensor:
@@ -178,30 +183,36 @@ class GoldNas(SearchMethod):
         events: list[dict[str, Any]] = []
         if epoch < self.cfg.warmup_epochs:
             return events
-        before = self.derive()
         pruned = 0
         for _ in range(self.cfg.n0):
             n = self.prune_pass()
             if n == 0:
                 break
             pruned += n
+        plateau_ends = False
         if pruned:
             self.model.refresh_active()
-            if self.cfg.snapshot == "plateau" and self.ever_pruned and self.last_pruned == 0:  # resumes
-                events.append(self._snapshot(before, epoch))
-            self.ever_pruned = True
+            plateau_ends = self.unpruned_epochs > self.cfg.stable_rounds
+            self.unpruned_epochs = 0
             events.append({"type": "prune", "epoch": epoch, "ops": pruned,
                            "ops_left": int(self.model.alive.sum())})
+        else:
+            self.unpruned_epochs += 1
         self.last_pruned = pruned
         self.controller.update(pruned >= self.cfg.n0)
-        if self.settings.target_params is not None:
+        floor = self.settings.target_params
+        if floor is not None:
             dense, _ = self.derived_count()
-            if dense <= self.settings.target_params * 1e6:
+            if dense <= floor * 1e6:
                 self.stopped = True
                 events.append({"type": "floor_reached", "epoch": epoch, "params": dense})
+            elif epoch + 1 >= self.max_epochs:
+                events.append({"type": "floor_missed", "epoch": epoch, "params": dense,
+                               "detail": f"search.epochs={self.max_epochs} spent at {dense} params, above the "
+                                         f"floor of {floor * 1e6:.0f}"})
         if self.stopped or epoch + 1 >= self.max_epochs:
             events.append(self._snapshot(self.derive(), epoch, final=True))
-        elif pruned and self.cfg.snapshot == "epoch":
+        elif pruned and (plateau_ends or self.cfg.snapshot == "epoch"):
             events.append(self._snapshot(self.derive(), epoch))
         self.events += events
         return events
@@ -248,17 +259,34 @@ class GoldNas(SearchMethod):
     def summary(self) -> dict[str, Any]:
         snaps = [{**{k: v for k, v in s.items() if k != "arch"}, "arch": architecture_from_json(s["arch"])}
                  for s in self.snapshots]
-        return {"snapshots": snaps, "ops_left": int(self.model.alive.sum()), "cost": self.cfg.cost}
+        out: dict[str, Any] = {"snapshots": snaps, "ops_left": int(self.model.alive.sum()), "cost": self.cfg.cost}
+        floor = self.settings.target_params
+        if floor is not None and snaps:
+            dense = snaps[-1]["params"]
+            out.update({"target_reached": dense <= floor * 1e6, "target_gap": dense / (floor * 1e6) - 1})
+        return out
+
+    def architectures_to_retrain(self) -> list[RetrainCandidate]:
+        """The snapshot series, largest first and the final architecture last (``retrain_snapshots``:
+        that many, evenly spaced along the series, the final one always among them)."""
+        series = self.snapshots
+        keep = self.cfg.retrain_snapshots
+        indices = list(range(len(series)))
+        if keep is not None and keep < len(series):
+            step = (len(series) - 1) / max(1, keep - 1)
+            indices = sorted({round(len(series) - 1 - i * step) for i in range(keep)})
+        return [RetrainCandidate(architecture_from_json(series[i]["arch"]), snapshot_index=series[i]["index"],
+                                 final=i == len(series) - 1, search_epoch=series[i]["epoch"]) for i in indices]
 
     # --- state --------------------------------------------------------------------------------
     def extra_state(self) -> dict[str, Any]:
         return {"controller": self.controller.state_dict(), "last_pruned": self.last_pruned,
-                "ever_pruned": self.ever_pruned, "snapshots": list(self.snapshots), "stopped": self.stopped}
+                "unpruned_epochs": self.unpruned_epochs, "snapshots": list(self.snapshots), "stopped": self.stopped}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         self.controller.load_state_dict(state["controller"])
         self.last_pruned = state["last_pruned"]
-        self.ever_pruned = bool(state["ever_pruned"])
+        self.unpruned_epochs = int(state["unpruned_epochs"])
         self.snapshots = list(state["snapshots"])
         self.stopped = bool(state["stopped"])
         self.model.refresh_active()

@@ -1,9 +1,10 @@
-"""The GOLD-NAS lambda controller, shared by GOLD-NAS and MGAS.
+"""The GOLD-NAS lambda controller (``train_search.py:main`` of the reference code).
 
-After every pruning check: if enough was pruned (GOLD-NAS: at least ``n0`` ops; MGAS: at least
-the pace needed to reach the target), the pressure was too strong, so ``lambda /= c0`` and the
-increment resets to ``lambda0``; otherwise the increment grows, ``dlambda *= c0``, and
-``lambda += dlambda``. Pruning therefore never stalls for long, and never runs away.
+lambda starts at 0 with the increment at ``lambda0``: the first epoch trains without resource
+pressure. After every pruning check: if enough was pruned (at least ``n0`` ops), the pressure was
+too strong, so ``lambda /= c0`` and the increment resets to ``lambda0``; otherwise the increment
+grows, ``dlambda *= c0``, and ``lambda += dlambda``. Pruning therefore never stalls for long, and
+never runs away. (MGAS has its own controller, :mod:`mgas_core.methods.mgas_schedule`.)
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ class LambdaController:
             raise ValueError(f"lambda0 must be > 0 and c0 > 1, got lambda0={lambda0}, c0={c0}")
         self.lambda0 = lambda0
         self.c0 = c0
-        self.value = lambda0
+        self.value = 0.0
         self.delta = lambda0
 
     def update(self, enough_pruned: bool) -> float:

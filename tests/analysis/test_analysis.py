@@ -30,6 +30,17 @@ TRIALS = [
 ]
 
 
+DARTS_CIFAR_PROTOCOL = {"epochs": 600, "layers": 20, "channels": 36, "batch_size": 96, "cutout": 16,
+                        "drop_path": 0.2, "auxiliary": True, "aux_weight": 0.4, "target_params": None}
+
+
+def trial_config(method: str, dataset: str = "digits", order: int = 2, retrain: dict | None = None) -> str:
+    """A resolved config as a trial records it (the parts the published join reads)."""
+    return json.dumps({"data": {"name": dataset}, "seed": 0,
+                       "search": {"method": method, "layers": 8, "channels": 16, "nodes": 4, "darts": {"order": order}},
+                       "retrain": retrain or dict(DARTS_CIFAR_PROTOCOL)})
+
+
 def write_dataset(root: Path, experiment: str = "exp", trials=TRIALS, failed: bool = True) -> Path:
     exp = root / experiment
     for method, seed, extra, acc, params in trials:
@@ -39,6 +50,9 @@ def write_dataset(root: Path, experiment: str = "exp", trials=TRIALS, failed: bo
                "target_params_m": extra.get("target_params"), "status": "ok", "test_acc": acc, "val_acc": acc,
                "params_m": params * 1.2, "nonzero_params_m": params, "flops_m": params * 100,
                "search_time_s": 120.0, "search_peak_mem_mb": 500.0 + 10 * len(method), "device": "cpu",
+               "search_peak_mem_kind": "cpu peak RSS above the start of the run",
+               "config_json": trial_config(method), "git_sha": "abc1234", "device_name": "cpu",
+               "node_ip": f"10.0.0.{seed + 1}", "versions": json.dumps({"torch": "2.14.1", "ray": "2.60.0"}),
                "axes_json": json.dumps(axes), "granularities": "op,filter,weight" if method == "mgas" else None}
         history = [{"phase": "search", "epoch": e, "loss": 1.0 / (e + 1), "val_acc": 0.5,
                     "remaining_ratio_op": 1 - 0.1 * e, "remaining_ratio_filter": 1 - 0.05 * e,
@@ -72,21 +86,137 @@ def test_pareto_front_keeps_only_non_dominated_points(tmp_path):
     assert pareto_front(toy, "c", "s").tolist() == [True, True, False, False]
 
 
-def test_published_beside_measured(tmp_path):
-    agg = aggregate(load_results(write_dataset(tmp_path)).ok)
+def _darts_rows(root: Path, runs: list[tuple[int, dict | None, int, float]]) -> Path:
+    """DARTS trials on cifar10: (order, retrain protocol or None for the paper's, seed, test_acc)."""
+    exp = root / "darts_c10"
+    for order, retrain, seed, acc in runs:
+        axes = {"method": "darts", "search.darts.order": order, "seed": seed,
+                **({"retrain.epochs": retrain["epochs"]} if retrain else {})}
+        trial_id = f"darts_o{order}_{'paper' if retrain is None else 'short'}_s{seed}"
+        write_trial(exp, {"experiment": "darts_c10", "trial_id": trial_id, "method": "darts", "dataset": "cifar10",
+                          "seed": seed, "status": "ok", "test_acc": acc, "val_acc": acc, "params_m": 3.3,
+                          "nonzero_params_m": 3.3, "flops_m": 528.0, "search_time_s": 86400.0 * order,
+                          "search_peak_mem_mb": 9000.0, "device": "cuda:0",
+                          "search_peak_mem_kind": "cuda max_memory_allocated",
+                          "config_json": trial_config("darts", "cifar10", order, retrain),
+                          "axes_json": json.dumps(axes)}, None)
+    return exp
+
+
+def test_published_rows_are_joined_on_the_configuration_never_on_the_method_name(tmp_path):
+    short = {**DARTS_CIFAR_PROTOCOL, "epochs": 6}
+    exp = _darts_rows(tmp_path, [(1, None, 0, 0.970), (1, None, 1, 0.972), (2, None, 0, 0.9724),
+                                 (2, short, 0, 0.90), (1, short, 0, 0.89)])
+    table = comparison_table(aggregate(load_results(exp).ok), load_published())
+    by_config = {r["configuration"]: r for r in table.to_dict("records")}
+    assert len(table) == 4 == len(by_config)
+    first, second = by_config["darts order=1"], by_config["darts order=2"]
+    # a first-order run stands beside the first-order paper row, never the second-order 2.76
+    assert first["test error % (published)"] == "3.00" and "first order" in first["published source"]
+    assert second["test error % (published)"] == "2.76" and "second order" in second["published source"]
+    assert first["search cost GPU-days (published)"] == "1.50" and first["search cost"] == "1.0000 GPU-days"
+    assert second["search cost"] == "2.0000 GPU-days"  # measured GPU-days beside published GPU-days
+    for config in ("darts epochs=6 order=2", "darts epochs=6 order=1"):  # another protocol: nothing beside it
+        row = by_config[config]
+        assert [row[k] for k in table.columns if "published" in k] == ["—"] * 4
+    assert first["peak search memory MB"] == "9000 (CUDA allocator peak)"
+
+
+def test_a_published_entry_without_a_known_configuration_is_never_matched(tmp_path):
+    rows = write_dataset(tmp_path, trials=[("gold_nas", 0, {}, 0.93, 0.2)], failed=False)
+    agg = aggregate(load_results(rows).ok)
+    agg["dataset"] = "cifar10"
     published = load_published()
-    darts_c10 = published[(published.method == "darts") & (published.dataset == "cifar10")]
-    assert set(darts_c10["test_error_pct"]) == {2.76, 3.00}
-    agg.loc[agg.method == "darts", "dataset"] = "cifar10"
-    table = comparison_table(agg, published)
-    row = table[table.method == "darts"].iloc[0]
-    assert row["test error % (measured)"] == "9.00 ± 1.41"
-    assert row["test error % (published)"] == "2.76" and "ICLR 2019" in row["published source"]
-    gold = table[table.method == "gold_nas"].iloc[0]
-    assert gold["test error % (published)"] == "—"  # no digits entry
-    agg.loc[agg.method == "gold_nas", "dataset"] = "cifar10"
-    gold = comparison_table(agg, published).query("method == 'gold_nas'").iloc[0]
-    assert gold["test error % (published)"] == "2.99?"  # not confirmed against the paper
+    assert published.query("method == 'gold_nas' and dataset == 'cifar10'")["test_error_pct"].tolist() == [2.99]
+    row = comparison_table(agg, published).iloc[0]
+    assert row["test error % (published)"] == "—" and row["published source"] == "—"
+    assert row["search cost"] == "0.033 CPU-hours"  # measured on a CPU: stated as CPU-hours
+
+
+def _markdown_table(md: str, title: str) -> list[dict[str, str]]:
+    section = md.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
+    lines = [ln for ln in section.splitlines() if ln.startswith("|")]
+    head = [c.strip() for c in lines[0].strip("|").split("|")]
+    return [dict(zip(head, (c.strip() for c in ln.strip("|").split("|")))) for ln in lines[2:]]
+
+
+def _numbers(cell: str) -> list[float]:
+    return [float(x) for x in cell.replace("±", " ").split() if x.replace(".", "", 1).isdigit()]
+
+
+def test_every_number_of_the_report_comparison_table_is_the_aggregate_of_the_rows(tmp_path):
+    paths = build_report(load_results(write_dataset(tmp_path)), tmp_path / "report")
+    table = _markdown_table(paths["report_md"].read_text(), "Comparison with published numbers")
+    expected: dict[str, list[tuple[float, float]]] = {}
+    for method, _seed, extra, acc, params in TRIALS:  # computed here from the rows, not by the code under test
+        group = method + "".join(f" {k}={v}" for k, v in sorted(extra.items()))
+        expected.setdefault(group, []).append((acc, params))
+    assert sorted(r["configuration"] for r in table) == sorted(expected)
+    for row in table:
+        accs, sizes = (np.array(v) for v in zip(*expected[row["configuration"]]))
+        n = len(accs)
+        assert int(row["seeds"]) == n
+        error = _numbers(row["test error % (measured)"])
+        assert error[0] == pytest.approx(100 * (1 - accs.mean()), abs=0.005)
+        if n >= 2:
+            assert error[1] == pytest.approx(100 * accs.std(ddof=1), abs=0.005)
+        else:
+            assert len(error) == 1  # one seed: no spread is shown
+        assert _numbers(row["params M"])[0] == pytest.approx(sizes.mean(), abs=5e-4)
+        assert _numbers(row["FLOPs M"])[0] == pytest.approx(100 * sizes.mean(), abs=0.05)
+        assert row["search cost"] == f"{120 / 3600:.3f} CPU-hours"
+        method = row["configuration"].split()[0]
+        assert row["peak search memory MB"] == f"{500 + 10 * len(method)} (CPU RSS above start)"
+        assert row["test error % (published)"] == "—"  # digits: no paper measured it
+
+
+def _series_rows(root: Path, sizes: list[float], accs: list[float]) -> Path:
+    exp = root / "gold"
+    rows = []
+    for i, (size, acc) in enumerate(zip(sizes, accs)):
+        rows.append({"experiment": "gold", "trial_id": "gold_nas_seed0", "method": "gold_nas", "dataset": "digits",
+                     "seed": 0, "status": "ok", "test_acc": acc, "val_acc": acc, "params_m": size,
+                     "nonzero_params_m": size, "flops_m": size * 100, "search_time_s": 60.0,
+                     "search_peak_mem_mb": 100.0, "snapshot_index": i, "snapshot_epoch": 2 * i,
+                     "snapshot_final": i == len(sizes) - 1, "axes_json": json.dumps({"method": "gold_nas", "seed": 0})})
+    write_trial(exp, rows, None)
+    write_dataset(root, "gold", trials=[("mgas", 0, {"target_params": 0.1}, 0.94, 0.10),
+                                        ("mgas", 1, {"target_params": 0.1}, 0.96, 0.10),
+                                        ("mgas", 0, {"target_params": 0.05}, 0.91, 0.05)], failed=False)
+    return exp
+
+
+def test_a_gold_nas_search_is_drawn_as_its_own_series_and_counted_once(tmp_path):
+    from analysis.aggregate import snapshot_series
+    from analysis.plots import pareto_figure
+
+    sizes, accs = [0.24, 0.17, 0.09, 0.05], [0.97, 0.965, 0.95, 0.93]
+    results = load_results(_series_rows(tmp_path, sizes, accs))
+    agg = aggregate(results.ok)
+    gold = agg[agg.method == "gold_nas"]
+    assert len(gold) == 1 and gold["nonzero_params_m_mean"].iloc[0] == 0.05  # the trial's own row, once
+    fig = pareto_figure(agg, series=snapshot_series(results.ok))
+    ax = fig.axes[0]
+    lines = [ln for ln in ax.get_lines() if "series" in str(ln.get_label())]
+    assert len(lines) == 1 and lines[0].get_label() == "GOLD-NAS series (seed 0, 4 retrained)"
+    assert list(lines[0].get_xdata()) == sizes and list(lines[0].get_ydata()) == pytest.approx([a * 100 for a in accs])
+    labels = sorted(t.get_text() for t in ax.texts)
+    assert labels == ["target 0.05M", "target 0.1M"]  # MGAS points carry their target
+    yerr = [c for c in ax.containers if c.has_yerr]
+    assert [list(c.lines[0].get_xdata()) for c in yerr] == [[0.1]]  # only the 2-seed point has error bars
+
+
+def test_report_lists_the_series_the_misses_and_where_every_number_comes_from(tmp_path):
+    exp = _series_rows(tmp_path, [0.24, 0.05], [0.97, 0.93])
+    write_dataset(tmp_path, "gold", trials=[("mgas", 2, {"target_params": 0.01}, 0.9, 0.02)], failed=False)
+    results = load_results(exp)
+    results.rows.loc[results.rows.trial_id.str.contains("target_params0.01"), "target_missed"] = True
+    md = build_report(results, tmp_path / "report")["report_md"].read_text()
+    series = _markdown_table(md, "Snapshot series (GOLD-NAS)")
+    assert [(r["snapshot_index"], r["nonzero_params_m"]) for r in series] == [("0", "0.24"), ("1", "0.05")]
+    missed = _markdown_table(md, "Trials that missed their target")
+    assert [r["trial_id"] for r in missed] == ["methodmgas_seed2_target_params0.01"]
+    assert "abc1234" in md and "| torch | 2.14.1 |" in md and "10.0.0.3" in md
 
 
 def test_report_writes_images_and_self_contained_html(tmp_path):

@@ -124,11 +124,12 @@ def test_bad_subgraph_count(k):
 
 def test_lambda_controller_follows_the_rule():
     ctl = LambdaController(lambda0=1.0, c0=2.0)
+    assert ctl.value == 0.0  # the reference starts without resource pressure (flops_lambda = 0)
     trace = []
     for pruned_enough in [False, False, True, False, True, True, False]:
         trace.append(ctl.update(pruned_enough))
     # not enough: delta *= 2, lambda += delta; enough: lambda /= 2, delta = lambda0
-    assert trace == [3.0, 7.0, 3.5, 5.5, 2.75, 1.375, 3.375]
+    assert trace == [2.0, 6.0, 3.0, 5.0, 2.5, 1.25, 3.25]
 
 
 def test_gold_nas_prunes_an_op_on_the_last_edge_of_a_node():
@@ -169,7 +170,7 @@ def test_gold_nas_node_keeps_one_op():
 
 def test_gold_nas_snapshots_strictly_decrease():
     settings = tiny(search__method="gold_nas", search__epochs=30, search__gold_nas__control__lambda0=0.1,
-                    search__gold_nas__n0=4)
+                    search__gold_nas__n0=4, search__gold_nas__stable_rounds=0)
     result = run_search(settings, load_splits(settings.data), torch.device("cpu"))
     snaps = result.summary["snapshots"]
     sizes = [s["params"] for s in snaps]
@@ -177,13 +178,21 @@ def test_gold_nas_snapshots_strictly_decrease():
     assert snaps[-1]["final"] and all(s["arch"].cells for s in snaps)
 
 
-def test_gold_nas_snapshots_when_pruning_resumes_after_a_plateau(monkeypatch):
-    method, _ = make(tiny(search__method="gold_nas", search__epochs=10, search__layers=3))
-    script = iter([3, 0, 0, 2, 0, 4, 1, 0, 0, 0])  # ops pruned per epoch (one pass each)
+@pytest.mark.parametrize("stable_rounds,script,expected", [
+    # the reference: a plateau is more than 3 epochs in a row without pruning (epochs 1-4 here)
+    (3, [3, 0, 0, 0, 0, 2, 0, 0, 1, 0], [5]),
+    (3, [3, 0, 0, 2, 0, 4, 1, 0, 0, 0], []),
+    (1, [3, 0, 0, 2, 0, 4, 1, 0, 0, 0], [3]),
+    (0, [3, 0, 0, 2, 0, 4, 1, 0, 0, 0], [3, 5]),
+])
+def test_gold_nas_snapshots_when_pruning_resumes_after_a_plateau(monkeypatch, stable_rounds, script, expected):
+    method, _ = make(tiny(search__method="gold_nas", search__epochs=10, search__layers=3,
+                          search__gold_nas__stable_rounds=stable_rounds))
+    per_epoch = iter(script)  # ops pruned per epoch (one pass each)
     ops = [(ci, e, o) for ci in range(3) for e in range(5) for o in range(7)]
 
     def scripted_pass():
-        n = next(script, 0)
+        n = next(per_epoch, 0)
         for _ in range(n):
             ci, e, o = ops.pop()
             method.model.alive[ci, e, o] = False
@@ -191,13 +200,25 @@ def test_gold_nas_snapshots_when_pruning_resumes_after_a_plateau(monkeypatch):
 
     monkeypatch.setattr(method, "prune_pass", scripted_pass)
     monkeypatch.setattr(method.cfg, "n0", 1)
-    snap_epochs = []
+    snapshots = []
     for epoch in range(10):
         method.begin_epoch(epoch)
         events = method.end_of_epoch(epoch)
-        snap_epochs += [e["epoch"] for e in events if e["type"] == "snapshot"]
-    # resumes at epochs 3 and 5 (after zero-prune epochs 1-2 and 4); the final snapshot at epoch 9
-    assert snap_epochs[:2] == [3, 5] and snap_epochs[-1] == 9
+        snapshots += [(e["epoch"], e["params"], method.derived_count()[0]) for e in events if e["type"] == "snapshot"]
+    assert [epoch for epoch, _, _ in snapshots if epoch < 9] == expected
+    # the architecture the search ends on is the final snapshot (a new one unless it is no smaller)
+    assert method.snapshots[-1]["final"] and method.snapshots[-1]["params"] == method.derived_count()[0]
+    # a snapshot is the architecture after that epoch's pruning, as the reference logs it
+    assert all(params == after_pruning for _, params, after_pruning in snapshots)
+
+
+def test_gold_nas_trains_its_weights_at_a_constant_learning_rate():
+    method, _ = make(tiny(search__method="gold_nas", search__epochs=10))
+    rates = []
+    for epoch in range(10):
+        method.begin_epoch(epoch)
+        rates.append(method.w_opt.param_groups[0]["lr"])
+    assert rates == [method.cfg.w_lr] * 10
 
 
 def test_gold_nas_stops_at_the_floor():
@@ -207,3 +228,25 @@ def test_gold_nas_stops_at_the_floor():
     assert any(e["type"] == "floor_reached" for e in result.events)
     assert result.summary["snapshots"][-1]["params"] <= 4000
     assert len(result.history) < 30
+    assert result.summary["target_reached"] is True and result.summary["target_gap"] <= 0
+
+
+def test_gold_nas_that_cannot_reach_its_floor_in_its_budget_says_so():
+    settings = tiny(search__method="gold_nas", search__epochs=2, search__target_params=0.0001)
+    result = run_search(settings, load_splits(settings.data), torch.device("cpu"))
+    final = result.summary["snapshots"][-1]["params"]
+    assert result.summary["target_reached"] is False
+    assert result.summary["target_gap"] == pytest.approx(final / 100 - 1)
+    assert [e["type"] for e in result.events].count("floor_missed") == 1 and len(result.history) == 2
+
+
+def test_gold_nas_yields_its_snapshots_for_retraining_evenly_spaced_with_the_final_last():
+    method, _ = make(tiny(search__method="gold_nas"))
+    method.snapshots = [{"index": i, "epoch": i, "params": 100 - i, "nonzero_params": 100 - i,
+                         "final": i == 5, "arch": method.derive().to_json()} for i in range(6)]
+    every = method.architectures_to_retrain()
+    assert [c.snapshot_index for c in every] == [0, 1, 2, 3, 4, 5] and [c.final for c in every] == [False] * 5 + [True]
+    method.cfg.retrain_snapshots = 3
+    assert [c.snapshot_index for c in method.architectures_to_retrain()] == [0, 2, 5]
+    method.cfg.retrain_snapshots = 1
+    assert [(c.snapshot_index, c.final) for c in method.architectures_to_retrain()] == [(5, True)]

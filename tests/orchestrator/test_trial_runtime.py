@@ -159,3 +159,63 @@ def test_an_mgas_trial_that_misses_its_target_says_so_in_its_row(tmp_path):
     assert row["status"] == "ok" and row["target_reached"] is False
     nonzero = row["nonzero_params_m"]
     assert row["target_gap"] == pytest.approx(nonzero / 0.002 - 1, rel=1e-6) and row["target_gap"] > 0
+
+
+GOLD_SERIES = {"search.epochs": 5, "search.layers": 3, "search.channels": 6, "search.nodes": 3,
+               "search.gold_nas.snapshot": "epoch", "search.gold_nas.control.lambda0": 0.2,
+               "search.gold_nas.w_lr": 0.05, "retrain.epochs": 1}
+
+
+def _gold_series_trial(tmp_path):
+    spec, _ = load_spec(write_spec(tmp_path, sweep={"method": ["gold_nas"], "seed": [0]}, base=GOLD_SERIES))
+    return expand_trials(spec)[0]
+
+
+def test_every_gold_nas_snapshot_is_retrained_into_a_row_of_its_own(tmp_path):
+    from orchestrator.results import rows_from_result
+
+    trial = _gold_series_trial(tmp_path)
+    final = run_trial_pipeline(trial, None, lambda metrics, state_fn: None)
+    rows = rows_from_result(trial, {**final, "done_trial": True})
+    snapshots = json.loads(final["snapshots_json"])
+    assert len(rows) == len(snapshots) >= 3
+    assert [r["snapshot_index"] for r in rows] == [s["index"] for s in snapshots]
+    sizes = [r["nonzero_params_m"] for r in rows]
+    assert sizes == sorted(sizes, reverse=True) and len(set(sizes)) == len(sizes)  # strictly decreasing
+    # each row is its own architecture, retrained: its size is the snapshot's, its metrics its own
+    assert [round(r["params_m"] * 1e6) for r in rows] == [s["params"] for s in snapshots]
+    assert len({r["arch_json"] for r in rows}) == len(rows) and len({r["test_acc"] for r in rows}) >= 1
+    assert [r["snapshot_final"] for r in rows] == [False] * (len(rows) - 1) + [True]
+    assert all(r["trial_id"] == trial["trial_id"] and r["status"] == "ok" for r in rows)
+    history = json.loads(final["history_json"])
+    retrain = [h for h in history if h["phase"] == "retrain"]
+    assert [h["snapshot_index"] for h in retrain] == [s["index"] for s in snapshots]  # 1 epoch each
+
+
+def test_a_trial_resumed_in_the_middle_of_its_snapshot_series_ends_as_an_undisturbed_one(tmp_path):
+    trial = _gold_series_trial(tmp_path)
+    undisturbed = run_trial_pipeline(trial, None, lambda metrics, state_fn: None)
+    states = []
+    run_trial_pipeline(trial, None, lambda metrics, state_fn: states.append((metrics, state_fn())))
+    middle = next(state for metrics, state in states
+                  if metrics.get("phase") == "retrain" and len(state["retrained"]) == 2)
+    resumed = run_trial_pipeline(trial, middle, lambda metrics, state_fn: None)
+    for key in ("test_acc", "val_acc", "nonzero_params_m", "arch_json", "snapshots_json"):
+        assert resumed[key] == undisturbed[key], key
+    measured = ("retrain_time_s", "retrain_peak_mem_mb")  # wall time and memory differ from run to run
+    assert [{k: v for k, v in r.items() if k not in measured} for r in json.loads(resumed["snapshot_rows_json"])] \
+        == [{k: v for k, v in r.items() if k not in measured} for r in json.loads(undisturbed["snapshot_rows_json"])]
+
+
+def test_a_width_scaled_genotype_says_whether_its_nearest_width_is_within_tolerance(tmp_path):
+    from orchestrator.results import row_from_result
+
+    for target, tolerance in ((0.01, 0.5), (0.0123, 1e-9)):
+        spec, _ = load_spec(write_spec(tmp_path, sweep={"method": ["darts"], "target_params": [target], "seed": [0]},
+                                       base={"retrain.target_tolerance": tolerance, "retrain.channels": None}))
+        trial = expand_trials(spec)[0]
+        final = run_trial_pipeline(trial, None, lambda metrics, state_fn: None)
+        row = row_from_result(trial, {**final, "done_trial": True})
+        gap = row["nonzero_params_m"] / target - 1
+        assert row["target_gap"] == pytest.approx(gap)
+        assert row["target_reached"] is (abs(gap) <= tolerance)

@@ -379,15 +379,22 @@ def test_mixed_schema_versions_are_refused():
 
 
 ENTRY = {"method": "darts", "dataset": "digits", "variant": "v", "source": "s", "confirmed": True,
-         "test_error_pct": 3.0}
+         "space": "s8", "protocol": "p600", "test_error_pct": 3.0}
+NAMED = {"spaces": {"s8": {"search.layers": 8}}, "protocols": {"p600": {"retrain.epochs": 600}}}
 
 PUBLISHED_CASES = st.one_of(
-    st.sampled_from(["method", "dataset", "variant", "source", "confirmed"]).map(
-        lambda k: ({"entries": [{x: v for x, v in ENTRY.items() if x != k}]}, (k,))),
+    st.sampled_from(["method", "dataset", "variant", "source", "confirmed", "space", "protocol"]).map(
+        lambda k: ({**NAMED, "entries": [{x: v for x, v in ENTRY.items() if x != k}]}, (k,))),
+    st.tuples(st.sampled_from(["space", "protocol"]), st.sampled_from(["nope", 3, ["s8"]])).map(
+        lambda kv: ({**NAMED, "entries": [{**ENTRY, kv[0]: kv[1]}]}, (kv[0],))),
+    st.sampled_from([{"a..b": 1}, {"search.layers": [1]}, {"": 2}, [1], "x", {"search.layers": {"x": 1}}]).map(
+        lambda m: ({**NAMED, "entries": [{**ENTRY, "match": m}]}, ("match",))),
+    st.tuples(st.sampled_from(["spaces", "protocols"]), st.sampled_from([[1], "x", {"n": [1]}, {"n": {"a": {}}}])).map(
+        lambda kv: ({**NAMED, kv[0]: kv[1], "entries": [ENTRY]}, (kv[0],))),
     st.tuples(st.sampled_from(["test_error_pct", "params_m", "flops_m", "search_cost_gpu_days"]),
               st.sampled_from([float("nan"), float("inf"), "x", True, [1]])).map(
-        lambda kv: ({"entries": [{**ENTRY, kv[0]: kv[1]}]}, (kv[0],))),
-    st.sampled_from(["method", "source"]).map(lambda k: ({"entries": [{**ENTRY, k: 5}]}, (k,))),
+        lambda kv: ({**NAMED, "entries": [{**ENTRY, kv[0]: kv[1]}]}, (kv[0],))),
+    st.sampled_from(["method", "source"]).map(lambda k: ({**NAMED, "entries": [{**ENTRY, k: 5}]}, (k,))),
     st.one_of(st.integers(), st.text(min_size=1, max_size=4), st.lists(st.integers(), min_size=1, max_size=2)).map(
         lambda v: ({"entries": v}, ("entries",))),
     st.one_of(st.integers(), st.lists(st.integers(), min_size=1, max_size=2)).map(lambda v: (v, ("entries",))),
