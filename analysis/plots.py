@@ -64,10 +64,19 @@ def pareto_figure(agg: pd.DataFrame, cost: str = "nonzero_params_m", xlabel: str
     for ax, dataset in zip(axes[0], datasets):
         sub = agg[agg["dataset"] == dataset].copy()
         sub["acc_pct"] = sub["test_acc_mean"] * 100
-        on_front = pareto_front(sub, f"{cost}_mean", "acc_pct")
-        xs, ys = front_steps(sub, f"{cost}_mean", "acc_pct")
+        drawn = series[series["dataset"] == dataset] if series is not None and not series.empty else None
+        # the front over every measured architecture: the configurations and the other snapshots of a series
+        points = sub[[f"{cost}_mean", "acc_pct"]].rename(columns={f"{cost}_mean": "cost"})
+        if drawn is not None:
+            others = drawn[drawn["snapshot_final"].map(lambda v: v is False or v is np.False_)]
+            points = pd.concat([points, pd.DataFrame({"cost": others[cost].to_numpy(dtype=float),
+                                                      "acc_pct": others["test_acc"].to_numpy(dtype=float) * 100})],
+                               ignore_index=False)
+            points.index = [*sub.index, *[f"series{i}" for i in range(len(others))]]
+        on_front = pareto_front(points, "cost", "acc_pct")
+        xs, ys = front_steps(points, "cost", "acc_pct")
         if len(xs):  # the front holds its best accuracy up to the largest model shown
-            right = float(sub[f"{cost}_mean"].max())
+            right = float(points["cost"].max())
             xs, ys = np.append(xs, max(right, xs[-1]) * 1.02), np.append(ys, ys[-1])
             ax.step(xs, ys, where="post", color="black", linewidth=1.2, alpha=0.7, label="Pareto front", zorder=1)
         methods = sorted(sub["method"].unique())
@@ -90,8 +99,8 @@ def pareto_figure(agg: pd.DataFrame, cost: str = "nonzero_params_m", xlabel: str
                     if row.target_params_m == row.target_params_m and row.target_params_m is not None:
                         ax.annotate(f"target {row.target_params_m:g}M", (getattr(row, f"{cost}_mean"), row.acc_pct),
                                     textcoords="offset points", xytext=(5, 5), fontsize=7, color=colour)
-        if series is not None and not series.empty:
-            _draw_series(ax, series[series["dataset"] == dataset], cost, methods)
+        if drawn is not None:
+            _draw_series(ax, drawn, cost, methods)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(f"{dataset}: accuracy vs {xlabel.split(' (')[0]}")

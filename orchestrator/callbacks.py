@@ -1,4 +1,4 @@
-"""Tune callbacks run by the sweep's controller: the results writer and the sweep's progress.
+"""Tune callbacks run by the sweep's controller: the results writer, MLflow tracking and the sweep's progress.
 
 The controller runs in the driver (``mgas run``), in the job's driver (``ray job submit``) or on the
 head node (``ray://`` clients); the writer puts the files on the sweep's storage in every case.
@@ -17,6 +17,7 @@ from orchestrator.collect import write_trial_outputs
 from orchestrator.progress import SweepStatus
 from orchestrator.results import error_text
 from orchestrator.storage import resolve
+from orchestrator.tracking import MlflowTracker
 
 
 def _trial_spec(trial: Any) -> dict[str, Any]:
@@ -48,6 +49,29 @@ class ResultsWriter(Callback):
         write_trial_outputs(resolve(self.experiment_uri), _trial_spec(trial), dict(trial.last_result or {}),
                             _trial_error(trial))
         self.written.append(_trial_spec(trial)["trial_id"])
+
+
+class MlflowCallback(Callback):
+    """Every trial as one MLflow run (:mod:`orchestrator.tracking`); after :class:`ResultsWriter`
+    in the callback list, so the architecture files it logs are already on the storage."""
+
+    def __init__(self, tracker: MlflowTracker) -> None:
+        self.tracker = tracker
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.tracker.run_id(_trial_spec(trial))
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        if not result.get("done_trial"):
+            self.tracker.log_epoch(_trial_spec(trial), result)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        result = dict(trial.last_result or {})
+        self.tracker.finish(_trial_spec(trial), result, None if result.get("status") == "ok" else
+                            str(result.get("error") or "trial ended without a final report"))
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.tracker.finish(_trial_spec(trial), dict(trial.last_result or {}), error_text(_trial_error(trial)))
 
 
 class SweepProgress(Callback):
@@ -112,7 +136,7 @@ class SweepProgress(Callback):
         tid = _trial_spec(trial)["trial_id"]
         self.status.epoch(tid, result, time.time())
         progress = self.status.trials[tid]
-        self._log(f"{tid}: {progress.phase} epoch {progress.epoch}/{progress.phase_total} "
+        self._log(f"{tid}: {progress.phase} epoch {progress.phase_text().split(' ', 1)[1]} "
                   f"loss {result.get('loss', float('nan')):.3f} val_acc {result.get('val_acc', float('nan')):.3f}")
         self._redraw()
 

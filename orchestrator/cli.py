@@ -125,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true", help="continue an interrupted sweep (Tuner.restore)")
     run.add_argument("--dry-run", action="store_true", help="print the trial table and resources; start nothing")
     run.add_argument("--json", action="store_true", help="print a JSON summary at the end")
+    run.add_argument("--mlflow", nargs="?", const="", metavar="URI",
+                     help="log every trial as an MLflow run, to URI (default: a SQLite store in the experiment's "
+                          "folder, <experiment>/mlruns/mlflow.db)")
     run.add_argument("--dashboard", action="store_true",
                      help="start embedded Ray's dashboard (off by default; bound to 127.0.0.1)")
     run.add_argument("--dashboard-host", metavar="ADDR",
@@ -270,7 +273,7 @@ def _cmd_run(args: argparse.Namespace) -> None:
         check_output_dir(Path(args.out), "--out")
     summary = run_command(args.experiment, out=args.out, address=args.address, resume=args.resume,
                           dry_run=args.dry_run, dashboard=args.dashboard, dashboard_host=args.dashboard_host,
-                          runtime_env_file=args.runtime_env)
+                          runtime_env_file=args.runtime_env, mlflow=args.mlflow)
     if args.json and summary is not None:
         _print_json(summary, args.json_stream)
 

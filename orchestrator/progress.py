@@ -23,11 +23,22 @@ def planned_epochs(trial: dict[str, Any]) -> int:
 class TrialProgress:
     planned: int
     search_budget: int
+    retrain_epochs: int = 0
+    retrains: int = 1  # architectures to retrain (GOLD-NAS: its snapshots), known once retraining starts
+    retrain_index: int = 0
     phase: str = "queued"
     epoch: int = 0  # epochs done in the current phase
     phase_total: int = 0
     done_epochs: int = 0  # over both phases
     last_event: float | None = None
+
+
+    def phase_text(self) -> str:
+        """``search 3/50``, ``retrain 2/600``, ``retrain 2/600 (2 of 5)`` for one of several."""
+        text = f"{self.phase} {self.epoch}/{self.phase_total}"
+        if self.phase == "retrain" and self.retrains > 1:
+            text += f" ({self.retrain_index + 1} of {self.retrains})"
+        return text
 
 
 @dataclass
@@ -45,11 +56,11 @@ class SweepStatus:
 
     @classmethod
     def of(cls, trials: list[dict[str, Any]]) -> SweepStatus:
-        return cls({t["trial_id"]: TrialProgress(planned_epochs(t), int(t["settings"]["search"]["epochs"]))
-                    for t in trials})
+        return cls({t["trial_id"]: TrialProgress(planned_epochs(t), int(t["settings"]["search"]["epochs"]),
+                                                 int(t["settings"]["retrain"]["epochs"])) for t in trials})
 
     def _get(self, tid: str) -> TrialProgress:
-        return self.trials.setdefault(tid, TrialProgress(planned=1, search_budget=1))
+        return self.trials.setdefault(tid, TrialProgress(planned=1, search_budget=1, retrain_epochs=1))
 
     def start(self, tid: str, now: float) -> None:
         progress = self._get(tid)
@@ -73,9 +84,14 @@ class SweepStatus:
             progress.search_budget = budget
             progress.phase_total = budget
             progress.done_epochs = progress.epoch
-        else:
-            progress.phase_total = progress.planned - progress.search_budget
-            progress.done_epochs = progress.search_budget + progress.epoch
+        else:  # a search may yield several architectures to retrain (GOLD-NAS's snapshots)
+            retrains, index = int(result.get("retrains") or 1), int(result.get("retrain_index") or 0)
+            if retrains != progress.retrains:
+                progress.planned = progress.search_budget + retrains * progress.retrain_epochs
+                progress.retrains = retrains
+            progress.retrain_index = index
+            progress.phase_total = progress.retrain_epochs
+            progress.done_epochs = progress.search_budget + index * progress.retrain_epochs + progress.epoch
         progress.phase = phase
 
     def finish(self, tid: str, ok: bool) -> None:
@@ -103,8 +119,7 @@ class SweepStatus:
 
     def line(self) -> str:
         """The live status: counts, each running trial's phase and epoch, the ETA."""
-        parts = [f"{tid} {self.trials[tid].phase} {self.trials[tid].epoch}/{self.trials[tid].phase_total}"
-                 for tid in sorted(self.running)]
+        parts = [f"{tid} {self.trials[tid].phase_text()}" for tid in sorted(self.running)]
         eta = self.eta_s()
         tail = f" | ETA {format_duration(eta)}" if eta is not None else ""
         return f"{self.counts()} {', '.join(parts)}{tail}"

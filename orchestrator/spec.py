@@ -26,6 +26,8 @@ runtime:                       # Ray runtime_env: the code and its requirements 
   env_vars: {OMP_NUM_THREADS: "1"}
 deterministic: false           # true: cuDNN deterministic + torch.use_deterministic_algorithms
 checkpoint_interval_s: 10      # at most one trial checkpoint per interval (first epoch and the end always)
+tracking:                      # every trial as an MLflow run (uri: default a SQLite store in the experiment)
+  mlflow: {uri: http://mlflow.example:5000, experiment: my-sweep}
 max_concurrent_trials: 2
 max_failures: 1
 ```
@@ -56,6 +58,7 @@ from mgas_core.errors import UserInputError, format_validation_error
 from mgas_core.methods.base import DEFAULT_METHOD, load_methods
 from mgas_core.safe_yaml import load_yaml
 from mgas_core.user_files import read_input_text
+from orchestrator.tracking import TrackingSpec
 
 COMMON_AXES = {"method": "search.method", "seed": "seed", "target_params": "search.target_params"}
 MAX_TRIALS = 10_000
@@ -207,6 +210,7 @@ class ExperimentSpec(Strict):
     exclude: list[dict[str, Any]] = Field([], max_length=MAX_TRIALS)
     resources: ResourcesSpec = ResourcesSpec()
     runtime: RuntimeSpec | None = None
+    tracking: TrackingSpec = TrackingSpec()
     deterministic: bool = False
     checkpoint_interval_s: float = Field(10.0, ge=0, le=86_400)
     max_concurrent_trials: int | None = Field(None, ge=1, le=MAX_TRIALS)

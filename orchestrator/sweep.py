@@ -16,6 +16,7 @@ from typing import Any
 from mgas_core.errors import UserInputError
 from orchestrator.spec import ExperimentSpec, expand_trials, load_runtime_env, load_spec
 from orchestrator.storage import Location, is_uri, join, normalize, resolve
+from orchestrator.tracking import MlflowSpec, MlflowTracker, TrackingSpec, mlflow_target
 
 TUNE_DIR = "tune"
 PROGRESS_LOG = "progress.log"  # every epoch of every trial, appended
@@ -65,11 +66,16 @@ def experiment_uri(spec: ExperimentSpec, folder: Path, out: Path | str | None) -
 
 def run_command(experiment: Path, out: Path | str | None = None, address: str | None = None, resume: bool = False,
                 dry_run: bool = False, dashboard: bool = False, dashboard_host: str | None = None,
-                runtime_env_file: Path | None = None) -> dict[str, Any]:
+                runtime_env_file: Path | None = None, mlflow: str | None = None) -> dict[str, Any]:
+    """``mgas run``. ``mlflow``: a tracking URI ("" for the local store) that turns MLflow
+    tracking on, or replaces the spec's ``tracking.mlflow.uri``."""
     from mgas_core.provenance import git_revision, library_versions
     from orchestrator.ray_runtime import embedded_init_kwargs
 
     spec, folder = load_spec(experiment)
+    if mlflow is not None:
+        spec.tracking = TrackingSpec(mlflow=MlflowSpec(**{**(spec.tracking.mlflow or MlflowSpec()).model_dump(),
+                                                          "uri": mlflow or None}))
     embedded_init_kwargs(dashboard, dashboard_host)  # flag errors before anything starts
     runtime_env = spec.runtime.to_ray(folder.resolve()) if spec.runtime else {}
     if runtime_env_file is not None:
@@ -79,15 +85,19 @@ def run_command(experiment: Path, out: Path | str | None = None, address: str | 
     if dry_run:
         return print_plan(spec, trials, uri)
     try:
-        resolve(uri)
+        location = resolve(uri)
     except (OSError, ValueError) as exc:  # unknown scheme, malformed URI, unreachable store
         raise UserInputError(f"results location {uri}: {' '.join(str(exc).split())[:300]}") from exc
+    tracker = None
+    if spec.tracking.mlflow is not None:
+        tracking_uri, artifacts = mlflow_target(spec.tracking.mlflow, location.path, location.local)
+        tracker = MlflowTracker(tracking_uri, artifacts, spec.tracking.mlflow.experiment or spec.name, uri)
     provenance = {"git_sha": git_revision(), "versions": library_versions()}
     for t in trials:
         t.update({"experiment": spec.name, "provenance": provenance,
                   "checkpoint_interval_s": spec.checkpoint_interval_s})
     return run_sweep(spec, trials, uri, address or os.environ.get("RAY_ADDRESS"), resume, dashboard, dashboard_host,
-                     runtime_env)
+                     runtime_env, tracker)
 
 
 def trial_placement(config: dict[str, Any]) -> Any:
@@ -105,14 +115,14 @@ def trial_placement(config: dict[str, Any]) -> Any:
 
 def run_sweep(spec: ExperimentSpec, trials: list[dict[str, Any]], uri: str, address: str | None, resume: bool,
               dashboard: bool = False, dashboard_host: str | None = None,
-              runtime_env: dict[str, Any] | None = None) -> dict[str, Any]:
+              runtime_env: dict[str, Any] | None = None, tracker: MlflowTracker | None = None) -> dict[str, Any]:
     # persist the sweep's state often, so a killed driver resumes with every finished trial known
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     # Tune's own console output (a config banner, trial tables) off: the sweep's status is ours
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     from ray import tune
 
-    from orchestrator.callbacks import ResultsWriter, SweepProgress
+    from orchestrator.callbacks import MlflowCallback, ResultsWriter, SweepProgress
     from orchestrator.collect import write_results
     from orchestrator.preflight import check_capacity, cluster_nodes, local_node
     from orchestrator.ray_runtime import check_cluster, init_ray, ray_is_running
@@ -155,7 +165,7 @@ def run_sweep(spec: ExperimentSpec, trials: list[dict[str, Any]], uri: str, addr
                     storage_path=uri,
                     failure_config=tune.FailureConfig(max_failures=spec.max_failures),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
-                    callbacks=[ResultsWriter(uri), progress],
+                    callbacks=[ResultsWriter(uri), *([MlflowCallback(tracker)] if tracker else []), progress],
                     verbose=0,
                 ),
             )
@@ -172,6 +182,10 @@ def run_sweep(spec: ExperimentSpec, trials: list[dict[str, Any]], uri: str, addr
     summary = {"experiment": spec.name, "trials": len(trials), "ok": ok, "failed": len(trials) - ok,
                "rows": written["rows"], "resumed": restored, "results_dir": results_dir,
                "wall_time_s": time.time() - started}
+    if tracker is not None:
+        summary["mlflow"] = {"tracking_uri": tracker.tracking_uri, "experiment": tracker.experiment}
+        print(f"mlflow: {tracker.experiment} at {tracker.tracking_uri} "
+              f"(mlflow ui --backend-store-uri {tracker.tracking_uri})", file=sys.stderr)
     print(f"sweep {spec.name}: {ok}/{len(trials)} trials ok, {len(trials) - ok} failed in "
           f"{summary['wall_time_s']:.0f}s; results in {results_dir}", file=sys.stderr)
     return summary

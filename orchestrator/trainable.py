@@ -182,7 +182,8 @@ def _pipeline(settings: RunSettings, device: torch.device, state: dict[str, Any]
 
             def on_retrain_epoch(record: dict[str, Any], state_fn: Callable[[], dict[str, Any]],
                                  entry: dict[str, Any] = entry) -> None:
-                report(_flat_metrics({**record, "snapshot_index": entry["snapshot_index"]}),
+                report(_flat_metrics({**record, "snapshot_index": entry["snapshot_index"],
+                                      "retrain_index": len(retrained), "retrains": len(plan)}),
                        lambda: {**state, "retrained": list(retrained), "retrain": state_fn()})
 
             done = run_retrain(_arch_from_state(entry["arch"]), settings, splits, device, state=state.get("retrain"),

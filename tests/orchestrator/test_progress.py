@@ -77,3 +77,16 @@ def test_terminal_gets_one_live_line_and_a_log_every_epoch(tmp_path):
     logged = log.read_text().splitlines()
     assert [ln.split("] ", 1)[1] for ln in logged if "search epoch" in ln] == [
         "a: search epoch 1/2 loss 1.000 val_acc 0.500", "a: search epoch 2/2 loss 1.000 val_acc 0.500"]
+
+
+def test_a_search_that_yields_several_architectures_plans_each_retraining():
+    status = SweepStatus.of([_trial("g", 4, 3)])
+    status.start("g", 0.0)
+    for epoch in range(4):
+        status.epoch("g", {"phase": "search", "epoch": epoch}, float(epoch + 1))
+    assert status.epochs_left() == 3
+    status.epoch("g", {"phase": "retrain", "epoch": 0, "retrains": 3, "retrain_index": 0}, 5.0)
+    assert status.trials["g"].planned == 4 + 3 * 3 and status.epochs_left() == 8
+    status.epoch("g", {"phase": "retrain", "epoch": 1, "retrains": 3, "retrain_index": 1}, 6.0)
+    assert status.epochs_left() == 13 - (4 + 3 + 2)
+    assert status.line().startswith("[0/1 done | 1 running | 0 failed] g retrain 2/3 (2 of 3)")

@@ -51,7 +51,7 @@ def test_killed_driver_then_resume_runs_only_unfinished_trials(tmp_path):
     cmd = [sys.executable, "-m", "orchestrator.cli", "run", str(path)]
     with private_ray_env():
         env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen([*cmd, "--mlflow"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             wait_for(lambda: len(read_rows(experiment_dir)) >= 1 or proc.poll() is not None, 300,
                      "the first trial's result row")
@@ -65,7 +65,8 @@ def test_killed_driver_then_resume_runs_only_unfinished_trials(tmp_path):
         assert len(before) == 1, before
 
         shutil.rmtree(experiment_dir / "results")  # as if the head's disk was lost: the restore rewrites the row
-        done = subprocess.run([*cmd, "--resume", "--json"], env=env, capture_output=True, text=True, timeout=300)
+        done = subprocess.run([*cmd, "--mlflow", "--resume", "--json"], env=env, capture_output=True, text=True,
+                              timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "resuming sweep" in done.stderr
     summary = json.loads(done.stdout)  # --json: the summary object is all there is on stdout
@@ -77,3 +78,10 @@ def test_killed_driver_then_resume_runs_only_unfinished_trials(tmp_path):
     after = {r["trial_id"]: r["finished_at"] for r in rows}
     for trial_id, finished in before.items():  # finished trials were not run again
         assert after[trial_id] == finished
+    # the restored sweep keeps tracking into the same runs: still one MLflow run per trial
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=summary["mlflow"]["tracking_uri"])
+    runs = client.search_runs([client.get_experiment_by_name("resume").experiment_id])
+    assert sorted(r.data.tags["mgas.trial_id"] for r in runs) == sorted(ids)
+    assert all(r.info.status == "FINISHED" for r in runs)

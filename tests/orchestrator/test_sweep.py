@@ -24,7 +24,7 @@ from orchestrator.spec import expand_trials, load_spec
 from orchestrator.sweep import run_command
 from orchestrator.trainable import run_trial_pipeline
 from tests.orchestrator.conftest import PLUGIN
-from tests.orchestrator.helpers import write_spec
+from tests.orchestrator.helpers import MGAS_TINY, write_spec
 from tests.processes import private_ray_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]  # Ray tests run one after another
@@ -41,6 +41,40 @@ def ray_2cpu():
         ray.shutdown()
 
 
+def _check_mlflow_runs(experiment_dir: Path, trials: list[dict], gold_rows: list[dict]) -> None:
+    """One MLflow run per trial, with its axes as params, every epoch's metrics under the phase's
+    keys, the row's numbers, and the architecture files as artifacts."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{experiment_dir / 'mlruns' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("tiny")
+    runs = {r.data.tags["mgas.trial_id"]: r for r in client.search_runs([experiment.experiment_id])}
+    assert sorted(runs) == sorted(t["trial_id"] for t in trials)  # exactly one run per trial
+    for trial in trials:
+        run = runs[trial["trial_id"]]
+        settings = trial["settings"]
+        assert run.info.status == "FINISHED" and run.data.tags["mgas.status"] == "ok"
+        assert run.data.params["method"] == settings["search"]["method"]
+        assert run.data.params["seed"] == str(trial["axes"]["seed"])
+        search_epochs = [m.step for m in client.get_metric_history(run.info.run_id, "search/loss")]
+        assert search_epochs == list(range(len(search_epochs))) and search_epochs
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "architecture")}
+        assert "architecture/arch.json" in artifacts
+        if settings["search"]["method"] == "gold_nas":
+            for row in gold_rows:
+                key = f"retrain/snapshot_{row['snapshot_index']}/loss"
+                assert len(client.get_metric_history(run.info.run_id, key)) == settings["retrain"]["epochs"], key
+            snapshots = {a.path for a in client.list_artifacts(run.info.run_id, "snapshots")}
+            assert len(snapshots) == len(gold_rows)
+        else:
+            retrain = client.get_metric_history(run.info.run_id, "retrain/loss")
+            assert [m.step for m in retrain] == list(range(settings["retrain"]["epochs"]))
+        if settings["search"]["method"] == "mgas":
+            assert "architecture/arch.masks.safetensors" in artifacts
+            assert client.get_metric_history(run.info.run_id, "search/remaining_ratio_op")
+        assert run.data.metrics["test_acc"] >= 0 and run.data.metrics["nonzero_params_m"] > 0
+
+
 class _Records(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
@@ -50,9 +84,14 @@ class _Records(logging.Handler):
         self.messages.append(record.getMessage())
 
 
+GOLD_SERIES = {"search.epochs": 4, "search.gold_nas.snapshot": "epoch", "search.gold_nas.control.lambda0": 1.0,
+               "search.gold_nas.w_lr": 0.05}
+
+
 def test_sweep_writes_exactly_one_filled_row_per_trial(tmp_path, capsys):
     path = write_spec(tmp_path, sweep={"method": ["darts", "gold_nas", "msg_das", "mgas"], "seed": [0]},
-                      include=[{"method": "darts", "seed": 1}])
+                      include=[{"method": "darts", "seed": 1}], methods={"mgas": MGAS_TINY, "gold_nas": GOLD_SERIES},
+                      tracking={"mlflow": {}})
     tune_state_log = logging.getLogger("ray.tune.execution.experiment_state")
     records, level = _Records(), tune_state_log.level
     tune_state_log.addHandler(records)
@@ -73,13 +112,22 @@ def test_sweep_writes_exactly_one_filled_row_per_trial(tmp_path, capsys):
     for tid in trial_ids:
         assert sum(1 for line in err.splitlines() if f"] {tid}: done test_acc" in line) == 1, err[-2000:]
     log = (experiment_dir / "progress.log").read_text().splitlines()
+    all_rows = read_rows(experiment_dir)
     for t in expand_trials(load_spec(path)[0]):
         retrain = [ln for ln in log if f"] {t['trial_id']}: retrain epoch " in ln]
-        assert len(retrain) == t["settings"]["retrain"]["epochs"], log
+        retrained = sum(1 for r in all_rows if r["trial_id"] == t["trial_id"])  # GOLD-NAS: one per snapshot
+        assert len(retrain) == t["settings"]["retrain"]["epochs"] * retrained, log
         assert any(f"] {t['trial_id']}: search epoch 1/" in ln for ln in log)
-    rows = read_rows(experiment_dir)
+    rows = [r for r in all_rows if r["snapshot_final"] is not False]  # each trial's own row
     assert summary["ok"] == 5 and len(rows) == 5
     assert sorted(r["trial_id"] for r in rows) == sorted(t["trial_id"] for t in expand_trials(load_spec(path)[0]))
+    # the GOLD-NAS search's snapshots, each retrained into a row of its own, strictly decreasing in size
+    gold = sorted((r for r in all_rows if r["method"] == "gold_nas"), key=lambda r: r["snapshot_index"])
+    assert len(gold) >= 3 and len(all_rows) == 4 + len(gold)
+    sizes = [r["nonzero_params_m"] for r in gold]
+    assert sizes == sorted(sizes, reverse=True) and len(set(sizes)) == len(sizes)
+    assert [r["snapshot_final"] for r in gold] == [False] * (len(gold) - 1) + [True]
+    _check_mlflow_runs(experiment_dir, expand_trials(load_spec(path)[0]), gold)
     required = ["experiment", "trial_id", "method", "dataset", "seed", "status", "test_acc", "val_acc", "params_m",
                 "nonzero_params_m", "flops_m", "search_time_s", "retrain_time_s", "search_peak_mem_mb", "device",
                 "arch_json", "config_json", "git_sha", "versions", "node_id"]
@@ -110,7 +158,7 @@ def test_sweep_writes_exactly_one_filled_row_per_trial(tmp_path, capsys):
     written = files()
     for folder in ("results", "curves", "archs"):
         shutil.rmtree(experiment_dir / folder)
-    assert collect_command(str(experiment_dir))[0]["rows"] == 5
+    assert collect_command(str(experiment_dir))[0]["rows"] == 5  # trials; GOLD-NAS's file holds its series
     assert files() == written
 
     # running a trial of the experiment again replaces its row, never duplicates it
