@@ -10,6 +10,19 @@ steps (DARTS/MSG-DAS also run their alpha step on a second batch). ``images_per_
 images of the weight step. ``peak_mem_mb`` is ``torch.cuda.max_memory_allocated`` on CUDA and the
 process's peak RSS on CPU; ``activation_mb`` is that peak minus the memory held before the first
 step (model, optimiser, data), which isolates what the step itself needs.
+
+Against the official code (issue 17), ours and the official step each in a fresh process, one after
+the other, with the same shape and the same definition of a step (``benchmarks.official_step``):
+
+    python -m benchmarks.supernet --official-darts PATH --threads 1 --steps 2 --json   # quark0/darts
+    python -m benchmarks.supernet --official-mgas PATH --threads 1 --steps 2 --json    # lxy12357/MG_DARTS
+
+``PATH`` is a checkout of the official repository (nothing of it is vendored). DARTS: first order
+(``--method darts --order 1``); MGAS: the whole network's search step, every granularity, lambda > 0
+(``--method mgas --stages 1``). ``--layers/--channels/--batch`` left out take the official script's
+defaults (MG-DARTS searches at batch 96). It prints ``{"ours", "official", "speed_vs_official"
+(our images/s / theirs), "memory_vs_official" (our peak / theirs), "activation_vs_official",
+"official_repo", "official_commit"}``.
 """
 
 from __future__ import annotations
@@ -19,7 +32,7 @@ import json
 import subprocess
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -28,6 +41,11 @@ from mgas_core.data import DatasetInfo
 from mgas_core.methods import create_method
 from mgas_core.methods.base import method_names, result_values
 from mgas_core.metrics import PeakMemory, process_peak_rss_mb
+
+if TYPE_CHECKING:
+    from benchmarks.official_step import OfficialSources
+
+MGAS_BENCH_LAMBDA = 1e-3  # the size-term weight of a benchmarked MGAS step (> 0: every loss term)
 
 
 def current_rss_mb() -> float:
@@ -56,7 +74,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(0)
     method = create_method(settings, info, device, seed=0)
     if args.method == "mgas":  # a search step of the requested stage (lambda > 0: every loss term)
-        method.start_search_phase(args.mgas_stage, lam=1e-3)
+        method.start_search_phase(args.mgas_stage, lam=MGAS_BENCH_LAMBDA)
     g = torch.Generator().manual_seed(0)
     shape = (args.batch, 3, args.resolution, args.resolution)
     batches = [(torch.randn(shape, generator=g), torch.randint(0, 10, (args.batch,), generator=g))
@@ -142,13 +160,87 @@ def compare(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     return summary
 
 
+OFFICIAL_KINDS = ("darts", "mgas")  # --official-darts, --official-mgas
+SHAPE_FLAGS = ("layers", "channels", "batch", "resolution", "steps", "warmup", "threads", "device")
+
+
+def official_ratios(ours: dict[str, Any], official: dict[str, Any]) -> dict[str, float | None]:
+    """Ours over official: images/s, peak memory, activation memory (None where theirs is not > 0)."""
+    def ratio(key: str) -> float | None:
+        return round(ours[key] / official[key], 3) if official[key] > 0 else None
+
+    return {"speed_vs_official": ratio("images_per_s"), "memory_vs_official": ratio("peak_mem_mb"),
+            "activation_vs_official": ratio("activation_mb")}
+
+
+def official_commands(args: argparse.Namespace, argv: list[str], kind: str, repo: str) -> tuple[list[str], list[str]]:
+    """The two fresh processes: our step (the caller's flags, minus the official one, plus the
+    method and the resolved shape) and the official step at the same shape."""
+    base = _argv_without(_argv_without(argv, "--official-darts", True), "--official-mgas", True)
+    base = [a for a in base if a != "--json"]
+    shape = [x for key in SHAPE_FLAGS for x in (f"--{key}", str(getattr(args, key)))]
+    method = ["--method", kind] + (["--stages", "1", "--mgas-stage", "1"] if kind == "mgas" else ["--order", "1"])
+    ours = [sys.executable, "-m", "benchmarks.supernet", *base, *method, *shape, "--json"]
+    official = [sys.executable, "-m", "benchmarks.official_step", "--repo", repo, "--kind", kind, *shape, "--json"]
+    if kind == "mgas":
+        official += ["--lam", str(MGAS_BENCH_LAMBDA)]
+    return ours, official
+
+
+def _run_json(cmd: list[str]) -> dict[str, Any]:
+    """Run one side in a fresh process (its stderr goes straight to ours); its last stdout line."""
+    done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"error: `{' '.join(cmd[1:])}` exited with status {done.returncode}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def against_official(args: argparse.Namespace, argv: list[str], sources: OfficialSources) -> dict[str, Any]:
+    """Ours, then the official step, each in a fresh process; both results and the ratios."""
+    from benchmarks.official_step import default_shape
+
+    ours_cmd, official_cmd = official_commands(args, argv, sources.kind, str(sources.repo))
+    ours = _run_json(ours_cmd)
+    official = _run_json(official_cmd)
+    return {"ours": ours, "official": official, **official_ratios(ours, official),
+            "official_repo": str(sources.repo), "official_commit": sources.commit,
+            "official_default_shape": default_shape(sources.folder)}
+
+
+def _resolve_official(p: argparse.ArgumentParser, args: argparse.Namespace) -> OfficialSources | None:
+    """Check the flags of a run against the official code and its checkout (before minutes are
+    spent on our side); fill the shape left out from the official defaults."""
+    chosen = [(kind, getattr(args, f"official_{kind}")) for kind in OFFICIAL_KINDS
+              if getattr(args, f"official_{kind}")]
+    if not chosen:
+        return None
+    kind, repo = chosen[0]
+    if args.method not in (None, kind):
+        p.error(f"--official-{kind} measures --method {kind}, not {args.method}")
+    if kind == "mgas" and (args.stages != 1 or args.mgas_stage != 1):
+        p.error("--official-mgas compares the whole network's step (the official final phase): use --stages 1")
+    if kind == "darts" and args.order != 1:
+        p.error("--official-darts compares the first-order step: use --order 1")
+    from benchmarks.official_step import OfficialCheckoutError, default_shape, locate
+
+    try:
+        sources = locate(repo, kind)
+    except OfficialCheckoutError as e:
+        raise SystemExit(f"error: {e}") from None
+    args.method = kind
+    for key, value in default_shape(sources.folder).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    return sources
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(description="Supernet search-step throughput and peak memory")
-    p.add_argument("--method", default="darts", choices=method_names())
-    p.add_argument("--layers", type=int, default=8)
-    p.add_argument("--channels", type=int, default=16)
-    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--method", choices=method_names(), help="default darts")
+    p.add_argument("--layers", type=int, help="default 8 (with --official-*: the official default)")
+    p.add_argument("--channels", type=int, help="default 16 (with --official-*: the official default)")
+    p.add_argument("--batch", type=int, help="default 64 (with --official-*: the official default)")
     p.add_argument("--resolution", type=int, default=32)
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
@@ -163,11 +255,21 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="bf16 autocast (CUDA)")
     p.add_argument("--checkpoint-cells", action="store_true", help="gradient checkpointing per cell")
     p.add_argument("--cudnn-benchmark", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--compare", choices=("impl", "stages", "subgraphs"),
-                   help="run the variants side by side, each in a fresh process, and print ratios")
+    side = p.add_mutually_exclusive_group()
+    side.add_argument("--compare", choices=("impl", "stages", "subgraphs"),
+                      help="run the variants side by side, each in a fresh process, and print ratios")
+    side.add_argument("--official-darts", metavar="PATH", help="also run the official DARTS step (quark0/darts)")
+    side.add_argument("--official-mgas", metavar="PATH", help="also run the official MGAS step (lxy12357/MG_DARTS)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
-    result = compare(args, argv) if args.compare else measure(args)
+    official = _resolve_official(p, args)
+    for key, value in {"method": "darts", "layers": 8, "channels": 16, "batch": 64}.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if official:
+        result = against_official(args, argv, official)
+    else:
+        result = compare(args, argv) if args.compare else measure(args)
     print(json.dumps(result) if args.json else json.dumps(result, indent=1))
 
 
