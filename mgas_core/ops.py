@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mgas_core.cpu_conv import dense_grad
+from mgas_core.fused_ops import depthwise_pointwise, sep_conv_body
 from mgas_core.maskable_conv import MaskableConv2d
 from mgas_core.masks import FilterGate
 
@@ -52,16 +53,23 @@ EVALUATION = OpStyle(affine=True, pool_bn=False)
 """Evaluation-network ops (official ``model.py``), also MG-DARTS's search ops: affine BN, bare pools."""
 
 
-def batch_norm(x: Tensor, bn: nn.BatchNorm2d, scale: Tensor | None) -> Tensor:
-    """``bn(x)``, or ``scale * bn(x)`` computed as one BN whose weight (and bias) carry ``scale``."""
+def bn_parameters(bn: nn.BatchNorm2d, scale: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
+    """The weight and bias of one BN computing ``scale * bn(x)`` (``bn``'s own without a scale)."""
     if scale is None:
-        return bn(x)
+        return (bn.weight, bn.bias) if bn.affine else (None, None)
     if scale.dim() == 0:
         # materialised: CPU BN backward returns a wrong input gradient for a stride-0 (expanded)
         # weight when the input is channels-last and grad_output is not (torch 2.14; caught by
         # tests/mgas_core/test_supernet_equivalence.py)
-        scale = scale.expand(x.shape[1]).contiguous()
-    weight, bias = (bn.weight * scale, bn.bias * scale) if bn.affine else (scale, None)
+        scale = scale.expand(bn.num_features).contiguous()
+    return (bn.weight * scale, bn.bias * scale) if bn.affine else (scale, None)
+
+
+def batch_norm(x: Tensor, bn: nn.BatchNorm2d, scale: Tensor | None) -> Tensor:
+    """``bn(x)``, or ``scale * bn(x)`` computed as one BN whose weight (and bias) carry ``scale``."""
+    if scale is None:
+        return bn(x)
+    weight, bias = bn_parameters(bn, scale)
     if bn.training and bn.track_running_stats:
         bn.num_batches_tracked.add_(1)
     use_batch_stats = bn.training or bn.running_mean is None
@@ -235,9 +243,12 @@ class SepConv(ChannelOutput):
         self.mid_gate: FilterGate | None = None
 
     def forward(self, x: Tensor, x_relu: Tensor | None = None, scale: Tensor | None = None) -> Tensor:
-        h = self.pw1(self.dw1(F.relu(x) if x_relu is None else x_relu))
-        h = F.relu(batch_norm(h, self.bn1, combine_scales(None, self.mid_gate)))
-        h = self.pw2(self.dw2(h))
+        xr = F.relu(x) if x_relu is None else x_relu
+        inner = combine_scales(None, self.mid_gate)
+        h = sep_conv_body(self, xr, *bn_parameters(self.bn1, inner))  # keeps 2 maps for backward, not 5
+        if h is None:
+            h = F.relu(batch_norm(self.pw1(self.dw1(xr)), self.bn1, inner))
+            h = self.pw2(self.dw2(h))
         return batch_norm(h, self.bn2, combine_scales(scale, self.out_gate))
 
     def keep_mid(self, positions: Tensor) -> None:
@@ -284,7 +295,10 @@ class DilConv(ChannelOutput):
         self.bn = nn.BatchNorm2d(n, affine=affine)
 
     def forward(self, x: Tensor, x_relu: Tensor | None = None, scale: Tensor | None = None) -> Tensor:
-        h = self.pw(self.dw(F.relu(x) if x_relu is None else x_relu))
+        xr = F.relu(x) if x_relu is None else x_relu
+        h = depthwise_pointwise(self.dw, self.pw, xr)  # the depthwise output is recomputed, not kept
+        if h is None:
+            h = self.pw(self.dw(xr))
         return batch_norm(h, self.bn, combine_scales(scale, self.out_gate))
 
     def keep_out(self, positions: Tensor) -> None:

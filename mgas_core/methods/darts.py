@@ -99,9 +99,10 @@ class Darts(SearchMethod):
             if self.settings.darts.order == 2:
                 grads = self.unrolled_alpha_grads(x, y, xa, ya)
             else:
-                with self.autocast():
+                # weights frozen: the graph keeps no conv input for a weight gradient nobody asks for
+                with frozen(self.model.weight_parameters()), self.autocast():
                     loss_a = F.cross_entropy(self.model(xa), ya)
-                grads = list(torch.autograd.grad(loss_a, self.model.arch_parameters(), materialize_grads=True))
+                    grads = list(torch.autograd.grad(loss_a, self.model.arch_parameters(), materialize_grads=True))
             for p, g in zip(self.model.arch_parameters(), grads):
                 p.grad = g
             self.a_opt.step()

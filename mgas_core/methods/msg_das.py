@@ -157,8 +157,9 @@ class MsgDas(SearchMethod):
         if arch_batch is not None:
             xa, ya = self.to_device(arch_batch)
             self.a_opt.zero_grad(set_to_none=True)
-            loss_a, _ = self.subgraph_loss(xa, ya)
-            grads = torch.autograd.grad(loss_a, self.model.arch_parameters(), materialize_grads=True)
+            with frozen(self.model.weight_parameters()):  # no weight gradient: none of its inputs kept
+                loss_a, _ = self.subgraph_loss(xa, ya)
+                grads = torch.autograd.grad(loss_a, self.model.arch_parameters(), materialize_grads=True)
             for p, g in zip(self.model.arch_parameters(), grads):
                 p.grad = g
             self.a_opt.step()
