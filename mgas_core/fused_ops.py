@@ -191,6 +191,33 @@ class _SepConvBody(torch.autograd.Function):
                 None, None)
 
 
+class _MaxPoolRecomputed(torch.autograd.Function):
+    """3x3 max pool (padding 1) keeping only its input, not the int64 argmax map (twice the size of
+    a float map); backward finds the argmax again."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, stride: int) -> Tensor:  # type: ignore[override]
+        ctx.stride = stride
+        ctx.save_for_backward(x)
+        return F.max_pool2d(x, 3, stride, 1)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        geometry = ([3, 3], [ctx.stride, ctx.stride], [1, 1], [1, 1], False)
+        with torch.no_grad():
+            _, index = torch.ops.aten.max_pool2d_with_indices(x, *geometry)
+            return torch.ops.aten.max_pool2d_with_indices_backward(grad, x, *geometry, index), None
+
+
+def max_pool_3x3(x: Tensor, stride: int) -> Tensor:
+    """``max_pool2d(x, 3, stride, padding=1)``, keeping for backward only ``x`` when it needs one."""
+    if fusable(x):
+        return _MaxPoolRecomputed.apply(x, stride)
+    return F.max_pool2d(x, 3, stride, 1)
+
+
 def depthwise_pointwise(dw: MaskableConv2d, pw: MaskableConv2d, x: Tensor) -> Tensor | None:
     """``pw(dw(x))`` through :class:`_DepthwisePointwise`, or None where it does not apply."""
     first = conv_geometry(dw, x)

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mgas_core.cpu_conv import dense_grad
-from mgas_core.fused_ops import depthwise_pointwise, sep_conv_body
+from mgas_core.fused_ops import depthwise_pointwise, max_pool_3x3, sep_conv_body
 from mgas_core.maskable_conv import MaskableConv2d
 from mgas_core.masks import FilterGate
 
@@ -333,6 +333,12 @@ class Pool(nn.Module):
             raise ValueError(f"pool kind must be 'max' or 'avg', got {kind!r}")
         self.bn = nn.BatchNorm2d(channels, affine=False) if with_bn else None
 
+    def pooled(self, x: Tensor) -> Tensor:
+        """The pool of ``x`` (a max pool keeps no argmax map for backward: recomputed)."""
+        if self.kind == "max":
+            return max_pool_3x3(x, self.stride)
+        return self.pool(x)
+
     def normalize(self, pooled: Tensor, scale: Tensor | None = None) -> Tensor:
         """The op applied to an already pooled map (a cell shares pooling across edges)."""
         if self.bn is not None:
@@ -340,7 +346,7 @@ class Pool(nn.Module):
         return pooled if scale is None else pooled * scale
 
     def forward(self, x: Tensor, x_relu: Tensor | None = None, scale: Tensor | None = None) -> Tensor:
-        return self.normalize(self.pool(x), scale)
+        return self.normalize(self.pooled(x), scale)
 
 
 class Identity(nn.Module):

@@ -56,7 +56,7 @@ class StateCache:
     def pooled(self, op: Pool) -> Tensor:
         key = (op.kind, op.stride)
         if key not in self._pools:
-            self._pools[key] = op.pool(self.x)
+            self._pools[key] = op.pooled(self.x)
         return self._pools[key]
 
 

@@ -111,3 +111,20 @@ def test_a_gradient_of_the_gradient_raises_instead_of_coming_out_wrong():
     with fused_ops.unfused():
         (g,) = torch.autograd.grad(op(x).sum(), x, create_graph=True)
     g.sum().backward()  # one by one, the second derivative exists
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("layout", [torch.channels_last, torch.contiguous_format])
+def test_max_pool_recomputes_its_argmax_and_keeps_no_index_map(stride, layout):
+    x = torch.randn(2, 4, 9, 9).contiguous(memory_format=layout)
+    x[:, :, 2:5, 2:5] = 1.5  # ties: the argmax found again must be the same one
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.dtype) or t, lambda t: t):
+        out = fused_ops.max_pool_3x3(a, stride)
+    ref = torch.nn.functional.max_pool2d(b, 3, stride, 1)
+    assert torch.equal(out, ref) and torch.int64 not in saved
+    g = torch.randn_like(ref)
+    out.backward(g)
+    ref.backward(g)
+    assert torch.equal(a.grad, b.grad)
