@@ -2,6 +2,7 @@
 
     python -m benchmarks.official_step --repo PATH --kind darts --layers 8 --channels 16 --batch 64 --json
     python -m benchmarks.official_step --repo PATH --kind mgas --json    # shape: the checkout's defaults
+    python -m benchmarks.official_step --repo PATH --kind mgas --stages 3 --stage 2 --json   # stage 2 of 3
 
 ``PATH`` is a checkout the user supplies of ``quark0/darts`` (``--kind darts``; code in ``cnn/``)
 or ``lxy12357/MG_DARTS`` (``--kind mgas``; code in ``cifar_search/``). Nothing of it is vendored:
@@ -18,17 +19,18 @@ A step, the same on both sides, on synthetic data (fixed seed 0, the same two ba
   imported (``.cuda(async=True)`` is a syntax error since Python 3.7), so this module calls the
   official ``Network``, ``Architect`` and ``utils.accuracy`` in that order; hyperparameters are the
   argparse defaults of the checkout's ``train_search.py``, read with ``ast``.
-- MGAS: the official ``cifar_search/train_search.py`` ``train()`` itself, fed the fixed batch: the
-  whole-network search phase (all cells, all three granularities: ops, filters, weights), with
-  ``only_train=False`` (every optimiser steps) and ``flops_lambda = --lam > 0`` (every loss term);
-  ``freeze_mask=True``, so no mask is stored (that happens once an epoch, at its last batch). Built
-  once before timing, as ``main()`` builds them for that phase: a fresh ``Network`` (all masks on),
-  ``drop_path_prob = 0``, ``_reinitialize_threshold()``, and its four SGD optimisers (alphas,
-  filter parameters, thresholds with the weight thresholds at lr 0.001, and all module weights).
-  Hyperparameters: the checkout's argparse defaults. Its ``prune.py`` (imported by
-  ``model_search``) was deleted upstream; when the checkout lacks it, it is read from the git
-  history (the commit before the one that deleted it) into a temporary folder, with a line on
-  stderr saying so.
+- MGAS: the official ``cifar_search/train_search.py`` step itself, fed the fixed batch: with
+  ``--stages 3 --stage k`` (k = 1, 2, 3) stage ``k`` of the official three-stage search
+  (``train_local(..., stage_index=k)``: cells ``0 .. L//3 - 1``, ``0 .. 2L//3 - 1`` or all, the
+  stage's head), with ``--stages 1`` (or ``--stages 3 --stage 4``) the final, whole-network phase
+  (``train()``); all three granularities (ops, filters, weights), ``only_train=False`` (every
+  optimiser steps), ``flops_lambda = --lam > 0`` (every loss term), ``freeze_mask=True`` (no mask
+  is stored: that happens once an epoch, at its last batch). The network (fresh, all masks on) and
+  the phase's four SGD optimisers are built once before timing, as ``main()`` builds them for
+  that phase: ``benchmarks.official_mgas`` says how. Hyperparameters: the checkout's argparse
+  defaults. Its ``prune.py`` (imported by ``model_search``) was deleted upstream; when the
+  checkout lacks it, it is read from the git history (the commit before the one that deleted it)
+  into a temporary folder, with a line on stderr saying so.
 
 Runtime patches, in this process only (the checkout is never edited): on CPU,
 ``torch.Tensor.cuda`` and ``torch.nn.Module.cuda`` return ``self``; the official
@@ -69,6 +71,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from benchmarks.official_mgas import mgas_setup, stage_problem
 from benchmarks.supernet import current_rss_mb
 from mgas_core.metrics import PeakMemory, process_peak_rss_mb
 
@@ -275,43 +278,6 @@ def darts_setup(mods: dict[str, ModuleType], folder: Path, args: argparse.Namesp
     return run, {**used, "order": 1}
 
 
-def mgas_setup(mods: dict[str, ModuleType],
-               args: argparse.Namespace) -> tuple[Callable[[TimedBatches], None], dict[str, Any]]:
-    ts = mods["train_search"]
-    hp = ts.args
-    model = ts.Network(args.channels, 10, args.layers, hp.eta_min, hp.reg_flops, hp.mu).cuda()
-    model.drop_path_prob = 0
-    arch, kernel, thresholds = [], [], []  # the parameter groups main() gives the whole-network phase
-    for i in range(model._layers):
-        arch.append({"params": model.arch_parameters()[i]})
-        thresholds += [{"params": model._thresholds[i][0][0][1]}, {"params": model._thresholds[i][0][1][1]}]
-        kernel += [{"params": model._kernel_parameters[i][0][0][0]}, {"params": model._kernel_parameters[i][0][1][0]}]
-        for j, mixed in enumerate(model.cells[i]._ops):
-            for k in range(len(mixed._ops)):
-                t = model._thresholds[i][j + 1][k]
-                thresholds += [{"params": t[0]}, {"params": t[1]}, {"params": t[2], "lr": 0.001}]
-                kernel += [{"params": p} for p in model._kernel_parameters[i][j + 1][k]]
-    sgd = torch.optim.SGD
-    opt_alpha = sgd(arch, hp.learning_rate_alpha[3], momentum=hp.momentum, weight_decay=hp.weight_decay_alpha)
-    opt_kernel = sgd(kernel, hp.learning_rate_alpha_kernel[3], momentum=hp.momentum,
-                     weight_decay=hp.weight_decay_alpha)
-    opt_omega = sgd(model.parameters(), hp.learning_rate_omega[3], momentum=hp.momentum,
-                    weight_decay=hp.weight_decay)
-    opt_thre = sgd(thresholds, 0.1, momentum=hp.momentum, weight_decay=hp.weight_decay_alpha)
-    model._reinitialize_threshold()
-    criterion = nn.CrossEntropyLoss().cuda()
-
-    def run(queue: TimedBatches) -> None:
-        ts.train(queue, model, criterion, opt_alpha, opt_kernel, opt_omega, opt_thre, args.lam,
-                 only_train=False, freeze_mask=True)
-
-    used = {"omega_lr": hp.learning_rate_omega[3], "alpha_lr": hp.learning_rate_alpha[3],
-            "kernel_lr": hp.learning_rate_alpha_kernel[3], "threshold_lr": 0.1, "weight_threshold_lr": 0.001,
-            "momentum": hp.momentum, "weight_decay": hp.weight_decay, "grad_clip": hp.grad_clip,
-            "flops_lambda": args.lam, "granularities": "op,filter,weight"}
-    return run, used
-
-
 def measure(args: argparse.Namespace, sources: OfficialSources) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -334,6 +300,7 @@ def measure(args: argparse.Namespace, sources: OfficialSources) -> dict[str, Any
             run, used = darts_setup(mods, sources.folder, args, batches)
         else:
             run, used = mgas_setup(mods, args)
+        cells_run = used.pop("cells_run", args.layers)
 
         def sync() -> None:
             if device.type == "cuda":
@@ -354,7 +321,9 @@ def measure(args: argparse.Namespace, sources: OfficialSources) -> dict[str, Any
         "layers": args.layers, "channels": args.channels, "batch": args.batch, "resolution": args.resolution,
         "steps": args.steps, "warmup": args.warmup, "threads": args.threads, "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "hyperparameters": used, "cells_run": args.layers,
+        "stages": args.stages if sources.kind == "mgas" else None,
+        "stage": args.stage if sources.kind == "mgas" else None,
+        "hyperparameters": used, "cells_run": cells_run,
         "step_s": round(elapsed / args.steps, 4),
         "images_per_s": round(args.batch * args.steps / elapsed, 2),
         "peak_mem_mb": round(peak, 1),
@@ -377,6 +346,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--lam", type=float, default=1e-3, help="MGAS flops_lambda (> 0: every loss term)")
+    p.add_argument("--stages", type=int, default=1, help="MGAS: 3 for a stage of the official search, "
+                                                        "1 for the whole network (the final phase)")
+    p.add_argument("--stage", type=int, default=1, help="MGAS: the stage, 1-based (stages + 1: the final phase)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     if args.steps < 1 or args.warmup < 0:
@@ -388,6 +360,11 @@ def main(argv: list[str] | None = None) -> None:
     for key, value in default_shape(sources.folder).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    if args.kind == "darts" and (args.stages, args.stage) != (1, 1):
+        p.error("--stages/--stage are for --kind mgas")
+    problem = stage_problem(args.stages, args.stage, args.layers, args.resolution, "--stage")
+    if args.kind == "mgas" and problem:
+        p.error(problem)
     result = measure(args, sources)
     print(json.dumps(result) if args.json else json.dumps(result, indent=1))
 

@@ -17,12 +17,18 @@ the other, with the same shape and the same definition of a step (``benchmarks.o
     python -m benchmarks.supernet --official-darts PATH --threads 1 --steps 2 --json   # quark0/darts
     python -m benchmarks.supernet --official-mgas PATH --threads 1 --steps 2 --json    # lxy12357/MG_DARTS
 
+    python -m benchmarks.supernet --official-mgas PATH --stages 3 --mgas-stage 2 --threads 1 --json
+
 ``PATH`` is a checkout of the official repository (nothing of it is vendored). DARTS: first order
-(``--method darts --order 1``); MGAS: the whole network's search step, every granularity, lambda > 0
-(``--method mgas --stages 1``). ``--layers/--channels/--batch`` left out take the official script's
-defaults (MG-DARTS searches at batch 96). It prints ``{"ours", "official", "speed_vs_official"
-(our images/s / theirs), "memory_vs_official" (our peak / theirs), "activation_vs_official",
-"official_repo", "official_commit"}``.
+(``--method darts --order 1``). MGAS: a search step, every granularity, lambda > 0, of the whole
+network (``--stages 1``: the official final phase, ``train()``) or of stage ``k`` of the official
+three-stage search (``--stages 3 --mgas-stage k``, k = 1, 2, 3: cells ``0 .. L//3 - 1``,
+``0 .. 2L//3 - 1`` or all and the stage's head, ``train_local(..., stage_index=k)``; stages 1 and 2
+need ``--resolution 32``, the input the official stage heads are built for;
+``benchmarks.official_mgas``). Both sides must run the same cells. ``--layers/--channels/--batch``
+left out take the official script's defaults (MG-DARTS searches at batch 96). It prints
+``{"ours", "official", "speed_vs_official" (our images/s / theirs), "memory_vs_official" (our peak
+/ theirs), "activation_vs_official", "official_repo", "official_commit"}``.
 """
 
 from __future__ import annotations
@@ -179,11 +185,12 @@ def official_commands(args: argparse.Namespace, argv: list[str], kind: str, repo
     base = _argv_without(_argv_without(argv, "--official-darts", True), "--official-mgas", True)
     base = [a for a in base if a != "--json"]
     shape = [x for key in SHAPE_FLAGS for x in (f"--{key}", str(getattr(args, key)))]
-    method = ["--method", kind] + (["--stages", "1", "--mgas-stage", "1"] if kind == "mgas" else ["--order", "1"])
+    stage = [str(args.stages), str(args.mgas_stage)] if kind == "mgas" else []
+    method = ["--method", kind] + (["--stages", stage[0], "--mgas-stage", stage[1]] if stage else ["--order", "1"])
     ours = [sys.executable, "-m", "benchmarks.supernet", *base, *method, *shape, "--json"]
     official = [sys.executable, "-m", "benchmarks.official_step", "--repo", repo, "--kind", kind, *shape, "--json"]
-    if kind == "mgas":
-        official += ["--lam", str(MGAS_BENCH_LAMBDA)]
+    if stage:
+        official += ["--lam", str(MGAS_BENCH_LAMBDA), "--stages", stage[0], "--stage", stage[1]]
     return ours, official
 
 
@@ -202,6 +209,9 @@ def against_official(args: argparse.Namespace, argv: list[str], sources: Officia
     ours_cmd, official_cmd = official_commands(args, argv, sources.kind, str(sources.repo))
     ours = _run_json(ours_cmd)
     official = _run_json(official_cmd)
+    if ours["cells_run"] != official["cells_run"]:
+        raise SystemExit(f"error: our step ran {ours['cells_run']} cells, the official one {official['cells_run']}: "
+                         f"not the same step")
     return {"ours": ours, "official": official, **official_ratios(ours, official),
             "official_repo": str(sources.repo), "official_commit": sources.commit,
             "official_default_shape": default_shape(sources.folder)}
@@ -217,8 +227,12 @@ def _resolve_official(p: argparse.ArgumentParser, args: argparse.Namespace) -> O
     kind, repo = chosen[0]
     if args.method not in (None, kind):
         p.error(f"--official-{kind} measures --method {kind}, not {args.method}")
-    if kind == "mgas" and (args.stages != 1 or args.mgas_stage != 1):
-        p.error("--official-mgas compares the whole network's step (the official final phase): use --stages 1")
+    if kind == "mgas":
+        from benchmarks.official_mgas import stage_problem
+
+        problem = stage_problem(args.stages, args.mgas_stage, args.layers, args.resolution)
+        if problem:
+            p.error(f"--official-mgas: {problem}")
     if kind == "darts" and args.order != 1:
         p.error("--official-darts compares the first-order step: use --order 1")
     from benchmarks.official_step import OfficialCheckoutError, default_shape, locate
@@ -259,7 +273,8 @@ def main(argv: list[str] | None = None) -> None:
     side.add_argument("--compare", choices=("impl", "stages", "subgraphs"),
                       help="run the variants side by side, each in a fresh process, and print ratios")
     side.add_argument("--official-darts", metavar="PATH", help="also run the official DARTS step (quark0/darts)")
-    side.add_argument("--official-mgas", metavar="PATH", help="also run the official MGAS step (lxy12357/MG_DARTS)")
+    side.add_argument("--official-mgas", metavar="PATH", help="also run the official MGAS step (lxy12357/MG_DARTS): "
+                      "the whole network (--stages 1) or stage k of 3 (--stages 3 --mgas-stage k)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     official = _resolve_official(p, args)

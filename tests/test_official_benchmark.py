@@ -1,7 +1,9 @@
 """``benchmarks.supernet --official-darts/--official-mgas`` (issue 17): the plumbing without a
 checkout (ratios, the two command lines, where MG-DARTS's deleted ``prune.py`` comes from, the
-official defaults), and, when ``MGAS_OFFICIAL_DARTS`` / ``MGAS_OFFICIAL_MGAS`` name a checkout of
-quark0/darts / lxy12357/MG_DARTS, the real thing at a tiny shape (both sides, fresh processes)."""
+official defaults, which official phase and optimisers an MGAS stage maps to), and, when
+``MGAS_OFFICIAL_DARTS`` / ``MGAS_OFFICIAL_MGAS`` name a checkout of quark0/darts /
+lxy12357/MG_DARTS, the real thing at a tiny shape (both sides, fresh processes; MGAS: the whole
+network and stage 2 of 3)."""
 
 from __future__ import annotations
 
@@ -13,8 +15,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from torch import nn
 
-from benchmarks import supernet
+from benchmarks import official_step, supernet
+from benchmarks.official_mgas import mgas_setup, official_stage, stage_problem
 from benchmarks.official_step import COMMON, OfficialCheckoutError, default_shape, locate, prune_source
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,7 +58,7 @@ def test_ratios_are_ours_over_official_and_none_without_a_denominator():
 def test_commands_run_our_method_and_the_official_kind_at_one_shape():
     shape = {"layers": 3, "channels": 4, "batch": 4, "resolution": 8, "steps": 1, "warmup": 0, "threads": 1,
              "device": "cpu"}
-    args = argparse.Namespace(**shape)
+    args = argparse.Namespace(**shape, stages=1, mgas_stage=1)
     argv = ["--official-mgas=/x", "--impl", "reference", "--json", "--batch", "4", "--threads", "1"]
     ours, official = supernet.official_commands(args, argv, "mgas", "/x")
     assert ours[1:3] == ["-m", "benchmarks.supernet"] and ours[-1] == "--json"
@@ -64,6 +69,7 @@ def test_commands_run_our_method_and_the_official_kind_at_one_shape():
     for side in (ours, official):  # argparse keeps the last value of a flag: the resolved shape
         assert {key: _last(side, f"--{key}") for key in shape} == {key: str(value) for key, value in shape.items()}
     assert _last(official, "--lam") == str(supernet.MGAS_BENCH_LAMBDA)
+    assert (_last(official, "--stages"), _last(official, "--stage")) == ("1", "1")
     ours_darts, official_darts = supernet.official_commands(args, ["--official-darts", "/d"], "darts", "/d")
     assert " --method darts --order 1 " in " ".join(ours_darts) and "/d" not in ours_darts
     assert "--lam" not in official_darts
@@ -121,19 +127,144 @@ def test_the_official_defaults_are_read_from_pre_37_sources(tmp_path):
     assert default_shape(tmp_path) == {"layers": 8, "channels": 16, "batch": 96}
 
 
-def test_official_mgas_refuses_a_stage_of_a_multi_stage_search(tmp_path):
+def test_commands_pass_the_mgas_stage_to_both_sides():
+    args = argparse.Namespace(layers=6, channels=4, batch=4, resolution=32, steps=1, warmup=0, threads=1,
+                              device="cpu", stages=3, mgas_stage=2)
+    argv = ["--official-mgas", "/x", "--stages", "3", "--mgas-stage", "2"]
+    ours, official = supernet.official_commands(args, argv, "mgas", "/x")
+    assert (_last(ours, "--method"), _last(ours, "--stages"), _last(ours, "--mgas-stage")) == ("mgas", "3", "2")
+    assert (_last(official, "--stages"), _last(official, "--stage")) == ("3", "2")
+
+
+def test_our_stages_map_to_the_official_phases():
+    assert [official_stage(3, k) for k in (1, 2, 3, 4)] == [1, 2, 3, 0]  # 0: the final phase, train()
+    assert official_stage(1, 1) == official_stage(1, 2) == 0
+    assert stage_problem(1, 1, 3, 8) is None and stage_problem(3, 3, 6, 8) is None and stage_problem(3, 4, 6, 8) is None
+    assert stage_problem(3, 2, 6, 32) is None and stage_problem(3, 1, None, 32) is None
+    assert "3 stages" in (stage_problem(2, 1, 6, 32) or "")
+    assert "between 1 and 4" in (stage_problem(3, 5, 6, 32) or "")
+    assert "at least 3 cells" in (stage_problem(3, 1, 2, 32) or "")
+    for k in (1, 2):  # the official stage heads are built for 32x32 input
+        problem = stage_problem(3, k, 6, 16) or ""
+        assert f"AuxiliaryHeadCIFAR{k}" in problem and "--resolution 32" in problem
+
+
+@pytest.mark.parametrize("flags", [["--stages", "2"], ["--stages", "3", "--mgas-stage", "1", "--resolution", "16"],
+                                   ["--stages", "3", "--mgas-stage", "5"]])
+def test_official_mgas_refuses_a_step_the_official_code_has_not(tmp_path, flags):
     with pytest.raises(SystemExit) as stop:
-        supernet.main(["--official-mgas", str(tmp_path), "--stages", "3"])
+        supernet.main(["--official-mgas", str(tmp_path), *flags])
     assert stop.value.code == 2
 
 
-@pytest.mark.parametrize("kind", ["darts", "mgas"])
-def test_against_the_official_checkout_at_a_tiny_shape(kind):
+def test_official_mgas_takes_a_stage_of_three_to_the_checkout(tmp_path):
+    with pytest.raises(SystemExit) as stop:  # past the flags: the folder is then checked
+        supernet.main(["--official-mgas", str(tmp_path), "--stages", "3", "--mgas-stage", "2", "--resolution", "32"])
+    assert "not a checkout of https://github.com/lxy12357/MG_DARTS" in str(stop.value)
+
+
+def test_official_step_checks_the_stage_flags(tmp_path):
+    _mgas_layout(tmp_path, with_prune=True)
+    for flags in (["--kind", "mgas", "--stages", "3", "--stage", "2", "--resolution", "16"],
+                  ["--kind", "mgas", "--stages", "2"]):
+        with pytest.raises(SystemExit) as stop:
+            official_step.main(["--repo", str(tmp_path), *flags])
+        assert stop.value.code == 2
+
+
+class _Mixed(nn.Module):  # the official MixedOp's shape: one op
+    def __init__(self) -> None:
+        super().__init__()
+        self._ops = nn.ModuleList([nn.Linear(1, 1)])
+
+
+class _Cell(nn.Module):  # the official Cell's shape: one edge
+    def __init__(self) -> None:
+        super().__init__()
+        self._ops = nn.ModuleList([_Mixed()])
+
+
+class _Network(nn.Module):
+    """The attributes of the official ``model_search.Network`` that ``main()``'s groups read."""
+
+    def __init__(self, c: int, classes: int, layers: int, *hyper: float) -> None:
+        super().__init__()
+        self._layers, self.stage1_end, self.stage2_end = layers, layers // 3 - 1, 2 * layers // 3 - 1
+        self.stem, self.classifier = nn.Linear(1, 1), nn.Linear(1, 1)
+        self.cells = nn.ModuleList(_Cell() for _ in range(layers))
+        self.auxiliary_head1, self.auxiliary_head2 = nn.Linear(1, 1), nn.Linear(1, 1)
+        self.global_pooling = nn.AdaptiveAvgPool2d(1)
+
+        def var() -> torch.Tensor:
+            return torch.zeros(1, requires_grad=True)
+
+        self._arch_parameters = [var() for _ in range(layers)]
+        self._thresholds = [[[[var(), var(), var()], [var(), var(), var()]], [[var(), var(), var()]]]
+                            for _ in range(layers)]
+        self._kernel_parameters = [[[[var()], [var()]], [[[], var()]]] for _ in range(layers)]
+        self.reinitialized = False
+
+    def arch_parameters(self) -> list[torch.Tensor]:
+        return self._arch_parameters
+
+    def _reinitialize_threshold(self) -> None:
+        self.reinitialized = True
+
+
+def _fake_train_search(calls: list) -> argparse.Namespace:
+    hp = argparse.Namespace(eta_min=0.01, reg_flops=1, mu=0, momentum=0.9, weight_decay=3e-4, weight_decay_alpha=0,
+                            grad_clip=5, learning_rate_alpha=[1, 2, 3, 4], learning_rate_omega=[10, 20, 30, 40],
+                            learning_rate_alpha_kernel=[100, 200, 300, 400])
+    return argparse.Namespace(args=hp, Network=_Network,
+                              train=lambda *a, **k: calls.append(("train", a, k)),
+                              train_local=lambda *a, **k: calls.append(("train_local", a, k)))
+
+
+@pytest.mark.parametrize(("stages", "stage"), [(3, 1), (3, 2), (3, 3), (1, 1), (3, 4)])
+def test_mgas_setup_builds_the_phase_as_the_official_main(monkeypatch, stages, stage):
+    monkeypatch.setattr(nn.Module, "cuda", lambda self, *a, **k: self)
+    calls: list = []
+    args = argparse.Namespace(channels=4, layers=6, lam=1e-3, stages=stages, stage=stage)
+    run, used = mgas_setup({"train_search": _fake_train_search(calls)}, args)
+    run(["batch"])
+    (name, call, flags), = calls
+    model, opt_alpha, opt_kernel, opt_omega, opt_thre = call[1], *call[3:7]
+    assert model.reinitialized and model.drop_path_prob == 0 and call[7] == 1e-3
+    assert flags == {"only_train": False, "freeze_mask": True}
+    k = official_stage(stages, stage)
+    lr = k - 1 if k else 3
+    assert opt_alpha.defaults["lr"] == [1, 2, 3, 4][lr] and opt_omega.defaults["lr"] == [10, 20, 30, 40][lr]
+    assert opt_kernel.defaults["lr"] == (100 if k else 400)  # the official stages all use index 0
+    assert opt_thre.defaults["lr"] == 0.1 and sorted({g["lr"] for g in opt_thre.param_groups}) == [0.001, 0.1]
+    # main()'s stage lists alias one another: every stage's optimisers hold every cell
+    assert [g["params"][0] for g in opt_alpha.param_groups] == model._arch_parameters
+    assert sum(len(g["params"]) for g in opt_thre.param_groups) == 6 * (2 + 3)
+    assert sum(len(g["params"]) for g in opt_kernel.param_groups) == 6 * (2 + 1)
+    omega = [p for g in opt_omega.param_groups for p in g["params"]]
+    assert {id(p) for p in omega} == {id(p) for p in model.parameters()} and len(omega) == len(list(model.parameters()))
+    if k:
+        assert name == "train_local" and call[8:] == (k, False)
+        order = [model.stem, *model.cells[:2], model.auxiliary_head1, *model.cells[2:4], model.auxiliary_head2,
+                 *model.cells[4:], model.classifier]
+        assert omega == [p for m in order for p in m.parameters()]
+        assert used["cells_run"] == {1: 2, 2: 4, 3: 6}[k] and used["function"] == f"train_local(stage_index={k})"
+    else:
+        assert name == "train" and len(call) == 8 and used["cells_run"] == 6 and used["function"] == "train()"
+
+
+TINY = {"layers": 3, "channels": 4, "batch": 4, "resolution": 8, "steps": 1}
+TINY_STAGES = {"layers": 6, "channels": 4, "batch": 4, "resolution": 32, "steps": 1}  # official heads: 32x32
+
+
+@pytest.mark.parametrize(("kind", "stage", "shape"), [("darts", None, TINY), ("mgas", None, TINY),
+                                                      ("mgas", 2, TINY_STAGES)])
+def test_against_the_official_checkout_at_a_tiny_shape(kind, stage, shape):
     repo = os.environ.get(f"MGAS_OFFICIAL_{kind.upper()}")
     if not repo:
         pytest.skip(f"MGAS_OFFICIAL_{kind.upper()} does not name a checkout of the official {kind} code")
-    shape = {"layers": 3, "channels": 4, "batch": 4, "resolution": 8, "steps": 1}
     flags = [x for key, value in shape.items() for x in (f"--{key}", str(value))]
+    if stage:
+        flags += ["--stages", "3", "--mgas-stage", str(stage)]
     done = subprocess.run([sys.executable, "-m", "benchmarks.supernet", f"--official-{kind}", repo, *flags,
                            "--warmup", "1", "--threads", "1", "--json"],
                           capture_output=True, text=True, timeout=600, cwd=ROOT)
@@ -149,5 +280,9 @@ def test_against_the_official_checkout_at_a_tiny_shape(kind):
     sources = locate(repo, kind)
     assert result["official_commit"] == sources.commit and result["official_repo"] == str(sources.repo)
     if kind == "mgas":
-        assert ours["granularities"] == "op,filter,weight" and ours["cells_run"] == 3
+        cells = {None: 3, 2: 4}[stage]  # stage 2 of 3 at 6 cells: cells 0-3, auxiliary_head2
+        assert ours["granularities"] == "op,filter,weight" and ours["cells_run"] == official["cells_run"] == cells
+        assert ours["mgas_stage"] == (stage or 1) and official["stage"] == (stage or 1)
+        function = f"train_local(stage_index={stage})" if stage else "train()"
+        assert official["hyperparameters"]["function"] == function
         assert ("prune.py is missing" in done.stderr) == (sources.prune_from is not None)
