@@ -72,7 +72,7 @@ import torch
 from torch import Tensor, nn
 
 from benchmarks.official_mgas import mgas_setup, stage_problem
-from benchmarks.supernet import current_rss_mb
+from benchmarks.supernet import add_shape_arguments, current_rss_mb
 from mgas_core.metrics import PeakMemory, process_peak_rss_mb
 
 COMMON = ("train_search.py", "model_search.py", "operations.py", "genotypes.py", "utils.py")
@@ -337,14 +337,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="The official DARTS / MG-DARTS search step: throughput and peak memory")
     p.add_argument("--repo", required=True, help="checkout of quark0/darts (darts) or lxy12357/MG_DARTS (mgas)")
     p.add_argument("--kind", required=True, choices=sorted(LAYOUT))
-    p.add_argument("--layers", type=int, help="cells (default: the official script's default)")
-    p.add_argument("--channels", type=int, help="initial channels (default: the official default)")
-    p.add_argument("--batch", type=int, help="batch size (default: the official default)")
-    p.add_argument("--resolution", type=int, default=32)
-    p.add_argument("--steps", type=int, default=3)
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    add_shape_arguments(p, "default: the official script's default", None)
     p.add_argument("--lam", type=float, default=1e-3, help="MGAS flops_lambda (> 0: every loss term)")
     p.add_argument("--stages", type=int, default=1, help="MGAS: 3 for a stage of the official search, "
                                                         "1 for the whole network (the final phase)")

@@ -248,18 +248,24 @@ def _resolve_official(p: argparse.ArgumentParser, args: argparse.Namespace) -> O
     return sources
 
 
-def main(argv: list[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    p = argparse.ArgumentParser(description="Supernet search-step throughput and peak memory")
-    p.add_argument("--method", choices=method_names(), help="default darts")
-    p.add_argument("--layers", type=int, help="default 8 (with --official-*: the official default)")
-    p.add_argument("--channels", type=int, help="default 16 (with --official-*: the official default)")
-    p.add_argument("--batch", type=int, help="default 64 (with --official-*: the official default)")
+def add_shape_arguments(p: argparse.ArgumentParser, note: str, defaults: tuple[int, int, int] | None) -> None:
+    """The step's shape and run flags both benchmarks take (``SHAPE_FLAGS``); ``--layers``,
+    ``--channels`` and ``--batch`` are left None for the caller to fill, ``note`` says how."""
+    for flag, what, default in zip(("--layers", "--channels", "--batch"), ("cells", "initial channels", "batch size"),
+                                   defaults or ("", "", "")):
+        p.add_argument(flag, type=int, help=f"{what}: {note.format(default)}")
     p.add_argument("--resolution", type=int, default=32)
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    p = argparse.ArgumentParser(description="Supernet search-step throughput and peak memory")
+    p.add_argument("--method", choices=method_names(), help="default darts")
+    add_shape_arguments(p, "default {} (with --official-*: the official script's default)", (8, 16, 64))
     p.add_argument("--impl", default="fast", choices=("fast", "reference"))
     p.add_argument("--order", type=int, default=1, choices=(1, 2), help="DARTS order (default first order)")
     p.add_argument("--subgraphs", type=int, default=2, help="MSG-DAS K")
