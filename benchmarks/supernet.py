@@ -25,8 +25,10 @@ network (``--stages 1``: the official final phase, ``train()``) or of stage ``k`
 three-stage search (``--stages 3 --mgas-stage k``, k = 1, 2, 3: cells ``0 .. L//3 - 1``,
 ``0 .. 2L//3 - 1`` or all and the stage's head, ``train_local(..., stage_index=k)``; stages 1 and 2
 need ``--resolution 32``, the input the official stage heads are built for;
-``benchmarks.official_mgas``). Both sides must run the same cells. ``--layers/--channels/--batch``
-left out take the official script's defaults (MG-DARTS searches at batch 96). It prints
+``benchmarks.official_mgas``). Both sides must run the same cells. The shape defaults to the
+paper's search shape, 8 cells, C=16, batch 64, for both methods (MG-DARTS's script searches at
+batch 96, where its CPU step needs more than the 24 GB of this project's machines and is killed:
+``--batch 96`` asks for it). It prints
 ``{"ours", "official", "speed_vs_official" (our images/s / theirs), "memory_vs_official" (our peak
 / theirs), "activation_vs_official", "official_repo", "official_commit"}``.
 """
@@ -166,6 +168,8 @@ def compare(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     return summary
 
 
+PAPER_SHAPE = (8, 16, 64)
+"""The DARTS paper's search shape (cells, C, batch), the default of every step benchmark here."""
 OFFICIAL_KINDS = ("darts", "mgas")  # --official-darts, --official-mgas
 SHAPE_FLAGS = ("layers", "channels", "batch", "resolution", "steps", "warmup", "threads", "device")
 
@@ -197,6 +201,10 @@ def official_commands(args: argparse.Namespace, argv: list[str], kind: str, repo
 def _run_json(cmd: list[str]) -> dict[str, Any]:
     """Run one side in a fresh process (its stderr goes straight to ours); its last stdout line."""
     done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
+    if done.returncode < 0:
+        raise SystemExit(f"error: `{' '.join(cmd[1:])}` was killed by signal {-done.returncode}"
+                         + (" (the kernel's out-of-memory killer, most likely: try a smaller --batch)"
+                            if done.returncode == -9 else ""))
     if done.returncode != 0:
         raise SystemExit(f"error: `{' '.join(cmd[1:])}` exited with status {done.returncode}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -219,7 +227,7 @@ def against_official(args: argparse.Namespace, argv: list[str], sources: Officia
 
 def _resolve_official(p: argparse.ArgumentParser, args: argparse.Namespace) -> OfficialSources | None:
     """Check the flags of a run against the official code and its checkout (before minutes are
-    spent on our side); fill the shape left out from the official defaults."""
+    spent on our side); the shape left out is the paper's search shape (:data:`PAPER_SHAPE`)."""
     chosen = [(kind, getattr(args, f"official_{kind}")) for kind in OFFICIAL_KINDS
               if getattr(args, f"official_{kind}")]
     if not chosen:
@@ -235,16 +243,13 @@ def _resolve_official(p: argparse.ArgumentParser, args: argparse.Namespace) -> O
             p.error(f"--official-mgas: {problem}")
     if kind == "darts" and args.order != 1:
         p.error("--official-darts compares the first-order step: use --order 1")
-    from benchmarks.official_step import OfficialCheckoutError, default_shape, locate
+    from benchmarks.official_step import OfficialCheckoutError, locate
 
     try:
         sources = locate(repo, kind)
     except OfficialCheckoutError as e:
         raise SystemExit(f"error: {e}") from None
     args.method = kind
-    for key, value in default_shape(sources.folder).items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
     return sources
 
 
@@ -265,7 +270,7 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(description="Supernet search-step throughput and peak memory")
     p.add_argument("--method", choices=method_names(), help="default darts")
-    add_shape_arguments(p, "default {} (with --official-*: the official script's default)", (8, 16, 64))
+    add_shape_arguments(p, "default {} (the paper's search shape)", PAPER_SHAPE)
     p.add_argument("--impl", default="fast", choices=("fast", "reference"))
     p.add_argument("--order", type=int, default=1, choices=(1, 2), help="DARTS order (default first order)")
     p.add_argument("--subgraphs", type=int, default=2, help="MSG-DAS K")
@@ -284,7 +289,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     official = _resolve_official(p, args)
-    for key, value in {"method": "darts", "layers": 8, "channels": 16, "batch": 64}.items():
+    for key, value in {"method": "darts", **dict(zip(("layers", "channels", "batch"), PAPER_SHAPE))}.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
     if official:

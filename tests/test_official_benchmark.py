@@ -286,3 +286,13 @@ def test_against_the_official_checkout_at_a_tiny_shape(kind, stage, shape):
         function = f"train_local(stage_index={stage})" if stage else "train()"
         assert official["hyperparameters"]["function"] == function
         assert ("prune.py is missing" in done.stderr) == (sources.prune_from is not None)
+
+
+def test_a_side_killed_by_the_out_of_memory_killer_is_named_as_such():
+    import signal
+
+    from benchmarks.supernet import _run_json
+
+    code = f"import os; os.kill(os.getpid(), {int(signal.SIGKILL)})"
+    with pytest.raises(SystemExit, match=r"killed by signal 9.*out-of-memory"):
+        _run_json([sys.executable, "-c", code])
