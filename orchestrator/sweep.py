@@ -157,6 +157,9 @@ def run_sweep(spec: ExperimentSpec, trials: list[dict[str, Any]], uri: str, addr
                 param_space=param_space,
                 tune_config=tune.TuneConfig(
                     max_concurrent_trials=spec.max_concurrent_trials,
+                    # a finished trial's worker runs the next trial of the same resources: torch and
+                    # the package stay imported (benchmarks/orchestration.py)
+                    reuse_actors=True,
                     trial_dirname_creator=lambda t: t.config["trial"]["trial_id"],
                     trial_name_creator=lambda t: t.config["trial"]["trial_id"],
                 ),
