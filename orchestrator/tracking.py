@@ -1,8 +1,10 @@
 """Experiment tracking: every trial of a sweep as one MLflow run.
 
 ``tracking: {mlflow: {uri: ..., experiment: ...}}`` in the spec, or ``mgas run --mlflow [URI]``.
-Each trial becomes one run of the MLflow experiment (default: the sweep's name), found again by
-its ``mgas.trial_id`` tag when a sweep is resumed, so a trial never gets a second run:
+Each trial becomes one run of the MLflow experiment (default: the sweep's name), tagged with its
+``mgas.trial_id`` and the sweep's ``mgas.sweep_id``: a resumed sweep (whose Tune state restores
+this tracker, sweep id included) finds its trials' runs again, so a trial never gets a second run,
+while a fresh sweep of the same experiment starts runs of its own:
 
 - params: the trial's sweep axes (``method``, ``seed``, ``target_params``, dotted settings), its
   dataset and preset, and the search and retrain epoch budgets;
@@ -28,6 +30,7 @@ import math
 import posixpath
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +42,7 @@ from orchestrator.results import REPORTED_FIELDS, arch_location
 from orchestrator.storage import resolve
 
 TRIAL_TAG = "mgas.trial_id"
+SWEEP_TAG = "mgas.sweep_id"
 LOCAL_STORE = "mlruns"
 SKIPPED_METRICS = {"epoch", "done_trial", "snapshot_index", "retrain_index", "retrains", "max_epochs",
                    "training_iteration", "time_this_iter_s", "time_total_s", "timestamp", "iterations_since_restore",
@@ -99,7 +103,9 @@ class MlflowTracker:
     """Logs trials to MLflow (used by :class:`orchestrator.callbacks.MlflowCallback`, and testable
     without Ray). The client is made on first use and left out of pickling (Tune saves callbacks)."""
 
-    def __init__(self, tracking_uri: str, artifact_root: str | None, experiment: str, experiment_uri: str) -> None:
+    def __init__(self, tracking_uri: str, artifact_root: str | None, experiment: str, experiment_uri: str,
+                 sweep_id: str | None = None) -> None:
+        self.sweep_id = sweep_id or uuid.uuid4().hex
         self.tracking_uri = tracking_uri
         self.artifact_root = artifact_root
         self.experiment = experiment
@@ -125,20 +131,21 @@ class MlflowTracker:
         return self._client
 
     def run_id(self, trial: dict[str, Any]) -> str:
-        """The trial's run: the one tagged with its id (a resumed sweep), else a new one."""
+        """The trial's run in this sweep: the one tagged with its id (a resumed sweep), else a new one."""
         tid = trial["trial_id"]
         if tid in self._runs:
             return self._runs[tid]
         client = self.client
-        found = client.search_runs([self._experiment_id], filter_string=f"tags.`{TRIAL_TAG}` = '{tid}'",
-                                   max_results=1)
+        found = client.search_runs(
+            [self._experiment_id], max_results=1,
+            filter_string=f"tags.`{TRIAL_TAG}` = '{tid}' and tags.`{SWEEP_TAG}` = '{self.sweep_id}'")
         if found:
             run_id = found[0].info.run_id
             client.update_run(run_id, status="RUNNING")
         else:
             settings = trial["settings"]
             run = client.create_run(self._experiment_id, run_name=tid, tags={
-                TRIAL_TAG: tid, "mgas.experiment": str(trial.get("experiment")),
+                TRIAL_TAG: tid, SWEEP_TAG: self.sweep_id, "mgas.experiment": str(trial.get("experiment")),
                 "mgas.method": settings["search"]["method"],
                 "mgas.git_sha": str(trial.get("provenance", {}).get("git_sha")),
             })
