@@ -72,8 +72,8 @@ import torch
 from torch import Tensor, nn
 
 from benchmarks.official_mgas import mgas_setup, stage_problem
-from benchmarks.supernet import add_shape_arguments, current_rss_mb
-from mgas_core.metrics import PeakMemory, process_peak_rss_mb
+from benchmarks.supernet import add_shape_arguments, current_rss_mb, step_figures
+from mgas_core.metrics import PeakMemory
 
 COMMON = ("train_search.py", "model_search.py", "operations.py", "genotypes.py", "utils.py")
 LAYOUT = {"darts": ("cnn", (*COMMON, "architect.py")), "mgas": ("cifar_search", COMMON)}  # code folder, files
@@ -324,12 +324,7 @@ def measure(args: argparse.Namespace, sources: OfficialSources) -> dict[str, Any
         "stages": args.stages if sources.kind == "mgas" else None,
         "stage": args.stage if sources.kind == "mgas" else None,
         "hyperparameters": used, "cells_run": cells_run,
-        "step_s": round(elapsed / args.steps, 4),
-        "images_per_s": round(args.batch * args.steps / elapsed, 2),
-        "peak_mem_mb": round(peak, 1),
-        "baseline_mem_mb": round(baseline, 1),
-        "activation_mb": round(peak - baseline, 1),
-        "process_peak_rss_mb": round(process_peak_rss_mb(), 1),
+        **step_figures(elapsed, args.steps, args.batch, peak, baseline),
     }
 
 

@@ -41,7 +41,7 @@ def _mgas_layout(root: Path, with_prune: bool) -> Path:
     folder = root / "cifar_search"
     folder.mkdir(parents=True)
     for name in COMMON:
-        (folder / name).write_text("# placeholder\n")
+        (folder / name).write_text("# stands for the official file of this name\n")
     if with_prune:
         (folder / "prune.py").write_text(PRUNE_TEXT)
     return folder
