@@ -144,6 +144,11 @@ def pointwise_linear(x: Tensor, weight: Tensor, stride: tuple[int, int] = (1, 1)
     return out.permute(0, 3, 1, 2)
 
 
+def is_channels_last(x: Tensor) -> bool:
+    """A 4-d tensor laid out channels-last (and not also plain contiguous, as 1x1 maps are)."""
+    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
 class _DenseGrad(torch.autograd.Function):
     """Identity whose backward hands on its gradient dense, in the input's memory format.
 
@@ -157,8 +162,7 @@ class _DenseGrad(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
-        ctx.channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(
-            memory_format=torch.channels_last)
+        ctx.channels_last = is_channels_last(x)
         return x.view_as(x)
 
     @staticmethod

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from mgas_core.cpu_conv import is_channels_last
 from mgas_core.maskable_conv import MaskableConv2d
 
 
@@ -87,13 +88,8 @@ def _output_map(x: Tensor | _DenseMap, weight: Tensor, geo: ConvGeometry) -> _De
     n, _, h, w = x.shape
     size = [(d + 2 * p - dil * (k - 1) - 1) // s + 1
             for d, p, dil, k, s in zip((h, w), geo.padding, geo.dilation, weight.shape[-2:], geo.stride)]
-    channels_last = x.channels_last if isinstance(x, _DenseMap) else _layout(x) == torch.channels_last
+    channels_last = x.channels_last if isinstance(x, _DenseMap) else is_channels_last(x)
     return _DenseMap(x.device, (n, weight.shape[0], *size), channels_last)
-
-
-def _layout(x: Tensor) -> torch.memory_format:
-    return torch.channels_last if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(
-        memory_format=torch.channels_last) else torch.contiguous_format
 
 
 _UNFUSED: list[bool] = []
