@@ -6,9 +6,11 @@ enables the dashboard it binds to 127.0.0.1 unless a host is given explicitly.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -74,7 +76,36 @@ def embedded_init_kwargs(dashboard: bool = False, dashboard_host: str | None = N
         "_temp_dir": short_temp_dir(),
         "log_to_driver": False,
         "logging_level": "WARNING",
+        "_system_config": {
+            # Ray prestarts a worker per CPU for the driver's runtime environment, but Tune runs every
+            # trial in a runtime environment of its own (its env_vars), so no trial ever uses one:
+            # Python starts at Ray's start and CPU while they idle, for nothing
+            "prestart_worker_first_driver": False,
+            # the metrics Ray's processes export are read only by the dashboard (and a Prometheus
+            # scraping it); without it, collecting them costs its agent, GCS and raylet CPU that the
+            # trials would have (benchmarks.orchestration)
+            "enable_metrics_collection": dashboard,
+        },
     }
+
+
+@contextlib.contextmanager
+def callbacks_untagged() -> Iterator[None]:
+    """Within: Tune does not tag the sweep's callbacks for Ray's usage statistics. To name them,
+    Tune imports every integration Ray ships, MLflow's with ``mlflow`` itself (1.4 s of the
+    sweep's start, with or without tracking); with usage statistics off (``mgas`` turns them off
+    unless ``RAY_USAGE_STATS_ENABLED`` says otherwise) the tag is never sent, so it is skipped."""
+    from ray.air._internal import usage
+
+    if os.environ.get("RAY_USAGE_STATS_ENABLED") != "0" or not callable(getattr(usage, "tag_callbacks", None)):
+        yield
+        return
+    original = usage.tag_callbacks
+    usage.tag_callbacks = lambda callbacks: False
+    try:
+        yield
+    finally:
+        usage.tag_callbacks = original
 
 
 def _token_available() -> bool:

@@ -127,3 +127,65 @@ def test_bad_storage_locations_are_one_line(tmp_path, capsys, monkeypatch, argv,
     assert main([a.format(tmp=tmp_path, spec=spec) for a in argv]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and fragment in err, err
+
+
+# --- what embedded Ray and Tune start (benchmarks.orchestration) -----------------------------------
+
+TRIAL_WORKERS = """
+import json, os, psutil, ray
+from orchestrator.ray_runtime import init_ray
+assert init_ray(None)
+
+@ray.remote(num_cpus=1, runtime_env={"env_vars": {"PL_DISABLE_FORK": "1"}})  # a Tune trial's environment
+class Trial:
+    def pid(self):
+        return os.getpid()
+
+pid = ray.get(Trial.remote().pid.remote())
+raylet = ray._private.worker._global_node.all_processes["raylet"][0].process.pid
+names = {p.pid: p.name() for p in psutil.Process(raylet).children()}
+print(json.dumps({"trial": pid, "workers": {p: n for p, n in names.items() if not n.endswith("Agent")}}))
+ray.shutdown()
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("ray")
+def test_embedded_ray_starts_no_worker_a_trial_cannot_use():
+    """Ray prestarts workers for the driver's runtime environment; a Tune trial runs in one of its
+    own, so the only worker of an embedded Ray running one trial is that trial's."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", TRIAL_WORKERS], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert [int(p) for p in seen["workers"]] == [seen["trial"]], seen
+
+
+UNTAGGED = """
+import os, sys
+os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+from ray.tune import Callback, tune
+from orchestrator.ray_runtime import callbacks_untagged
+with callbacks_untagged():
+    tune.air_usage.tag_callbacks([Callback()])
+assert "mlflow" not in sys.modules, "imported within"
+tune.air_usage.tag_callbacks([Callback()])  # Tune's own tagging: the import callbacks_untagged saves
+assert "mlflow" in sys.modules, "Tune no longer imports MLflow to tag callbacks: callbacks_untagged can go"
+"""
+
+
+def test_sweep_start_does_not_import_mlflow_for_usage_tags():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", UNTAGGED], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_embedded_ray_collects_metrics_only_for_its_dashboard():
+    from orchestrator.ray_runtime import embedded_init_kwargs
+
+    assert embedded_init_kwargs()["_system_config"]["enable_metrics_collection"] is False
+    assert embedded_init_kwargs(dashboard=True)["_system_config"]["enable_metrics_collection"] is True

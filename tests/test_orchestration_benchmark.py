@@ -1,0 +1,37 @@
+"""``benchmarks.orchestration`` (issues 5 and 17): a real embedded-Ray sweep against the same
+trials in a warm process, at the smallest size (2 one-epoch trials)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]  # Ray tests run one after another
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_orchestration_benchmark_measures_both_sides_and_where_the_time_goes():
+    done = subprocess.run([sys.executable, "-m", "benchmarks.orchestration", "--trials", "2", "--epochs", "1",
+                           "--json"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["ok_trials"] == 2 and result["trials"] == 2
+    assert result["parallel_efficiency"] == round(result["in_process_s"] / (result["cpus"] * result["ray_s"]), 3)
+    before, after = result["per_trial_in_process_before_after_s"]
+    assert result["in_process_s"] == pytest.approx(before + after, abs=0.02)
+    low, high = result["trial_through_ray_min_max_s"]
+    assert 0 < low <= result["per_trial_through_ray_s"] <= high
+    # the sweep's own time: its start, its trials (two at a time) and its end
+    assert result["ray_until_first_trial_s"] > 0 and result["ray_after_last_trial_s"] > 0
+    assert result["ray_until_first_trial_s"] + high + result["ray_after_last_trial_s"] <= result["ray_s"] + 0.5
+
+
+def test_orchestration_benchmark_refuses_a_sweep_it_cannot_split():
+    done = subprocess.run([sys.executable, "-m", "benchmarks.orchestration", "--trials", "1"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "--trials must be >= 2" in done.stderr
