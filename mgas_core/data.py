@@ -75,14 +75,32 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int = 0) -> tupl
     return np.sort(np.concatenate(keep)), np.sort(np.concatenate(held))
 
 
-def _digits(settings: DataSettings) -> Splits:
+def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """The 1797 8x8 digits (values 0-16) and their labels, as ``sklearn.datasets.load_digits``
+    returns them, read from the file scikit-learn ships without importing ``sklearn.datasets``
+    (which imports SciPy: about 1 s of every trial process's first trial); scikit-learn's own
+    loader where its file is not at that place."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")
+    folders = list(spec.submodule_search_locations or []) if spec is not None else []
+    for folder in folders:
+        path = Path(folder) / "datasets" / "data" / "digits.csv.gz"
+        if path.is_file():
+            table = np.loadtxt(path, delimiter=",")
+            return table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(np.int64)
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
-    x = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    y = torch.tensor(bunch.target, dtype=torch.long)
-    rest, test = stratified_split(bunch.target, 0.2, seed=0)
-    train_rel, val_rel = stratified_split(bunch.target[rest], settings.val_fraction, seed=1)
+    return bunch.images, bunch.target
+
+
+def _digits(settings: DataSettings) -> Splits:
+    images, target = digits_arrays()
+    x = torch.tensor(images, dtype=torch.float32).unsqueeze(1) / 16.0
+    y = torch.tensor(target, dtype=torch.long)
+    rest, test = stratified_split(target, 0.2, seed=0)
+    train_rel, val_rel = stratified_split(target[rest], settings.val_fraction, seed=1)
     train, val = rest[train_rel], rest[val_rel]
     mean, std = x[train].mean(), x[train].std()
     x = (x - mean) / std

@@ -89,6 +89,45 @@ def embedded_init_kwargs(dashboard: bool = False, dashboard_host: str | None = N
     }
 
 
+def skipped_head_processes(dashboard: bool) -> tuple[str, ...]:
+    """The ``ray._private.node.Node`` start methods of head processes that an embedded Ray without
+    its dashboard has no reader for: the autoscaler's monitor (one node never scales; on SIGTERM it
+    retries the already stopped GCS, 1.0 s of every ``ray.shutdown``), the log monitor (it streams
+    the workers' output to the driver, which embedded Ray turns off: ``log_to_driver=False``) and,
+    with usage statistics off, the API server (without the dashboard it hosts only the
+    usage-statistics reporter, and ``ray.init`` waits until it answers). With the dashboard, all run.
+    Measured (``ray.init`` + ``ray.shutdown``, 2 CPUs): 2.3 + 1.37 s whole, 1.45 + 0.38 s without."""
+    if dashboard:
+        return ()
+    skipped = ("start_monitor", "start_log_monitor")
+    if os.environ.get("RAY_USAGE_STATS_ENABLED") == "0":
+        skipped += ("start_api_server",)
+    return skipped
+
+
+def _not_started(node: Any, *args: Any, **kwargs: Any) -> None:
+    return None
+
+
+@contextlib.contextmanager
+def head_processes_skipped(names: tuple[str, ...]) -> Iterator[None]:
+    """Within (around ``ray.init``): the head node Ray starts leaves out the processes ``names``
+    start. A Ray whose head node lacks one of these methods is started whole."""
+    from ray._private import node
+
+    originals = {name: node.Node.__dict__.get(name) for name in names}
+    if not names or any(method is None for method in originals.values()):
+        yield
+        return
+    for name in names:
+        setattr(node.Node, name, _not_started)
+    try:
+        yield
+    finally:
+        for name, method in originals.items():
+            setattr(node.Node, name, method)
+
+
 @contextlib.contextmanager
 def callbacks_untagged() -> Iterator[None]:
     """Within: Tune does not tag the sweep's callbacks for Ray's usage statistics. To name them,
@@ -152,7 +191,8 @@ def init_ray(address: str | None, dashboard: bool = False, dashboard_host: str |
             import aiohttp  # noqa: F401  (the dashboard's server)
         except ImportError as exc:
             raise UserInputError("--dashboard needs the dashboard's packages: pip install 'ray[default]'") from exc
-    ray.init(**kwargs, **extra)
+    with head_processes_skipped(skipped_head_processes(dashboard)):
+        ray.init(**kwargs, **extra)
     return True
 
 

@@ -27,6 +27,25 @@ def test_digits_split_is_fixed_stratified_and_disjoint():
     assert a.info.in_channels == 1 and a.info.image_size == 8
 
 
+def test_digits_read_from_scikit_learns_file_are_its_loaders_without_importing_it():
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_digits
+
+    from mgas_core.data import digits_arrays
+
+    images, target = digits_arrays()
+    bunch = load_digits()
+    assert images.dtype == bunch.images.dtype and target.dtype == bunch.target.dtype
+    assert np.array_equal(images, bunch.images) and np.array_equal(target, bunch.target)
+    probe = ("import sys; from mgas_core.data import digits_arrays; images, _ = digits_arrays(); "
+             "assert images.shape == (1797, 8, 8); print('sklearn.datasets' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "False"
+
+
 def test_epoch_order_depends_only_on_seed_and_epoch():
     ds = load_splits(DataSettings(name="digits")).train
     first = [y for _, y in epoch_batches(ds, 64, True, seed=3, epoch=2)]

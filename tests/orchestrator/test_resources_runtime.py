@@ -163,6 +163,49 @@ def test_embedded_ray_starts_no_worker_a_trial_cannot_use():
     assert [int(p) for p in seen["workers"]] == [seen["trial"]], seen
 
 
+HEAD_PROCESSES = """
+import json, os, sys, ray
+from ray._private import node
+from orchestrator.ray_runtime import init_ray
+os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+start_monitor = node.Node.start_monitor
+assert init_ray(None, dashboard=sys.argv[1] == "dashboard")
+assert node.Node.start_monitor is start_monitor, "Ray's head node is left patched"
+started = sorted(ray._private.worker._global_node.all_processes)
+answer = ray.get(ray.remote(num_cpus=1)(lambda: 42).remote())
+ray.shutdown()
+print(json.dumps({"started": started, "answer": answer}))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("ray")
+@pytest.mark.parametrize("mode", ["plain", "dashboard"])
+def test_embedded_ray_starts_head_processes_only_for_their_readers(mode):
+    """Without its dashboard, embedded Ray starts no autoscaler monitor, log monitor or API server
+    (orchestrator.ray_runtime.skipped_head_processes) and still runs tasks; with it, all of them."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", HEAD_PROCESSES, mode], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen["answer"] == 42
+    assert {"gcs_server", "raylet"} <= set(seen["started"]), seen
+    readers = {"monitor", "log_monitor", "dashboard"}
+    assert (readers & set(seen["started"])) == (readers if mode == "dashboard" else set()), seen
+
+
+def test_skipped_head_processes_follow_dashboard_and_usage_stats(monkeypatch):
+    from orchestrator.ray_runtime import skipped_head_processes
+
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    assert set(skipped_head_processes(False)) == {"start_monitor", "start_log_monitor", "start_api_server"}
+    assert skipped_head_processes(True) == ()
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "1")  # the usage reporter lives in the API server
+    assert set(skipped_head_processes(False)) == {"start_monitor", "start_log_monitor"}
+
+
 UNTAGGED = """
 import os, sys
 os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
