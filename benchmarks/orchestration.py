@@ -8,17 +8,25 @@ Ray start and shutdown included) and the parallel efficiency on the machine's CP
 ``efficiency = in_process / (cpus * ray)`` (1.0 = perfect use of every core). The default trial
 (a 3-cell digits DARTS search and retraining of 10 epochs each) takes about 30 s in one process on
 this project's machine: the trial length the sweep's overhead is judged at. Ray's start (about
-4 s), Tune's start of a trial worker with its imports (ray.tune and torch, about 3 s, once per
+1.5 s), Tune's start of a trial worker with its imports (ray.tune and torch, about 4 s, once per
 concurrent trial: finished trials hand their worker to the next, ``reuse_actors``) and Ray's
-shutdown (about 1.2 s) are fixed costs, so shorter trials give a lower efficiency. This machine's
+shutdown (about 0.4 s) are fixed costs, so shorter trials give a lower efficiency. This machine's
 speed varies by tens of percent from minute to minute: ``--repeats N`` measures N times and
 prints the median.
+
+The same trials also run in ``cpus`` plain processes side by side (warm, no Ray; half before the
+sweep, half after): ``machine_parallel_efficiency = in_process / (cpus * plain_processes)`` is what
+this machine's cores give two trials at once without any orchestration, ``ray_vs_plain_processes
+= plain_processes / ray`` what Ray Tune costs on top (1.0 = nothing), and their product is
+``parallel_efficiency``. The plain side splits each half over the CPUs, so it is meaningful when a
+half is a multiple of the CPU count (the default 8 trials on 2 CPUs: 4 and 4).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
 import os
 import statistics
 import tempfile
@@ -48,20 +56,61 @@ def make_spec(folder: Path, trials: int, epochs: int) -> Path:
     return path
 
 
+def _no_report(metrics: dict, state: object) -> None:
+    return None
+
+
 def run_in_process(trials: list[dict]) -> float:
     """Seconds to run ``trials`` one after another in this process (no Ray, no checkpoints)."""
     from orchestrator.trainable import run_trial_pipeline
 
     start = time.perf_counter()
     for trial in trials:
-        run_trial_pipeline(trial, None, lambda metrics, state: None)
+        run_trial_pipeline(trial, None, _no_report)
     return time.perf_counter() - start
 
 
+def _plain_worker(warm: list[dict], tasks: mp.Queue, done: mp.Queue) -> None:
+    torch.set_num_threads(1)
+    run_in_process(warm)
+    done.put(None)
+    while (trial := tasks.get()) is not None:
+        done.put(run_in_process([trial]))
+
+
+class PlainProcesses:
+    """``count`` warm processes (one untimed warm-up trial each, one thread) that run trials side
+    by side without Ray: each takes the next trial when it is free, as the sweep's lanes do."""
+
+    def __init__(self, count: int, warm: list[dict]) -> None:
+        context = mp.get_context("spawn")
+        self.tasks, self.done = context.Queue(), context.Queue()
+        self.processes = [context.Process(target=_plain_worker, args=(warm, self.tasks, self.done), daemon=True)
+                          for _ in range(count)]
+        for process in self.processes:
+            process.start()
+        for _ in self.processes:
+            self.done.get(timeout=600)  # warmed up
+
+    def run(self, trials: list[dict]) -> tuple[float, list[float]]:
+        """Wall seconds until every trial has ended, and each trial's seconds."""
+        start = time.perf_counter()
+        for trial in trials:
+            self.tasks.put(trial)
+        each = [self.done.get(timeout=3600) for _ in trials]
+        return time.perf_counter() - start, each
+
+    def close(self) -> None:
+        for _ in self.processes:
+            self.tasks.put(None)
+        for process in self.processes:
+            process.join(timeout=60)
+
+
 def measure(folder: Path, trials_n: int, epochs: int) -> dict:
-    """One measurement: half the trials in process, the Ray sweep of all of them, the other half
-    in process (this machine's speed drifts by tens of percent within minutes; a linear drift
-    cancels out in the sum)."""
+    """One measurement: half the trials in process, then in plain processes side by side, the Ray
+    sweep of all of them, the other half side by side, then in process (this machine's speed
+    drifts by tens of percent within minutes; a linear drift cancels out in each sum)."""
     from orchestrator.results import read_rows
     from orchestrator.spec import expand_trials, load_spec
     from orchestrator.sweep import run_command
@@ -72,20 +121,31 @@ def measure(folder: Path, trials_n: int, epochs: int) -> dict:
     torch.set_num_threads(1)
     # a warm process: the first trial of a process imports its dataset and optimizer code (about
     # 3 s), which the sweep's workers pay once each; the in-process time does not count it
-    warm = make_spec(folder / "warm", 1, 1)
-    run_in_process(expand_trials(load_spec(warm)[0]))
+    warm = expand_trials(load_spec(make_spec(folder / "warm", 1, 1))[0])
+    run_in_process(warm)
+    plain = PlainProcesses(cpus, warm)
     half = len(trials) // 2
-    before = run_in_process(trials[:half])
-    start, wall_start = time.perf_counter(), time.time()
-    summary = run_command(path)
-    through_ray, wall_end = time.perf_counter() - start, time.time()
-    after = run_in_process(trials[half:])
+    try:
+        before = run_in_process(trials[:half])
+        plain_before, plain_each = plain.run(trials[:half])
+        start, wall_start = time.perf_counter(), time.time()
+        summary = run_command(path)
+        through_ray, wall_end = time.perf_counter() - start, time.time()
+        plain_after, plain_each_after = plain.run(trials[half:])
+        after = run_in_process(trials[half:])
+    finally:
+        plain.close()
     rows = read_rows(Path(summary["results_dir"]).parent)
-    in_process = before + after
+    in_process, side_by_side = before + after, plain_before + plain_after
+    plain_each += plain_each_after
     through = [r["wall_time_s"] for r in rows]
     return {
         "in_process_s": round(in_process, 2), "ray_s": round(through_ray, 2),
         "parallel_efficiency": round(in_process / (cpus * through_ray), 3),
+        "plain_processes_s": round(side_by_side, 2),
+        "machine_parallel_efficiency": round(in_process / (cpus * side_by_side), 3),
+        "ray_vs_plain_processes": round(side_by_side / through_ray, 3),
+        "per_trial_plain_processes_s": round(sum(plain_each) / len(plain_each), 2),
         "ok_trials": summary["ok"],
         "per_trial_in_process_s": round(in_process / len(trials), 2),
         "per_trial_in_process_before_after_s": [round(before / half, 2), round(after / (len(trials) - half), 2)],
@@ -117,8 +177,10 @@ def main() -> None:
     if len(runs) == 1:
         result.update(runs[0])
     else:
-        result.update(parallel_efficiency=statistics.median(r["parallel_efficiency"] for r in runs),
-                      parallel_efficiency_each=[r["parallel_efficiency"] for r in runs], runs=runs)
+        for key in ("parallel_efficiency", "machine_parallel_efficiency", "ray_vs_plain_processes"):
+            result[key] = statistics.median(r[key] for r in runs)
+            result[f"{key}_each"] = [r[key] for r in runs]
+        result["runs"] = runs
     print(json.dumps(result) if args.json else "\n".join(f"{k}: {v}" for k, v in result.items()))
 
 

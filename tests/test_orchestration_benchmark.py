@@ -24,6 +24,13 @@ def test_orchestration_benchmark_measures_both_sides_and_where_the_time_goes():
     # (from the rounded times: the printed efficiency is computed before rounding)
     assert result["parallel_efficiency"] == pytest.approx(result["in_process_s"] / (result["cpus"] * result["ray_s"]),
                                                           abs=2e-3)
+    # the same trials in plain processes side by side: the machine's own share and Ray's on top
+    assert result["plain_processes_s"] > 0 and result["per_trial_plain_processes_s"] > 0
+    assert result["machine_parallel_efficiency"] == pytest.approx(
+        result["in_process_s"] / (result["cpus"] * result["plain_processes_s"]), abs=2e-3)
+    assert result["ray_vs_plain_processes"] == pytest.approx(result["plain_processes_s"] / result["ray_s"], abs=2e-3)
+    assert result["parallel_efficiency"] == pytest.approx(
+        result["machine_parallel_efficiency"] * result["ray_vs_plain_processes"], abs=5e-3)
     before, after = result["per_trial_in_process_before_after_s"]
     assert result["in_process_s"] == pytest.approx(before + after, abs=0.02)
     low, high = result["trial_through_ray_min_max_s"]
