@@ -96,7 +96,8 @@ def skipped_head_processes(dashboard: bool) -> tuple[str, ...]:
     the workers' output to the driver, which embedded Ray turns off: ``log_to_driver=False``) and,
     with usage statistics off, the API server (without the dashboard it hosts only the
     usage-statistics reporter, and ``ray.init`` waits until it answers). With the dashboard, all run.
-    Measured (``ray.init`` + ``ray.shutdown``, 2 CPUs): 2.3 + 1.37 s whole, 1.45 + 0.38 s without."""
+    ``benchmarks.orchestration --trials 2 --epochs 1``: a sweep's start 6.3-7.2 -> 5.5-5.6 s and its
+    end 1.2-1.5 -> 0.4 s (benchmarks/RESULTS.md)."""
     if dashboard:
         return ()
     skipped = ("start_monitor", "start_log_monitor")
