@@ -31,6 +31,7 @@ import os
 import statistics
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -72,10 +73,20 @@ def run_in_process(trials: list[dict]) -> float:
 
 def _plain_worker(warm: list[dict], tasks: mp.Queue, done: mp.Queue) -> None:
     torch.set_num_threads(1)
-    run_in_process(warm)
-    done.put(None)
-    while (trial := tasks.get()) is not None:
-        done.put(run_in_process([trial]))
+    try:
+        run_in_process(warm)
+        done.put(None)
+        while (trial := tasks.get()) is not None:
+            done.put(run_in_process([trial]))
+    except Exception:  # the parent raises it instead of waiting for a trial that never ends
+        done.put(traceback.format_exc())
+
+
+def _answer(done: mp.Queue, timeout_s: float) -> float | None:
+    answer = done.get(timeout=timeout_s)
+    if isinstance(answer, str):
+        raise RuntimeError(f"a plain trial process failed:\n{answer}")
+    return answer
 
 
 class PlainProcesses:
@@ -90,14 +101,14 @@ class PlainProcesses:
         for process in self.processes:
             process.start()
         for _ in self.processes:
-            self.done.get(timeout=600)  # warmed up
+            _answer(self.done, 600)  # warmed up
 
     def run(self, trials: list[dict]) -> tuple[float, list[float]]:
         """Wall seconds until every trial has ended, and each trial's seconds."""
         start = time.perf_counter()
         for trial in trials:
             self.tasks.put(trial)
-        each = [self.done.get(timeout=3600) for _ in trials]
+        each = [_answer(self.done, 3600) for _ in trials]
         return time.perf_counter() - start, each
 
     def close(self) -> None:
