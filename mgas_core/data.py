@@ -109,6 +109,14 @@ def _digits(settings: DataSettings) -> Splits:
                   TensorDataset(x[test], y[test]))
 
 
+def synthetic_split_sizes(samples: int, val_fraction: float) -> tuple[int, int, int]:
+    """(train, val, test) sizes of the ``synthetic`` dataset: a fifth of its samples for testing,
+    ``val_fraction`` of the rest for validation."""
+    n_test = max(2, samples // 5)
+    n_val = max(2, round((samples - n_test) * val_fraction))
+    return samples - n_test - n_val, n_val, n_test
+
+
 def _synthetic(settings: DataSettings) -> Splits:
     shape = settings.synthetic
     g = torch.Generator().manual_seed(1234)
@@ -116,8 +124,7 @@ def _synthetic(settings: DataSettings) -> Splits:
     x = torch.randn(n, shape.channels, shape.size, shape.size, generator=g)
     proj = torch.randn(shape.channels, shape.classes, generator=g)
     y = (x.mean(dim=(2, 3)) @ proj).argmax(dim=1)  # a learnable labelling
-    n_test = max(2, n // 5)
-    n_val = max(2, round((n - n_test) * settings.val_fraction))
+    _, n_val, n_test = synthetic_split_sizes(n, settings.val_fraction)
     idx = torch.arange(n)
     test, val, train = idx[:n_test], idx[n_test:n_test + n_val], idx[n_test + n_val:]
     info = DatasetInfo("synthetic", shape.classes, shape.channels, shape.size, "cifar")
