@@ -1,0 +1,62 @@
+"""``benchmarks.step_profile`` and ``benchmarks.sweep_start`` (issue 17: every figure in
+RESULTS.md has its command): run for real at the smallest size, in fresh processes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_json(*argv: str) -> object:
+    done = subprocess.run([sys.executable, "-m", *argv, "--json"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_step_profile_ranks_ops_counts_saved_tensors_and_times_bn_backward():
+    tiny = ["--layers", "2", "--channels", "8", "--batch", "8", "--resolution", "16", "--top", "5"]
+    fused = run_json("benchmarks.step_profile", *tiny)
+    unfused = run_json("benchmarks.step_profile", *tiny, "--unfused")
+    for result in (fused, unfused):
+        ops = result["profile"]
+        assert len(ops) == 5 and [o["self_s"] for o in ops] == sorted((o["self_s"] for o in ops), reverse=True)
+        for o in ops:
+            assert o["calls"] >= 1 and o["share"] == pytest.approx(o["self_s"] / result["profiled_self_s"], abs=2e-3)
+        assert sum(o["share"] for o in ops) <= 1.0 + 1e-6
+        assert result["step_s"] > 0 and result["saved_storages"] > 0
+        bn = result["bn_backward_ms"]
+        assert set(bn) == {"dense", "channel_slice"} and min(bn.values()) > 0
+    # the recomputing kernels keep fewer maps for backward than the ops one by one
+    assert fused["unfused"] is False and unfused["unfused"] is True
+    assert fused["saved_mb"] < unfused["saved_mb"]
+
+
+@pytest.mark.xdist_group("ray")
+def test_sweep_start_orders_the_driver_phases_workers_and_trials():
+    events = run_json("benchmarks.sweep_start", "--trials", "1", "--epochs", "1")
+    first = {}
+    for e in events:
+        first.setdefault(e["event"], e["t_s"])
+    assert [e["t_s"] for e in events] == sorted(e["t_s"] for e in events)
+    trial = [name for name in first if name.startswith("trial ") and name.endswith(" starts")]
+    assert len(trial) == 1
+    starts, ends = first[trial[0]], first[trial[0].replace(" starts", " ends")]
+    assert (first["run_command begins"] <= first["init_ray begins"] < first["init_ray ends"]
+            <= first["Tuner.fit begins"] < starts < ends <= first["Tuner.fit ends"] <= first["run_command ends"])
+    titles: dict[str, float] = {}
+    for e in events:
+        if e["event"].startswith("process "):
+            titles.setdefault(e["event"].split(": ", 1)[1], e["t_s"])
+    # Tune's trial worker: idle once Python and Ray are up, then loading the trainable, before the trial
+    assert titles["ray::IDLE"] < titles["ray::ImplicitFunc.__init__"] <= starts
+    assert any("gcs_server" in t for t in titles) and any("raylet" in t for t in titles)
+    assert all(e["cpu_s"] >= 0 for e in events if "cpu_s" in e)
