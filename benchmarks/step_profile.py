@@ -8,6 +8,7 @@ On synthetic data at the given shape (default: the paper's search shape, 8 cells
 
 - ``step_s``: the median wall time of ``--steps`` steps, and ``profile``: the ``--top`` ops of one more step under
   ``torch.profiler`` by self CPU time (calls, seconds, share of the profiled step's self time);
+  ``--top 0`` skips the profile (its event table takes seconds to build even for a tiny model);
 - ``saved_mb``: the distinct tensor storages autograd keeps for backward in the forward of the
   weight step (architecture parameters frozen, as the step freezes them), counted with
   ``torch.autograd.graph.saved_tensors_hooks``; ``--unfused`` runs the ops one by one instead of
@@ -124,12 +125,12 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             start = time.perf_counter()
             method.train_step(batches[0], arch_batch)
             times.append(time.perf_counter() - start)
-        profiled_s, ops = top_ops(method, batches, arch_batch, args.top)
+        profiled_s, ops = top_ops(method, batches, arch_batch, args.top) if args.top > 0 else (None, [])
         saved_mb, saved_count = saved_tensor_mb(method, batches[0])
     return {"method": args.method, "layers": args.layers, "channels": args.channels, "batch": args.batch,
             "resolution": args.resolution, "threads": args.threads, "unfused": args.unfused,
             "step_s": round(statistics.median(times), 3), "steps": args.steps,
-            "profiled_self_s": round(profiled_s, 3), "profile": ops,
+            "profiled_self_s": None if profiled_s is None else round(profiled_s, 3), "profile": ops,
             "saved_mb": round(saved_mb, 1), "saved_storages": saved_count,
             "bn_backward_ms": bn_backward_ms(args.batch, args.channels)}
 
@@ -143,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--resolution", type=int, default=32)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--steps", type=int, default=3, help="timed steps (their median is step_s)")
-    p.add_argument("--top", type=int, default=12, help="ops listed from the profile")
+    p.add_argument("--top", type=int, default=12, help="ops listed from the profile (0: no profile)")
     p.add_argument("--unfused", action="store_true", help="the ops one by one (mgas_core.fused_ops.unfused)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)

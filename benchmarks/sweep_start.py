@@ -27,6 +27,15 @@ from typing import Any
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
+def _title(argv: list[str]) -> str:
+    """A process's command line, its program named without its install path (which can be long
+    enough to push the name past the cut), at most 80 characters. Empty between fork and exec."""
+    program, *args = argv or [""]
+    if "/" in program and " " not in program:  # a path, not a title set by setproctitle
+        program = program.rsplit("/", 1)[1]
+    return " ".join([program, *args]).strip()[:80]
+
+
 def _descendants(root: int) -> dict[int, tuple[str, float]]:
     """pid -> (title, CPU seconds) of every process below ``root``."""
     parents, info = {}, {}
@@ -35,12 +44,12 @@ def _descendants(root: int) -> dict[int, tuple[str, float]]:
             continue
         try:
             stat = Path(f"/proc/{entry}/stat").read_text()
-            title = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().decode(errors="replace").split("\0")
         except OSError:
             continue
         fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) "
         parents[int(entry)] = int(fields[1])
-        info[int(entry)] = (title.strip()[:80], (int(fields[11]) + int(fields[12])) / CLOCK_TICKS)
+        info[int(entry)] = (_title(argv), (int(fields[11]) + int(fields[12])) / CLOCK_TICKS)
     out = {}
     for pid in info:
         up, seen = pid, set()

@@ -23,21 +23,34 @@ def run_json(*argv: str) -> object:
 
 
 def test_step_profile_ranks_ops_counts_saved_tensors_and_times_bn_backward():
-    tiny = ["--layers", "2", "--channels", "8", "--batch", "8", "--resolution", "16", "--top", "5"]
-    fused = run_json("benchmarks.step_profile", *tiny)
-    unfused = run_json("benchmarks.step_profile", *tiny, "--unfused")
+    tiny = ["--layers", "2", "--channels", "8", "--batch", "8", "--resolution", "16", "--steps", "1"]
+    fused = run_json("benchmarks.step_profile", *tiny, "--top", "5")
+    unfused = run_json("benchmarks.step_profile", *tiny, "--unfused", "--top", "0")  # no profile: saved tensors only
+    ops = fused["profile"]
+    assert len(ops) == 5 and [o["self_s"] for o in ops] == sorted((o["self_s"] for o in ops), reverse=True)
+    for o in ops:
+        assert o["calls"] >= 1 and o["share"] == pytest.approx(o["self_s"] / fused["profiled_self_s"], abs=2e-3)
+    assert sum(o["share"] for o in ops) <= 1.0 + 1e-6
+    assert unfused["profile"] == [] and unfused["profiled_self_s"] is None
     for result in (fused, unfused):
-        ops = result["profile"]
-        assert len(ops) == 5 and [o["self_s"] for o in ops] == sorted((o["self_s"] for o in ops), reverse=True)
-        for o in ops:
-            assert o["calls"] >= 1 and o["share"] == pytest.approx(o["self_s"] / result["profiled_self_s"], abs=2e-3)
-        assert sum(o["share"] for o in ops) <= 1.0 + 1e-6
         assert result["step_s"] > 0 and result["saved_storages"] > 0
         bn = result["bn_backward_ms"]
         assert set(bn) == {"dense", "channel_slice"} and min(bn.values()) > 0
     # the recomputing kernels keep fewer maps for backward than the ops one by one
     assert fused["unfused"] is False and unfused["unfused"] is True
     assert fused["saved_mb"] < unfused["saved_mb"]
+
+
+@pytest.mark.parametrize("root", ["/w", "/check/work/main/.venv/lib/python3.11/site-packages"])
+def test_a_process_is_named_by_its_program_whatever_its_install_path(root):
+    from benchmarks.sweep_start import _title
+
+    gcs = _title([f"{root}/ray/core/src/ray/gcs/gcs_server", "--log_dir=/tmp/x", "--gcs_server_port=0", ""])
+    assert gcs == "gcs_server --log_dir=/tmp/x --gcs_server_port=0"
+    assert _title([f"{root}/bin/python", "-u", "-m", "x" * 200]).startswith("python -u -m xxx")
+    assert len(_title([f"{root}/bin/python", "x" * 200])) == 80
+    assert _title(["ray::IDLE", "", ""]) == "ray::IDLE"  # a title Ray set in place of argv
+    assert _title([""]) == ""  # between fork and exec
 
 
 @pytest.mark.xdist_group("ray")
