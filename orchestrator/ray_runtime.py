@@ -77,9 +77,10 @@ def embedded_init_kwargs(dashboard: bool = False, dashboard_host: str | None = N
         "log_to_driver": False,
         "logging_level": "WARNING",
         "_system_config": {
-            # Ray prestarts a worker per CPU for the driver's runtime environment, but Tune runs every
-            # trial in a runtime environment of its own (its env_vars), so no trial ever uses one:
-            # two Python starts (0.9 s of CPU) at Ray's start, for nothing
+            # Ray prestarts a worker per CPU at the driver's start; Tune starts the workers its trials
+            # need as they start (a 2-CPU trial leaves a prestarted one idle), and with the trials in
+            # the driver's environment (trials_in_driver_environment) prestarting did not bring the
+            # first trial forward (benchmarks.sweep_start, benchmarks/RESULTS.md)
             "prestart_worker_first_driver": False,
             # the metrics Ray's processes export are read only by the dashboard (and a Prometheus
             # scraping it); without it, collecting them costs its agent, GCS and raylet CPU that the
@@ -148,6 +149,35 @@ def callbacks_untagged() -> Iterator[None]:
         usage.tag_callbacks = original
 
 
+# what Tune's trial actors get as a runtime env of their own (ray.tune.execution.class_cache)
+TUNE_ACTOR_ENV_VARS = ("DEFAULT_ENV_VARS", "ENV_VARS_TO_PROPAGATE")
+
+
+@contextlib.contextmanager
+def trials_in_driver_environment(embedded: bool) -> Iterator[None]:
+    """Within (around ``Tuner.fit``) and with embedded Ray: Tune's trial actors run in the job's
+    environment instead of a runtime env of their own. Tune gives each trainable actor
+    ``runtime_env={"env_vars": ...}`` (``PL_DISABLE_FORK=1`` and any of a few AWS and Ray Train
+    variables the driver has), and Ray starts every worker of a non-empty runtime env through
+    ``setup_worker.py``: one more Python process per trial worker (0.6 s of CPU each on this
+    project's machine, ``benchmarks.sweep_start``). An embedded Ray's workers inherit the driver's
+    environment (its raylet is the driver's child), so they get those variables anyway:
+    ``init_ray`` puts ``PL_DISABLE_FORK`` there before Ray starts. On a cluster, workers on other
+    nodes do not inherit it, and Tune's runtime env stays."""
+    from ray.tune.execution import class_cache
+
+    originals = {name: getattr(class_cache, name, None) for name in TUNE_ACTOR_ENV_VARS}
+    if not embedded or any(value is None for value in originals.values()):
+        yield
+        return
+    class_cache.DEFAULT_ENV_VARS, class_cache.ENV_VARS_TO_PROPAGATE = {}, set()
+    try:
+        yield
+    finally:
+        for name, value in originals.items():
+            setattr(class_cache, name, value)
+
+
 def _token_available() -> bool:
     if os.environ.get("RAY_AUTH_TOKEN"):
         return True
@@ -187,6 +217,9 @@ def init_ray(address: str | None, dashboard: bool = False, dashboard_host: str |
             raise UserInputError(f"cannot join the Ray cluster at {address!r}: {exc}{hint}") from exc
         return False
     kwargs = embedded_init_kwargs(dashboard, dashboard_host)
+    # Tune's trial actors set it in a runtime env of their own; embedded, they inherit it from here
+    # (trials_in_driver_environment)
+    os.environ.setdefault("PL_DISABLE_FORK", "1")
     if dashboard:
         try:
             import aiohttp  # noqa: F401  (the dashboard's server)

@@ -125,7 +125,13 @@ def run_sweep(spec: ExperimentSpec, trials: list[dict[str, Any]], uri: str, addr
     from orchestrator.callbacks import MlflowCallback, ResultsWriter, SweepProgress
     from orchestrator.collect import write_results
     from orchestrator.preflight import check_capacity, cluster_nodes, local_node
-    from orchestrator.ray_runtime import callbacks_untagged, check_cluster, init_ray, ray_is_running
+    from orchestrator.ray_runtime import (
+        callbacks_untagged,
+        check_cluster,
+        init_ray,
+        ray_is_running,
+        trials_in_driver_environment,
+    )
     from orchestrator.trainable import tune_trainable
 
     started = time.time()
@@ -172,7 +178,7 @@ def run_sweep(spec: ExperimentSpec, trials: list[dict[str, Any]], uri: str, addr
                     verbose=0,
                 ),
             )
-        with callbacks_untagged():
+        with callbacks_untagged(), trials_in_driver_environment(embedded):
             grid = tuner.fit()
         # every ended trial's row again, from the result grid: a restored sweep's earlier trials too
         written = write_results(experiment, grid)

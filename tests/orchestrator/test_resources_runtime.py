@@ -133,34 +133,50 @@ def test_bad_storage_locations_are_one_line(tmp_path, capsys, monkeypatch, argv,
 
 TRIAL_WORKERS = """
 import json, os, psutil, ray
-from orchestrator.ray_runtime import init_ray
+from ray.tune.execution.class_cache import _ActorClassCache
+from orchestrator.ray_runtime import init_ray, trials_in_driver_environment
+os.environ["RAY_CHDIR_TO_TRIAL_DIR"] = "0"  # one of the variables Tune hands its trial actors
 assert init_ray(None)
 
-@ray.remote(num_cpus=1, runtime_env={"env_vars": {"PL_DISABLE_FORK": "1"}})  # a Tune trial's environment
 class Trial:
-    def pid(self):
-        return os.getpid()
+    def probe(self):
+        return {"pid": os.getpid(), "runtime_env": ray.get_runtime_context().get_runtime_env_string(),
+                "env": {k: os.environ.get(k) for k in ("PL_DISABLE_FORK", "RAY_CHDIR_TO_TRIAL_DIR")}}
 
-pid = ray.get(Trial.remote().pid.remote())
+tunes_own = _ActorClassCache().get(Trial).__ray_metadata__.runtime_env  # Tune's actor class as it is
+with trials_in_driver_environment(embedded=True):
+    actor_class = _ActorClassCache().get(Trial)  # as Tuner.fit gets it from mgas
+with trials_in_driver_environment(embedded=False):
+    on_a_cluster = _ActorClassCache().get(Trial).__ray_metadata__.runtime_env
+seen = ray.get(actor_class.options(num_cpus=1).remote().probe.remote())
 raylet = ray._private.worker._global_node.all_processes["raylet"][0].process.pid
 names = {p.pid: p.name() for p in psutil.Process(raylet).children()}
-print(json.dumps({"trial": pid, "workers": {p: n for p, n in names.items() if not n.endswith("Agent")}}))
+seen.update(workers={p: n for p, n in names.items() if not n.endswith("Agent")}, tunes_own=tunes_own,
+            on_a_cluster=on_a_cluster)
+print(json.dumps(seen, default=dict))
 ray.shutdown()
 """
 
 
 @pytest.mark.slow
 @pytest.mark.xdist_group("ray")
-def test_embedded_ray_starts_no_worker_a_trial_cannot_use():
-    """Ray prestarts workers for the driver's runtime environment; a Tune trial runs in one of its
-    own, so the only worker of an embedded Ray running one trial is that trial's."""
+def test_embedded_trials_run_in_the_drivers_environment_on_the_only_worker():
+    """Embedded, a Tune trial actor gets no runtime env of its own (whose every worker Ray would
+    start through one more Python process, setup_worker.py) and still sees the variables Tune would
+    have set (inherited from the driver); on a cluster Tune's env stays. The trial's worker is
+    embedded Ray's only worker (none prestarted)."""
     import subprocess
     import sys
 
     out = subprocess.run([sys.executable, "-c", TRIAL_WORKERS], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     seen = json.loads(out.stdout.strip().splitlines()[-1])
-    assert [int(p) for p in seen["workers"]] == [seen["trial"]], seen
+    assert seen["tunes_own"]["env_vars"]["PL_DISABLE_FORK"] == "1", "Tune no longer sets a runtime env: " \
+        "trials_in_driver_environment can go"
+    assert seen["on_a_cluster"] == seen["tunes_own"], seen
+    assert json.loads(seen["runtime_env"]).get("env_vars") in (None, {}), seen
+    assert seen["env"] == {"PL_DISABLE_FORK": "1", "RAY_CHDIR_TO_TRIAL_DIR": "0"}, seen
+    assert [int(p) for p in seen["workers"]] == [seen["pid"]], seen
 
 
 HEAD_PROCESSES = """
