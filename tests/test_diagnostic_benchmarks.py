@@ -1,4 +1,4 @@
-"""``benchmarks.step_profile`` and ``benchmarks.sweep_start`` (issue 17: every figure in
+"""``benchmarks.step_profile``, ``benchmarks.sweep_start`` and ``benchmarks.compile_retrain`` (issue 17: every figure in
 RESULTS.md has its command): run for real at the smallest size, in fresh processes."""
 
 from __future__ import annotations
@@ -73,3 +73,29 @@ def test_sweep_start_orders_the_driver_phases_workers_and_trials():
     assert titles["ray::IDLE"] < titles["ray::ImplicitFunc.__init__"] <= starts
     assert any("gcs_server" in t for t in titles) and any("raylet" in t for t in titles)
     assert all(e["cpu_s"] >= 0 for e in events if "cpu_s" in e)
+
+
+def test_compile_retrain_eager_side_is_deterministic_and_bad_modes_are_refused():
+    tiny = ["--layers", "2", "--channels", "4", "--batch", "2", "--steps", "2"]
+    result = run_json("benchmarks.compile_retrain", *tiny, "--modes", "eager,eager")
+    first, second = result["runs"]
+    assert [first["mode"], second["mode"]] == ["eager", "eager"]
+    assert len(first["losses"]) == 3 and all(0 < v < 10 for v in first["losses"])
+    assert first["losses"] == second["losses"]  # same weights, batch and seed: the drift in the ratio is the machine's
+    assert first["step_ms"] > 0 and "speed_compiled_vs_eager" not in result  # no compiled run, no ratio
+    done = subprocess.run([sys.executable, "-m", "benchmarks.compile_retrain", "--modes", "eager,jit"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "allowed: eager, compiled" in done.stderr
+
+
+def test_compile_retrain_ratios_are_against_the_mean_eager_run():
+    from benchmarks.compile_retrain import summarize
+
+    runs = [{"mode": "eager", "first_step_s": 1.0, "step_ms": 100.0, "losses": [2.0, 1.5]},
+            {"mode": "compiled", "first_step_s": 31.1, "step_ms": 55.0, "losses": [2.0, 1.4]},
+            {"mode": "eager", "first_step_s": 1.2, "step_ms": 120.0, "losses": [2.0, 1.5]}]
+    assert summarize(runs) == {"speed_compiled_vs_eager": 2.0, "compile_s": 30.0, "break_even_steps": 546,
+                               "max_loss_gap": 0.1}
+    slower = [runs[0], {**runs[1], "step_ms": 150.0}]
+    assert summarize(slower)["break_even_steps"] is None  # never ahead
+    assert summarize(runs[:1]) == {}
