@@ -159,7 +159,7 @@ def trials_in_driver_environment(embedded: bool) -> Iterator[None]:
     environment instead of a runtime env of their own. Tune gives each trainable actor
     ``runtime_env={"env_vars": ...}`` (``PL_DISABLE_FORK=1`` and any of a few AWS and Ray Train
     variables the driver has), and Ray starts every worker of a non-empty runtime env through
-    ``setup_worker.py``: one more Python process per trial worker (0.6 s of CPU each on this
+    ``setup_worker.py``: one more Python start per trial worker (about 0.4 s of CPU each on this
     project's machine, ``benchmarks.sweep_start``). An embedded Ray's workers inherit the driver's
     environment (its raylet is the driver's child), so they get those variables anyway:
     ``init_ray`` puts ``PL_DISABLE_FORK`` there before Ray starts. On a cluster, workers on other
