@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from mgas_core.arch import DARTS_V2
+from mgas_core.compiled import compiled_forward
 from mgas_core.model import build_eval_network
 
 MODES = ("eager", "compiled")
@@ -42,7 +43,7 @@ def run_mode(mode: str, channels: int, layers: int, batch: int, steps: int, seed
     net = build_eval_network(DARTS_V2, 10, 3, channels=channels, layers=layers, auxiliary=False)
     net.train()
     images, labels = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
-    forward = torch.compile(net) if mode == "compiled" else net
+    forward = compiled_forward(net, mode == "compiled", "inductor")  # what retrain.compile runs
     optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
 
     def step() -> float:

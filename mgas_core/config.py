@@ -344,6 +344,11 @@ class RetrainSettings(Strict):
                                       "fraction of it (target_reached, target_gap)")
     memory_format: Literal["auto", "contiguous", "channels_last"] = Field(
         "auto", description="activation layout; auto = channels_last (measured faster)")
+    compile: bool = Field(False, description="train and evaluate through torch.compile (mgas_core/compiled.py): "
+                                             "minutes of compile that pay off after a few hundred steps on CPU")
+    compile_backend: Literal["inductor", "aot_eager", "eager"] = Field(
+        "inductor", description="torch.compile backend with retrain.compile: inductor (generated kernels) or "
+                                "torch's debugging backends aot_eager and eager (the same graphs, eager kernels)")
 
     @field_validator("channels")
     @classmethod

@@ -125,7 +125,9 @@ def depthwise_matmul(
 ) -> Tensor:
     """A depthwise conv as one per-channel matrix product; keeps ``x``'s memory layout."""
     batch, channels, height, width = x.shape
-    index, h_out, w_out = tap_index(height, width, (weight.shape[2], weight.shape[3]), stride, padding, dilation)
+    # a compiled graph builds the index once as a constant of its own: the cache is for eager calls
+    taps_of = tap_index.__wrapped__ if torch.compiler.is_compiling() else tap_index
+    index, h_out, w_out = taps_of(height, width, (weight.shape[2], weight.shape[3]), stride, padding, dilation)
     taps = torch.cat([weight.reshape(channels, -1), weight.new_zeros(channels, 1)], dim=1)
     matrix = taps[:, index.to(x.device)]  # [C, HWo, HWi]
     if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():

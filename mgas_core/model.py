@@ -49,9 +49,16 @@ def cell_channel_plan(cell: CellArch, channels: int, reduction: bool) -> CellCha
 
 
 def drop_path(x: Tensor, drop_prob: float) -> Tensor:
-    """Zero whole samples with probability ``drop_prob`` and rescale the rest (DARTS drop-path)."""
+    """Zero whole samples with probability ``drop_prob`` and rescale the rest (DARTS drop-path).
+
+    Under ``torch.compile`` the keep mask is drawn by comparing uniform numbers with the symbolic
+    probability: ``bernoulli_`` of a float would specialise the graph on its value, one recompile
+    per epoch as the probability grows (mgas_core/compiled.py)."""
     keep = 1.0 - drop_prob
-    mask = torch.empty((x.shape[0], 1, 1, 1), dtype=x.dtype, device=x.device).bernoulli_(keep)
+    if torch.compiler.is_compiling():
+        mask = (torch.rand((x.shape[0], 1, 1, 1), dtype=x.dtype, device=x.device) < keep).to(x.dtype)
+    else:
+        mask = torch.empty((x.shape[0], 1, 1, 1), dtype=x.dtype, device=x.device).bernoulli_(keep)
     return x / keep * mask
 
 

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mgas_core.arch import Architecture
+from mgas_core.compiled import check_compile, compiled_forward
 from mgas_core.config import MAX_CHANNELS, RetrainSettings, RunSettings
 from mgas_core.data import DatasetInfo, Splits, epoch_batches, split_in_half
 from mgas_core.errors import UserInputError
@@ -57,6 +58,7 @@ def check_device(settings: RunSettings, device: torch.device) -> None:
     if settings.search.precision == "bf16" and device.type != "cuda":
         raise UserInputError(f"search.precision: bf16 needs a CUDA device, this run uses {device.type}; "
                              "allowed here: fp32")
+    check_compile(settings.retrain.compile, settings.retrain.compile_backend, device)
 
 
 def _load_saved(load: Callable[[], object]) -> None:
@@ -300,6 +302,7 @@ def run_retrain(
 ) -> RetrainResult:
     """Train ``arch`` from scratch; select the epoch with the best val accuracy; report its test."""
     cfg = settings.retrain
+    check_compile(cfg.compile, cfg.compile_backend, device)
     seed_everything(settings.seed + 1)
     layout = torch.contiguous_format if cfg.memory_format == "contiguous" else torch.channels_last
     model = build_retrain_network(arch, cfg, splits).to(device, memory_format=layout)
@@ -307,6 +310,7 @@ def run_retrain(
     params = count_params(model)
     flops = count_flops(model, splits.info.input_shape)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    forward = compiled_forward(model, cfg.compile, cfg.compile_backend)  # saved and loaded: ``model``
     memory = PeakMemory(device)
     history: list[dict[str, Any]] = []
     best_val, best_state = -1.0, None
@@ -332,7 +336,7 @@ def run_retrain(
             for x, y in batches:
                 x, y = x.to(device, memory_format=layout), y.to(device)
                 optimizer.zero_grad(set_to_none=True)
-                logits, logits_aux = model(x)
+                logits, logits_aux = forward(x)
                 loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
                 if logits_aux is not None and cfg.aux_weight > 0:
                     loss = loss + cfg.aux_weight * F.cross_entropy(logits_aux, y, label_smoothing=cfg.label_smoothing)
@@ -343,7 +347,7 @@ def run_retrain(
                 check_finite(losses[-1], epoch)
                 correct += int((logits.detach().argmax(1) == y).sum())
                 seen += len(y)
-        val_acc = evaluate(lambda t: model(t.contiguous(memory_format=layout))[0], model, splits.val,
+        val_acc = evaluate(lambda t: forward(t.contiguous(memory_format=layout))[0], model, splits.val,
                            cfg.batch_size, device, workers)
         if val_acc > best_val:
             best_val = val_acc
@@ -363,7 +367,7 @@ def run_retrain(
             on_epoch(record, state_fn)
     if best_state is not None:
         model.load_state_dict(best_state)
-    test_acc = evaluate(lambda t: model(t.contiguous(memory_format=layout))[0], model, splits.test,
+    test_acc = evaluate(lambda t: forward(t.contiguous(memory_format=layout))[0], model, splits.test,
                         cfg.batch_size, device, workers)
     return RetrainResult(best_val, test_acc, params, flops, channels, layers, watch.elapsed, memory.run_peak_mb(),
                          history, memory.kind)

@@ -1,7 +1,8 @@
 """Checks a sweep passes before Tune starts: can any node of the cluster ever run one trial?
 
 Tune waits forever for resources no node has (a trial asking a GPU on a machine without one),
-so a request no node can satisfy is refused up front, naming the setting and what exists.
+so a request no node can satisfy is refused up front, naming the setting and what exists; so is,
+with embedded Ray, a ``retrain.compile`` this machine has no compiler for.
 """
 
 from __future__ import annotations
@@ -60,3 +61,19 @@ def check_capacity(resources: Any, methods: list[str], nodes: list[dict[str, flo
             models = sorted({k.split(":", 1)[1] for n in nodes for k in n if k.startswith("accelerator_type:")})
             raise UserInputError(f"{_field(resources, method, 'accelerator_type')}={model}, but no node of {where} "
                                  f"has that GPU model; there: {', '.join(models) or 'none'}")
+
+
+def check_local_compile(trials: list[dict[str, Any]]) -> None:
+    """Refuse, before embedded Ray starts, a trial whose ``retrain.compile`` this machine cannot
+    build (on a cluster each trial checks its own node before its search: a failed trial)."""
+    import torch
+
+    from mgas_core.compiled import check_compile
+
+    for trial in trials:
+        retrain = trial["settings"]["retrain"]
+        device = torch.device("cuda" if trial["resources"].get("gpu") else "cpu")
+        try:
+            check_compile(retrain["compile"], retrain["compile_backend"], device)
+        except UserInputError as exc:
+            raise UserInputError(f"trial {trial['trial_id']}: {exc}") from None

@@ -124,7 +124,7 @@ def run_sweep(spec: ExperimentSpec, trials: list[dict[str, Any]], uri: str, addr
 
     from orchestrator.callbacks import MlflowCallback, ResultsWriter, SweepProgress
     from orchestrator.collect import write_results
-    from orchestrator.preflight import check_capacity, cluster_nodes, local_node
+    from orchestrator.preflight import check_capacity, check_local_compile, cluster_nodes, local_node
     from orchestrator.ray_runtime import (
         callbacks_untagged,
         check_cluster,
@@ -139,6 +139,7 @@ def run_sweep(spec: ExperimentSpec, trials: list[dict[str, Any]], uri: str, addr
     methods = [t["settings"]["search"]["method"] for t in trials]
     if not address and not ray_is_running():  # before Ray starts
         check_capacity(spec.resources, methods, [local_node()], "this machine (embedded Ray)")
+        check_local_compile(trials)
     embedded = init_ray(address, dashboard, dashboard_host, runtime_env)
     try:
         check_capacity(spec.resources, methods, cluster_nodes(), "this machine (embedded Ray)" if embedded

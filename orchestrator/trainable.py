@@ -35,7 +35,7 @@ from mgas_core.errors import UserInputError
 from mgas_core.io import CorruptFileError, load_checkpoint, load_checkpoint_bytes, save_checkpoint
 from mgas_core.methods.base import get_method, search_augment_for
 from mgas_core.provenance import git_revision, library_versions
-from mgas_core.train import DivergedError, RetrainResult, resolve_device, run_retrain, run_search
+from mgas_core.train import DivergedError, RetrainResult, check_device, resolve_device, run_retrain, run_search
 
 STATE_FILE = "trial_state.pt"
 ARCH_FILES = ("arch.json", "arch.masks.safetensors")
@@ -114,6 +114,7 @@ def run_trial_pipeline(trial: dict[str, Any], state: dict[str, Any] | None, repo
     if settings.threads:
         torch.set_num_threads(settings.threads)
     device = resolve_device(settings.device)
+    check_device(settings, device)  # before the search: what the retraining cannot run is refused now
     state = dict(state or {"phase": "search", "attempt": 0})
     state["attempt"] = int(state.get("attempt", 0)) + 1
     with torch_determinism(settings.deterministic):
