@@ -1,6 +1,6 @@
 """Orchestration overhead: N tiny trials through Ray Tune versus the same work in one process.
 
-    python -m benchmarks.orchestration [--trials 8] [--epochs 10] [--repeats 1] [--json]
+    python -m benchmarks.orchestration [--trials 8] [--epochs 10] [--repeats 1] [--cold-processes] [--json]
 
 Reports the in-process sequential wall time in a warm process (half the trials before the sweep,
 half after, so that the machine's drift in speed cancels), the Ray sweep's wall time (embedded
@@ -20,6 +20,13 @@ this machine's cores give two trials at once without any orchestration, ``ray_vs
 = plain_processes / ray`` what Ray Tune costs on top (1.0 = nothing), and their product is
 ``parallel_efficiency``. The plain side splits each half over the CPUs, so it is meaningful when a
 half is a multiple of the CPU count (the default 8 trials on 2 CPUs: 4 and 4).
+
+``--cold-processes`` also runs all the trials once in ``cpus`` fresh processes (no Ray, started
+for the run: Python, torch and the trial code imported, each process's first trial paying its
+first-use costs, as the sweep's workers do), timed from their start, right before the sweep:
+``cold_machine_parallel_efficiency = in_process / (cpus * cold_processes)`` is the most any
+orchestrator that starts its trial processes per sweep can reach on this machine, and
+``ray_vs_cold_processes = cold_processes / ray`` what Ray Tune costs beyond starting them.
 """
 
 from __future__ import annotations
@@ -118,10 +125,29 @@ class PlainProcesses:
             process.join(timeout=60)
 
 
-def measure(folder: Path, trials_n: int, epochs: int) -> dict:
-    """One measurement: half the trials in process, then in plain processes side by side, the Ray
-    sweep of all of them, the other half side by side, then in process (this machine's speed
-    drifts by tens of percent within minutes; a linear drift cancels out in each sum)."""
+def run_cold_processes(count: int, trials: list[dict]) -> tuple[float, list[float]]:
+    """Wall seconds from starting ``count`` fresh processes until they have run ``trials`` (each
+    takes the next one when free), and each trial's seconds."""
+    context = mp.get_context("spawn")
+    tasks, done = context.Queue(), context.Queue()
+    start = time.perf_counter()
+    processes = [context.Process(target=_plain_worker, args=([], tasks, done), daemon=True) for _ in range(count)]
+    for process in processes:
+        process.start()
+    for trial in [*trials, *[None] * count]:  # a process ends at the first None, after every trial
+        tasks.put(trial)
+    answers = [_answer(done, 3600) for _ in range(len(trials) + count)]  # each process's "ready" is None
+    wall = time.perf_counter() - start
+    for process in processes:
+        process.join(timeout=60)
+    return wall, [a for a in answers if a is not None]
+
+
+def measure(folder: Path, trials_n: int, epochs: int, cold_processes: bool = False) -> dict:
+    """One measurement: half the trials in process, then in plain processes side by side, (with
+    ``cold_processes``, all of them in fresh processes,) the Ray sweep of all of them, the other
+    half side by side, then in process (this machine's speed drifts by tens of percent within
+    minutes; a linear drift cancels out in each sum)."""
     from orchestrator.results import read_rows
     from orchestrator.spec import expand_trials, load_spec
     from orchestrator.sweep import run_command
@@ -139,6 +165,7 @@ def measure(folder: Path, trials_n: int, epochs: int) -> dict:
     try:
         before = run_in_process(trials[:half])
         plain_before, plain_each = plain.run(trials[:half])
+        cold = run_cold_processes(cpus, trials) if cold_processes else None
         start, wall_start = time.perf_counter(), time.time()
         summary = run_command(path)
         through_ray, wall_end = time.perf_counter() - start, time.time()
@@ -150,6 +177,12 @@ def measure(folder: Path, trials_n: int, epochs: int) -> dict:
     in_process, side_by_side = before + after, plain_before + plain_after
     plain_each += plain_each_after
     through = [r["wall_time_s"] for r in rows]
+    extra = {} if cold is None else {
+        "cold_processes_s": round(cold[0], 2),
+        "cold_machine_parallel_efficiency": round(in_process / (cpus * cold[0]), 3),
+        "ray_vs_cold_processes": round(cold[0] / through_ray, 3),
+        "per_trial_cold_processes_s": round(sum(cold[1]) / len(cold[1]), 2),
+    }
     return {
         "in_process_s": round(in_process, 2), "ray_s": round(through_ray, 2),
         "parallel_efficiency": round(in_process / (cpus * through_ray), 3),
@@ -166,6 +199,7 @@ def measure(folder: Path, trials_n: int, epochs: int) -> dict:
         "ray_after_last_trial_s": round(wall_end - max(r["finished_at"] for r in rows), 2),
         "per_trial_through_ray_s": round(sum(through) / len(through), 2),
         "trial_through_ray_min_max_s": [round(min(through), 2), round(max(through), 2)],
+        **extra,
     }
 
 
@@ -175,6 +209,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10, help="search and retrain epochs per trial (~30 s)")
     parser.add_argument("--repeats", type=int, default=1,
                         help="measurements one after another; the efficiency printed is their median")
+    parser.add_argument("--cold-processes", action="store_true",
+                        help="also run the trials in fresh plain processes: the bound of any per-sweep start")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
     if args.trials < 2 or args.epochs < 1 or args.repeats < 1:
@@ -183,12 +219,15 @@ def main() -> None:
     runs = []
     for _ in range(args.repeats):
         with tempfile.TemporaryDirectory() as d:
-            runs.append(measure(Path(d), args.trials, args.epochs))
+            runs.append(measure(Path(d), args.trials, args.epochs, args.cold_processes))
     result = {"trials": args.trials, "epochs": args.epochs, "cpus": os.cpu_count() or 1}
     if len(runs) == 1:
         result.update(runs[0])
     else:
-        for key in ("parallel_efficiency", "machine_parallel_efficiency", "ray_vs_plain_processes"):
+        keys = ["parallel_efficiency", "machine_parallel_efficiency", "ray_vs_plain_processes"]
+        if args.cold_processes:
+            keys += ["cold_machine_parallel_efficiency", "ray_vs_cold_processes"]
+        for key in keys:
             result[key] = statistics.median(r[key] for r in runs)
             result[f"{key}_each"] = [r[key] for r in runs]
         result["runs"] = runs

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_orchestration_benchmark_measures_both_sides_and_where_the_time_goes():
     done = subprocess.run([sys.executable, "-m", "benchmarks.orchestration", "--trials", "2", "--epochs", "1",
-                           "--json"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+                           "--cold-processes", "--json"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["ok_trials"] == 2 and result["trials"] == 2
@@ -35,6 +35,11 @@ def test_orchestration_benchmark_measures_both_sides_and_where_the_time_goes():
     assert result["in_process_s"] == pytest.approx(before + after, abs=0.02)
     low, high = result["trial_through_ray_min_max_s"]
     assert 0 < low <= result["per_trial_through_ray_s"] <= high
+    # fresh processes: their start (Python, torch, the trial code) before the trials, no Ray
+    assert result["cold_processes_s"] > result["per_trial_cold_processes_s"] > 0
+    assert result["cold_machine_parallel_efficiency"] == pytest.approx(
+        result["in_process_s"] / (result["cpus"] * result["cold_processes_s"]), abs=2e-3)
+    assert result["ray_vs_cold_processes"] == pytest.approx(result["cold_processes_s"] / result["ray_s"], abs=2e-3)
     # the sweep's own time: its start, its trials (two at a time) and its end
     assert result["ray_until_first_trial_s"] > 0 and result["ray_after_last_trial_s"] > 0
     assert result["ray_until_first_trial_s"] + high + result["ray_after_last_trial_s"] <= result["ray_s"] + 0.5
