@@ -70,4 +70,10 @@ def compiled_forward(model: nn.Module, enabled: bool, backend: str) -> Callable[
     # it eagerly without a word; every network built in a process (a reused trial worker, GOLD-NAS's
     # snapshots retrained one after another) adds its own, so each retraining starts from none
     torch.compiler.reset()
+    if backend == "inductor" and "TORCHINDUCTOR_COMPILE_THREADS" not in os.environ:
+        import torch._inductor.config as inductor_config
+
+        # Inductor compiles its kernels in up to 32 processes (one a core): a trial keeps to its
+        # CPU allocation (the torch threads it was given) and leaves the node's other trials theirs
+        inductor_config.compile_threads = max(1, torch.get_num_threads())
     return torch.compile(model, backend=backend)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch._dynamo.utils import counters
 
 from mgas_core.arch import DARTS_V2, Architecture, CellArch, OpSpec
-from mgas_core.compiled import check_compile
+from mgas_core.compiled import check_compile, compiled_forward
 from mgas_core.data import load_splits
 from mgas_core.errors import UserInputError
 from mgas_core.model import build_eval_network
@@ -139,6 +139,22 @@ def test_a_backend_the_machine_cannot_build_is_refused_naming_the_setting(monkey
     monkeypatch.setenv("CXX", "no-such-compiler")
     with pytest.raises(UserInputError, match=r"\$CXX='no-such-compiler'"):
         check_compile(True, "inductor", cpu)
+
+
+def test_inductor_compiles_its_kernels_in_the_trials_threads_only(monkeypatch):
+    import torch._inductor.config as inductor_config
+
+    monkeypatch.delenv("TORCHINDUCTOR_COMPILE_THREADS", raising=False)
+    monkeypatch.setattr(inductor_config, "compile_threads", 32)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        net = build_eval_network(DARTS_V2, 10, 3, channels=4, layers=1, auxiliary=False)
+        compiled_forward(net, True, "inductor")  # lazy: nothing compiles until it is called
+        assert inductor_config.compile_threads == 1
+    finally:
+        torch.set_num_threads(threads)
+    assert compiled_forward(net, False, "inductor") is net
 
 
 def test_an_unknown_backend_is_a_settings_error():
