@@ -23,10 +23,13 @@ half is a multiple of the CPU count (the default 8 trials on 2 CPUs: 4 and 4).
 
 ``--cold-processes`` also runs all the trials once in ``cpus`` fresh processes (no Ray, started
 for the run: Python, torch and the trial code imported, each process's first trial paying its
-first-use costs, as the sweep's workers do), timed from their start, right before the sweep:
-``cold_machine_parallel_efficiency = in_process / (cpus * cold_processes)`` is the most any
-orchestrator that starts its trial processes per sweep can reach on this machine, and
-``ray_vs_cold_processes = cold_processes / ray`` what Ray Tune costs beyond starting them.
+first-use costs, as the sweep's workers do), timed from their start, next to the sweep (right
+before it; with ``--repeats``, before and after it in turn): ``cold_machine_parallel_efficiency =
+in_process / (cpus * cold_processes)`` estimates what an orchestrator that starts its trial
+processes afresh for each sweep gets on this machine, and ``ray_vs_cold_processes = cold_processes
+/ ray`` what Ray Tune costs beyond starting them. The in-process and plain halves are then around
+the pair, so one run's pair is off the middle by half the other's time: the drift between the two
+is in their ratio (alternate with ``--repeats``).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import queue
 import statistics
 import tempfile
 import time
@@ -89,8 +93,20 @@ def _plain_worker(warm: list[dict], tasks: mp.Queue, done: mp.Queue) -> None:
         done.put(traceback.format_exc())
 
 
-def _answer(done: mp.Queue, timeout_s: float) -> float | None:
-    answer = done.get(timeout=timeout_s)
+def _answer(done: mp.Queue, timeout_s: float, processes: list) -> float | None:
+    """The next answer of ``processes``; raises when one of them failed, died without answering
+    (killed, or its import failed) or none answered in ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            answer = done.get(timeout=1.0)
+            break
+        except queue.Empty:
+            dead = [p.exitcode for p in processes if p.exitcode not in (None, 0)]
+            if dead:
+                raise RuntimeError(f"a plain trial process died (exit code {dead[0]})") from None
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no plain trial process answered in {timeout_s:.0f} s") from None
     if isinstance(answer, str):
         raise RuntimeError(f"a plain trial process failed:\n{answer}")
     return answer
@@ -108,21 +124,30 @@ class PlainProcesses:
         for process in self.processes:
             process.start()
         for _ in self.processes:
-            _answer(self.done, 600)  # warmed up
+            _answer(self.done, 600, self.processes)  # warmed up
 
     def run(self, trials: list[dict]) -> tuple[float, list[float]]:
         """Wall seconds until every trial has ended, and each trial's seconds."""
         start = time.perf_counter()
         for trial in trials:
             self.tasks.put(trial)
-        each = [_answer(self.done, 3600) for _ in trials]
+        each = [_answer(self.done, 3600, self.processes) for _ in trials]
         return time.perf_counter() - start, each
 
     def close(self) -> None:
         for _ in self.processes:
             self.tasks.put(None)
-        for process in self.processes:
-            process.join(timeout=60)
+        _end(self.processes)
+
+
+def _end(processes: list) -> None:
+    """Wait for ``processes`` to end; the ones still running after a minute (a failed run's
+    other process, busy with a trial) are terminated."""
+    for process in processes:
+        process.join(timeout=60)
+        if process.is_alive():
+            process.terminate()
+            process.join(timeout=10)
 
 
 def run_cold_processes(count: int, trials: list[dict]) -> tuple[float, list[float]]:
@@ -132,22 +157,29 @@ def run_cold_processes(count: int, trials: list[dict]) -> tuple[float, list[floa
     tasks, done = context.Queue(), context.Queue()
     start = time.perf_counter()
     processes = [context.Process(target=_plain_worker, args=([], tasks, done), daemon=True) for _ in range(count)]
-    for process in processes:
-        process.start()
-    for trial in [*trials, *[None] * count]:  # a process ends at the first None, after every trial
-        tasks.put(trial)
-    answers = [_answer(done, 3600) for _ in range(len(trials) + count)]  # each process's "ready" is None
-    wall = time.perf_counter() - start
-    for process in processes:
-        process.join(timeout=60)
+    try:
+        for process in processes:
+            process.start()
+        for trial in [*trials, *[None] * count]:  # a process ends at the first None, after every trial
+            tasks.put(trial)
+        answers = [_answer(done, 3600, processes) for _ in range(len(trials) + count)]  # "ready" is None
+        wall = time.perf_counter() - start
+    except BaseException:
+        for process in processes:  # a failed run's other process would go on with the queued trials
+            if process.is_alive():
+                process.terminate()
+        raise
+    finally:
+        _end(processes)
     return wall, [a for a in answers if a is not None]
 
 
-def measure(folder: Path, trials_n: int, epochs: int, cold_processes: bool = False) -> dict:
-    """One measurement: half the trials in process, then in plain processes side by side, (with
-    ``cold_processes``, all of them in fresh processes,) the Ray sweep of all of them, the other
-    half side by side, then in process (this machine's speed drifts by tens of percent within
-    minutes; a linear drift cancels out in each sum)."""
+def measure(folder: Path, trials_n: int, epochs: int, cold_processes: bool = False, cold_first: bool = True) -> dict:
+    """One measurement: half the trials in process, then in plain processes side by side, the Ray
+    sweep of all of them (with ``cold_processes``, and all of them in fresh processes before it or,
+    without ``cold_first``, after it), the other half side by side, then in process (this
+    machine's speed drifts by tens of percent within minutes; a linear drift cancels out in each
+    sum)."""
     from orchestrator.results import read_rows
     from orchestrator.spec import expand_trials, load_spec
     from orchestrator.sweep import run_command
@@ -165,10 +197,12 @@ def measure(folder: Path, trials_n: int, epochs: int, cold_processes: bool = Fal
     try:
         before = run_in_process(trials[:half])
         plain_before, plain_each = plain.run(trials[:half])
-        cold = run_cold_processes(cpus, trials) if cold_processes else None
+        cold = run_cold_processes(cpus, trials) if cold_processes and cold_first else None
         start, wall_start = time.perf_counter(), time.time()
         summary = run_command(path)
         through_ray, wall_end = time.perf_counter() - start, time.time()
+        if cold_processes and not cold_first:
+            cold = run_cold_processes(cpus, trials)
         plain_after, plain_each_after = plain.run(trials[half:])
         after = run_in_process(trials[half:])
     finally:
@@ -182,6 +216,7 @@ def measure(folder: Path, trials_n: int, epochs: int, cold_processes: bool = Fal
         "cold_machine_parallel_efficiency": round(in_process / (cpus * cold[0]), 3),
         "ray_vs_cold_processes": round(cold[0] / through_ray, 3),
         "per_trial_cold_processes_s": round(sum(cold[1]) / len(cold[1]), 2),
+        "cold_processes_ran": "before the sweep" if cold_first else "after the sweep",
     }
     return {
         "in_process_s": round(in_process, 2), "ray_s": round(through_ray, 2),
@@ -217,9 +252,9 @@ def main() -> None:
         parser.error("--trials must be >= 2, --epochs and --repeats >= 1")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     runs = []
-    for _ in range(args.repeats):
+    for repeat in range(args.repeats):
         with tempfile.TemporaryDirectory() as d:
-            runs.append(measure(Path(d), args.trials, args.epochs, args.cold_processes))
+            runs.append(measure(Path(d), args.trials, args.epochs, args.cold_processes, cold_first=repeat % 2 == 0))
     result = {"trials": args.trials, "epochs": args.epochs, "cpus": os.cpu_count() or 1}
     if len(runs) == 1:
         result.update(runs[0])

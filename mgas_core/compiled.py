@@ -28,24 +28,29 @@ from torch import nn
 
 from mgas_core.errors import UserInputError
 
-CXX_COMPILERS = ("g++", "clang++", "c++")
+
+def inductor_cxx_candidates() -> list[str]:
+    """The C++ compilers Inductor tries on CPU, in its order (``torch._inductor.config.cpp.cxx``:
+    ``$CXX``, else ``g++`` on Linux)."""
+    import torch._inductor.config as inductor_config
+
+    return [c for c in inductor_config.cpp.cxx if c]
 
 
 def compile_toolchain_problem(backend: str, device: torch.device) -> str | None:
     """Why ``backend`` cannot compile for ``device`` on this machine (None when it can): Inductor
-    builds C++ kernels on CPU (a C++ compiler: ``$CXX`` or one of ``CXX_COMPILERS`` on PATH) and
-    Triton kernels on CUDA (the ``triton`` package)."""
+    builds C++ kernels on CPU (one of :func:`inductor_cxx_candidates` on PATH) and Triton kernels
+    on CUDA (the ``triton`` package)."""
     if backend != "inductor":
         return None
     if device.type == "cuda":
         if importlib.util.find_spec("triton") is None:
             return "Inductor on CUDA needs the triton package (pip install triton)"
         return None
-    named = os.environ.get("CXX")
-    if named and shutil.which(named) is None:
-        return f"Inductor on CPU builds C++ kernels with $CXX={named!r}, which is not on PATH"
-    if not named and not any(shutil.which(c) for c in CXX_COMPILERS):
-        return f"Inductor on CPU builds C++ kernels and no C++ compiler is on PATH ({', '.join(CXX_COMPILERS)})"
+    candidates = inductor_cxx_candidates()
+    if not any(shutil.which(c) for c in candidates):
+        return (f"Inductor on CPU builds C++ kernels with {' or '.join(candidates)} (set by $CXX), "
+                "and none is on PATH")
     return None
 
 

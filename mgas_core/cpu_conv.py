@@ -125,7 +125,8 @@ def depthwise_matmul(
 ) -> Tensor:
     """A depthwise conv as one per-channel matrix product; keeps ``x``'s memory layout."""
     batch, channels, height, width = x.shape
-    # a compiled graph builds the index once as a constant of its own: the cache is for eager calls
+    # dynamo ignores lru_cache (and warns at every compile): under torch.compile the index's few
+    # ops are traced into the graph either way, so call the function itself
     taps_of = tap_index.__wrapped__ if torch.compiler.is_compiling() else tap_index
     index, h_out, w_out = taps_of(height, width, (weight.shape[2], weight.shape[3]), stride, padding, dilation)
     taps = torch.cat([weight.reshape(channels, -1), weight.new_zeros(channels, 1)], dim=1)

@@ -72,7 +72,9 @@ def check_local_compile(trials: list[dict[str, Any]]) -> None:
 
     for trial in trials:
         retrain = trial["settings"]["retrain"]
-        device = torch.device("cuda" if trial["resources"].get("gpu") else "cpu")
+        named = trial["settings"]["device"]  # as resolve_device: auto is CUDA where the trial gets a GPU
+        gpu = named == "cuda" or (named == "auto" and bool(trial["resources"].get("gpu")))
+        device = torch.device("cuda" if gpu else "cpu")
         try:
             check_compile(retrain["compile"], retrain["compile_backend"], device)
         except UserInputError as exc:

@@ -114,7 +114,10 @@ def run_trial_pipeline(trial: dict[str, Any], state: dict[str, Any] | None, repo
     if settings.threads:
         torch.set_num_threads(settings.threads)
     device = resolve_device(settings.device)
-    check_device(settings, device)  # before the search: what the retraining cannot run is refused now
+    try:  # before the search: what this node cannot run (a compiler, bf16) fails the trial now
+        check_device(settings, device)
+    except UserInputError as exc:  # settings this node refuses: retrying cannot help
+        raise TrialFailed(str(exc)) from exc
     state = dict(state or {"phase": "search", "attempt": 0})
     state["attempt"] = int(state.get("attempt", 0)) + 1
     with torch_determinism(settings.deterministic):

@@ -117,3 +117,13 @@ def search_until(settings: RunSettings, stop_after: int | None = None, state: di
 @pytest.fixture
 def tiny_settings():
     return tiny
+
+
+@pytest.fixture
+def no_such_cxx() -> Iterator[str]:
+    """Inductor's C++ compiler set to one that does not exist (as ``$CXX`` would, read when torch
+    imports its config); the name is yielded."""
+    import torch._inductor.config as inductor_config
+
+    with inductor_config.patch({"cpp.cxx": (None, "no-such-compiler")}):
+        yield "no-such-compiler"

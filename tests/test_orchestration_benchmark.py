@@ -4,8 +4,11 @@ trials in a warm process, at the smallest size (2 one-epoch trials)."""
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -49,3 +52,17 @@ def test_orchestration_benchmark_refuses_a_sweep_it_cannot_split():
     done = subprocess.run([sys.executable, "-m", "benchmarks.orchestration", "--trials", "1"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "--trials must be >= 2" in done.stderr
+
+
+def test_a_plain_process_that_dies_without_answering_is_reported_not_waited_for():
+    from benchmarks.orchestration import _answer
+
+    context = mp.get_context("spawn")
+    done = context.Queue()
+    process = context.Process(target=os._exit, args=(3,))  # as a killed or failed import would
+    process.start()
+    process.join(60)
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"died \(exit code 3\)"):
+        _answer(done, 600, [process])
+    assert time.monotonic() - start < 30

@@ -99,20 +99,21 @@ def test_gpu_trials_on_a_machine_without_gpu_are_refused_before_ray_starts(tmp_p
     assert not (tmp_path / "out").exists()
 
 
-
 def test_a_compiled_retraining_this_machine_cannot_build_is_refused_before_ray_starts(tmp_path, capsys,
-                                                                                    monkeypatch):
+                                                                                    monkeypatch, no_such_cxx):
     import orchestrator.ray_runtime as runtime
+    from orchestrator.preflight import check_local_compile
 
     monkeypatch.setattr(runtime, "init_ray", lambda *a, **k: (_ for _ in ()).throw(AssertionError("no Ray")))
-    monkeypatch.setenv("CXX", "no-such-compiler")
     path = write_spec(tmp_path, base={"retrain.compile": True}, sweep={"method": ["darts"], "seed": [3]})
     assert main(["run", str(path)]) == 2
     err = capsys.readouterr().err
-    assert "trial darts_seed3: retrain.compile: Inductor on CPU builds C++ kernels with $CXX='no-such-compiler'" in err
+    assert "trial darts_seed3: retrain.compile: Inductor on CPU builds C++ kernels with no-such-compiler" in err
     assert not (tmp_path / "out").exists()
-    # the debugging backends need no compiler: the same sweep passes the check
+    # the debugging backends need no compiler, and a CUDA trial needs triton, not a C++ compiler
     spec, _ = load_spec(write_spec(tmp_path, base={"retrain.compile": True, "retrain.compile_backend": "eager"}))
-    from orchestrator.preflight import check_local_compile
-
     check_local_compile(expand_trials(spec))
+    spec, _ = load_spec(write_spec(tmp_path, base={"retrain.compile": True, "device": "cpu"},
+                                   resources={"cpu": 1, "gpu": 1}))
+    with pytest.raises(UserInputError, match="no-such-compiler"):  # device cpu: the GPU is not used
+        check_local_compile(expand_trials(spec))

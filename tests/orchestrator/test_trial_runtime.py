@@ -219,3 +219,15 @@ def test_a_width_scaled_genotype_says_whether_its_nearest_width_is_within_tolera
         gap = row["nonzero_params_m"] / target - 1
         assert row["target_gap"] == pytest.approx(gap)
         assert row["target_reached"] is (abs(gap) <= tolerance)
+
+
+def test_a_compiled_retraining_the_node_cannot_build_fails_the_trial_before_its_search(tmp_path, monkeypatch,
+                                                                                      no_such_cxx):
+    # on a cluster only the node knows its compiler: the trial fails (recorded, not retried) at once
+    from mgas_core.methods.darts import Darts
+
+    monkeypatch.setattr(Darts, "train_step", lambda *a, **k: pytest.fail("the search ran"))
+    trial = _trial(tmp_path, base={"retrain.compile": True})
+    with pytest.raises(TrialFailed, match=r"retrain\.compile: Inductor on CPU builds C\+\+ kernels with "
+                                          r"no-such-compiler"):
+        run_trial(trial, None, MemoryReporter(tmp_path))
