@@ -245,7 +245,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1,
                         help="measurements one after another; the efficiency printed is their median")
     parser.add_argument("--cold-processes", action="store_true",
-                        help="also run the trials in fresh plain processes: the bound of any per-sweep start")
+                        help="also run the trials in fresh plain processes (no Ray), timed from their start")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
     if args.trials < 2 or args.epochs < 1 or args.repeats < 1:

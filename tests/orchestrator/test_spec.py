@@ -110,10 +110,10 @@ def test_a_compiled_retraining_this_machine_cannot_build_is_refused_before_ray_s
     err = capsys.readouterr().err
     assert "trial darts_seed3: retrain.compile: Inductor on CPU builds C++ kernels with no-such-compiler" in err
     assert not (tmp_path / "out").exists()
-    # the debugging backends need no compiler, and a CUDA trial needs triton, not a C++ compiler
+    # the debugging backends need no compiler; a trial given a GPU but set to device cpu needs one
     spec, _ = load_spec(write_spec(tmp_path, base={"retrain.compile": True, "retrain.compile_backend": "eager"}))
     check_local_compile(expand_trials(spec))
     spec, _ = load_spec(write_spec(tmp_path, base={"retrain.compile": True, "device": "cpu"},
                                    resources={"cpu": 1, "gpu": 1}))
-    with pytest.raises(UserInputError, match="no-such-compiler"):  # device cpu: the GPU is not used
+    with pytest.raises(UserInputError, match="no-such-compiler"):  # the device, not the GPU, decides
         check_local_compile(expand_trials(spec))
