@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test quickstart lint bench clean
+.PHONY: venv test test-fast docs quickstart lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,10 +18,20 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# lint first (seconds), then the suite; .ci/run runs exactly this
+# lint and the docs site first (seconds), then every test tier; .ci/run runs exactly this
 test: $(STAMP)
 	$(BIN)/ruff check .
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 	$(BIN)/python -m pytest -q -x -n 2 --dist loadgroup --durations=15
+
+# the unit tier for iteration: no test that starts Ray, runs a benchmark or is marked slow
+test-fast: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q -x -n 2 --dist loadgroup -m "not slow and not ray and not cluster and not benchmark"
+
+# the documentation site (docs/, mkdocs.yml) into site/; a broken link or a page left out fails
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

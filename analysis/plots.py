@@ -5,6 +5,7 @@ Every function writes ``<name>.png`` and ``<name>.pdf`` into a folder and return
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
 import matplotlib
@@ -16,20 +17,21 @@ import pandas as pd
 
 from analysis.aggregate import front_steps, pareto_front
 
-METHOD_STYLE = {
-    "darts": ("#1f77b4", "o", "DARTS"),
-    "gold_nas": ("#ff7f0e", "s", "GOLD-NAS"),
-    "msg_das": ("#2ca02c", "^", "MSG-DAS"),
-    "mgas": ("#d62728", "D", "MGAS"),
-}
-FALLBACK = [("#9467bd", "v"), ("#8c564b", "P"), ("#e377c2", "X"), ("#7f7f7f", "*")]
+Style = tuple[str | None, str | None, str]
+"""How a method is drawn: colour, marker (None: from the palette) and label. The methods declare
+theirs (``SearchMethod.style``) and ``mgas report`` passes them in; analysis imports no method."""
+PALETTE = [("#1f77b4", "o"), ("#ff7f0e", "s"), ("#2ca02c", "^"), ("#d62728", "D"), ("#9467bd", "v"),
+           ("#8c564b", "P"), ("#e377c2", "X"), ("#7f7f7f", "*"), ("#bcbd22", "<"), ("#17becf", ">")]
 
 
-def style(method: str, index: int = 0) -> tuple[str, str, str]:
-    if method in METHOD_STYLE:
-        return METHOD_STYLE[method]
-    colour, marker = FALLBACK[index % len(FALLBACK)]
-    return colour, marker, method
+def style(method: str, styles: dict[str, Style] | None = None) -> tuple[str, str, str]:
+    """Colour, marker and label of ``method``: as declared in ``styles``, the palette filling what
+    is not declared (chosen by the name, so a method keeps its colour in every figure)."""
+    colour, marker = PALETTE[zlib.crc32(method.encode()) % len(PALETTE)]
+    declared = (styles or {}).get(method)
+    if declared is None:
+        return colour, marker, method
+    return declared[0] or colour, declared[1] or marker, declared[2]
 
 
 def _save(fig: plt.Figure, folder: Path, name: str) -> Path:
@@ -48,13 +50,14 @@ def _error(values: pd.Series, counts: pd.Series, scale: float = 1.0) -> np.ndarr
 
 
 def pareto_plot(agg: pd.DataFrame, folder: Path, cost: str = "nonzero_params_m", name: str = "pareto",
-                xlabel: str = "nonzero parameters (M)", series: pd.DataFrame | None = None) -> Path:
+                xlabel: str = "nonzero parameters (M)", series: pd.DataFrame | None = None,
+                styles: dict[str, Style] | None = None) -> Path:
     """:func:`pareto_figure` written as ``<name>.png`` and ``.pdf``."""
-    return _save(pareto_figure(agg, cost, xlabel, series), folder, name)
+    return _save(pareto_figure(agg, cost, xlabel, series, styles), folder, name)
 
 
 def pareto_figure(agg: pd.DataFrame, cost: str = "nonzero_params_m", xlabel: str = "nonzero parameters (M)",
-                  series: pd.DataFrame | None = None) -> plt.Figure:
+                  series: pd.DataFrame | None = None, styles: dict[str, Style] | None = None) -> plt.Figure:
     """Test accuracy vs ``cost`` per configuration (mean ± std over seeds, bars only with two
     seeds or more); the front of every dataset as a step line, dominated points faded; MGAS
     points labelled with their target; every search that yields a series (GOLD-NAS's retrained
@@ -80,8 +83,8 @@ def pareto_figure(agg: pd.DataFrame, cost: str = "nonzero_params_m", xlabel: str
             xs, ys = np.append(xs, max(right, xs[-1]) * 1.02), np.append(ys, ys[-1])
             ax.step(xs, ys, where="post", color="black", linewidth=1.2, alpha=0.7, label="Pareto front", zorder=1)
         methods = sorted(sub["method"].unique())
-        for i, method in enumerate(methods):
-            colour, marker, label = style(method, i)
+        for method in methods:
+            colour, marker, label = style(method, styles)
             m = sub[sub["method"] == method]
             missed = m["target_missed"].fillna(False).astype(bool) if "target_missed" in m else m["n"] < 0
             for front_flag, alpha in ((True, 1.0), (False, 0.35)):
@@ -94,13 +97,13 @@ def pareto_figure(agg: pd.DataFrame, cost: str = "nonzero_params_m", xlabel: str
                                 xerr=_error(pts[f"{cost}_std"], pts["n"]), fmt=marker, color=colour, alpha=alpha,
                                 markersize=7, capsize=3, linestyle="none", zorder=2, mfc="none" if miss else colour,
                                 label=(f"{label} (target missed)" if miss else label) if first else None)
-            if method == "mgas" and "target_params_m" in m:
+            if "target_params_m" in m:  # searches for a target size: the target beside each point
                 for row in m.itertuples():
                     if row.target_params_m == row.target_params_m and row.target_params_m is not None:
                         ax.annotate(f"target {row.target_params_m:g}M", (getattr(row, f"{cost}_mean"), row.acc_pct),
                                     textcoords="offset points", xytext=(5, 5), fontsize=7, color=colour)
         if drawn is not None:
-            _draw_series(ax, drawn, cost, methods)
+            _draw_series(ax, drawn, cost, styles)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(f"{dataset}: accuracy vs {xlabel.split(' (')[0]}")
@@ -109,12 +112,12 @@ def pareto_figure(agg: pd.DataFrame, cost: str = "nonzero_params_m", xlabel: str
     return fig
 
 
-def _draw_series(ax: plt.Axes, series: pd.DataFrame, cost: str, methods: list[str]) -> None:
+def _draw_series(ax: plt.Axes, series: pd.DataFrame, cost: str, styles: dict[str, Style] | None) -> None:
     """One connected line per search, through its retrained snapshots in the order taken."""
     for trial_id, points in series.groupby("trial_id", sort=True):
         points = points.sort_values("snapshot_index")
         method = str(points["method"].iloc[0])
-        colour, marker, label = style(method, methods.index(method) if method in methods else 0)
+        colour, marker, label = style(method, styles)
         seed = points["seed"].iloc[0] if "seed" in points else None
         ax.plot(points[cost], points["test_acc"] * 100, color=colour, marker=marker, markersize=4, linewidth=1.0,
                 alpha=0.8, zorder=2, mfc="white",
@@ -141,12 +144,12 @@ def remaining_ratio_plot(curves: pd.DataFrame, folder: Path) -> Path | None:
     return _save(fig, folder, "remaining_ratio")
 
 
-def cost_memory_plot(agg: pd.DataFrame, folder: Path) -> Path:
+def cost_memory_plot(agg: pd.DataFrame, folder: Path, styles: dict[str, Style] | None = None) -> Path:
     """Mean search time and peak search memory per method (bars), per dataset."""
     per = agg.groupby(["dataset", "method"]).agg(seconds=("search_time_s_mean", "mean"),
                                                  mem=("search_peak_mem_mb_mean", "mean")).reset_index()
-    labels = [f"{style(m)[2]}\n{d}" for d, m in zip(per["dataset"], per["method"])]
-    colours = [style(m)[0] for m in per["method"]]
+    labels = [f"{style(m, styles)[2]}\n{d}" for d, m in zip(per["dataset"], per["method"])]
+    colours = [style(m, styles)[0] for m in per["method"]]
     fig, (a, b) = plt.subplots(1, 2, figsize=(max(8, 1.3 * len(per) * 2), 3.8))
     a.bar(labels, per["seconds"] / 60, color=colours)
     a.set_ylabel("search time (minutes)")
@@ -160,10 +163,11 @@ def cost_memory_plot(agg: pd.DataFrame, folder: Path) -> Path:
     return _save(fig, folder, "search_cost_memory")
 
 
-def ablation_plot(table: pd.DataFrame, method: str, factor: str, folder: Path) -> Path:
+def ablation_plot(table: pd.DataFrame, method: str, factor: str, folder: Path,
+                  styles: dict[str, Style] | None = None) -> Path:
     fig, ax = plt.subplots(figsize=(6, 3.8))
     x = np.arange(len(table))
-    ax.bar(x, table["test_acc_mean"] * 100, yerr=table["test_acc_std"] * 100, color=style(method)[0], capsize=3)
+    ax.bar(x, table["test_acc_mean"] * 100, yerr=table["test_acc_std"] * 100, color=style(method, styles)[0], capsize=3)
     ax.set_xticks(x, [str(v) for v in table[factor]], rotation=30, ha="right", fontsize=8)
     ax.set_xlabel(factor)
     ax.set_ylabel("test accuracy (%)")
@@ -172,5 +176,5 @@ def ablation_plot(table: pd.DataFrame, method: str, factor: str, folder: Path) -
     ax2 = ax.twinx()
     ax2.plot(x, table["nonzero_params_m_mean"], color="black", marker="o")
     ax2.set_ylabel("nonzero parameters (M)")
-    ax.set_title(f"{style(method)[2]} ablation over {factor}")
+    ax.set_title(f"{style(method, styles)[2]} ablation over {factor}")
     return _save(fig, folder, f"ablation_{method}_{factor}")

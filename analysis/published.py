@@ -18,9 +18,9 @@ import pandas as pd
 
 from analysis.aggregate import fmt_mean_std
 from analysis.load import AnalysisError
-from mgas_core.errors import UserInputError
-from mgas_core.safe_yaml import load_yaml
-from mgas_core.user_files import read_input_text
+from mgas_common.errors import UserInputError
+from mgas_common.safe_yaml import load_yaml
+from mgas_common.user_files import read_input_text
 
 DEFAULT_PUBLISHED = Path(__file__).resolve().parents[1] / "experiments" / "reference" / "published.yaml"
 REQUIRED = ("method", "dataset", "variant", "source", "confirmed", "space", "protocol")

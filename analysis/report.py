@@ -12,7 +12,7 @@ import pandas as pd
 
 from analysis.aggregate import ablation_table, aggregate, snapshot_series, trial_rows, varying_factors
 from analysis.load import Results, load_results
-from analysis.plots import ablation_plot, cost_memory_plot, pareto_plot, remaining_ratio_plot
+from analysis.plots import Style, ablation_plot, cost_memory_plot, pareto_plot, remaining_ratio_plot
 from analysis.published import comparison_table, load_published
 
 
@@ -41,16 +41,19 @@ def _html_table(frame: pd.DataFrame) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def build_report(results: Results, out: Path, published_path: Path | None = None) -> dict[str, Path]:
+def build_report(results: Results, out: Path, published_path: Path | None = None,
+                 styles: dict[str, Style] | None = None) -> dict[str, Path]:
+    """Figures, tables and the Markdown and HTML report of ``results`` in ``out``; ``styles`` are the
+    methods' declared colours, markers and labels (``mgas report`` passes the registry's)."""
     published = load_published(published_path)  # read and checked before anything is written
     out.mkdir(parents=True, exist_ok=True)
     agg = aggregate(results.ok)
     series = snapshot_series(results.ok)
     figures: dict[str, Path] = {
-        "pareto": pareto_plot(agg, out, series=series),
+        "pareto": pareto_plot(agg, out, series=series, styles=styles),
         "pareto_flops": pareto_plot(agg, out, cost="flops_m", name="pareto_flops",
-                                    xlabel="multiply-adds (M FLOPs)", series=series),
-        "search_cost_memory": cost_memory_plot(agg, out),
+                                    xlabel="multiply-adds (M FLOPs)", series=series, styles=styles),
+        "search_cost_memory": cost_memory_plot(agg, out, styles),
     }
     ratio = remaining_ratio_plot(results.curves, out)
     if ratio is not None:
@@ -60,7 +63,7 @@ def build_report(results: Results, out: Path, published_path: Path | None = None
         for factor in varying_factors(agg, method):
             table = ablation_table(agg, method, factor)
             ablations.append((method, factor, table))
-            figures[f"ablation_{method}_{factor}"] = ablation_plot(table, method, factor, out)
+            figures[f"ablation_{method}_{factor}"] = ablation_plot(table, method, factor, out, styles)
     comparison = comparison_table(agg, published)
     failed = results.failed[["experiment", "trial_id", "method", "error"]] if len(results.failed) else pd.DataFrame()
     own = trial_rows(results.ok)
@@ -167,12 +170,13 @@ def default_report_folder(results_dir: str | Path) -> Path:
     return Path(text.removeprefix("file://")) / "report"
 
 
-def report_command(results_dir: str | Path, out: Path | None = None, published: Path | None = None) -> dict[str, Path]:
+def report_command(results_dir: str | Path, out: Path | None = None, published: Path | None = None,
+                   styles: dict[str, Style] | None = None) -> dict[str, Path]:
     """Load, build and print where everything is; raises :class:`AnalysisError` on unusable input."""
     results = load_results(results_dir)
     for skipped in results.skipped:
         print(f"warning: skipped unreadable result file {skipped}", file=sys.stderr)
-    paths = build_report(results, out or default_report_folder(results_dir), published)
+    paths = build_report(results, out or default_report_folder(results_dir), published, styles)
     print(f"report: {paths['report_html']}")
     print(f"markdown: {paths['report_md']}")
     print(f"pareto plot: {paths['pareto']}")

@@ -3,7 +3,7 @@
     python -m benchmarks.compile_retrain [--channels 16] [--layers 8] [--batch 32] [--steps 10] [--json]
     python -m benchmarks.compile_retrain --modes eager --steps 1   # the eager side alone
 
-Builds DARTS_V2 (``mgas_core.arch``) as ``mgas retrain`` does (``build_eval_network``, no auxiliary
+Builds DARTS_V2 (``mgas_core.space.architecture``) as ``mgas retrain`` does (``build_eval_network``, no auxiliary
 head), on synthetic 32x32 CIFAR-shaped data, and runs SGD training steps (momentum 0.9) with torch's
 threads set by ``--threads`` (default 1), once per mode in ``--modes`` (default eager, compiled,
 eager: the machine's drift cancels in the mean of the two eager runs), each from the same
@@ -31,9 +31,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from mgas_core.arch import DARTS_V2
-from mgas_core.compiled import compiled_forward
-from mgas_core.model import build_eval_network
+from mgas_core.engine.compiled import compiled_forward
+from mgas_core.evaluation_network import build_eval_network
+from mgas_core.space.architecture import DARTS_V2
 
 MODES = ("eager", "compiled")
 

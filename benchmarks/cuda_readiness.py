@@ -6,15 +6,17 @@ Runs, one fresh process each and in this order, until ``--budget-s`` is spent (w
 in time is recorded as skipped, a run that fails or outlasts ``--run-timeout-s`` as such, and the
 rest goes on):
 
-1. every method's supernet step (``benchmarks.supernet``, the paper's search shape unless the
+1. every registered method's supernet step (``--methods``, default all; ``benchmarks.supernet``,
+   the paper's search shape unless the
    shape flags say otherwise) in each precision and memory format: fp32 and (on CUDA) bf16
    autocast, contiguous and channels-last; images/s and peak memory
    (``torch.cuda.max_memory_allocated`` on CUDA);
 2. ours beside the official DARTS and MG_DARTS steps (``--official-darts``, ``--official-mgas``:
    checkouts the user supplies; left out when not given);
-3. a CIFAR-10-shaped synthetic search epoch of DARTS first order (``benchmarks.search_epoch``)
-   with the defaults, extrapolated to the paper's 50 epochs (the goal: at most 2 hours), then
-   with DARTS's fastest variant of step 1 when that is not the default.
+3. a CIFAR-10-shaped synthetic search epoch of ``--epoch-method`` (default DARTS, first order:
+   its benchmark settings; ``benchmarks.search_epoch``) with the defaults, extrapolated to the
+   paper's 50 epochs (the goal: at most 2 hours), then with that method's fastest variant of step 1
+   when that is not the default (when the method is one of ``--methods``).
 
 It writes ``readiness.json`` (every run: command, status, seconds, result or error) and
 ``readiness.md`` (the tables) to ``--out-dir``, each through a temporary file and a rename, and
@@ -37,9 +39,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmarks.official.compare import OFFICIAL_KINDS
 from benchmarks.search_epoch import CIFAR10_SEARCH_IMAGES
+from mgas_core.methods.registry import get_method, method_names
+from mgas_core.settings.run import DEFAULT_METHOD
 
-METHODS = ("darts", "gold_nas", "msg_das", "mgas")
 FORMATS = ("contiguous", "channels_last")
 SHAPE_FLAGS = ("layers", "channels", "batch", "resolution")
 
@@ -70,8 +74,8 @@ def default_variant() -> tuple[str, str]:
     ``memory_format: auto`` resolves to (channels-last with the fast implementation)."""
     import torch
 
-    from mgas_core.config import build_settings
-    from mgas_core.methods.base import resolve_memory_format
+    from mgas_core.methods.protocol import resolve_memory_format
+    from mgas_core.methods.registry import build_settings
 
     search = build_settings("paper").search
     fmt = "channels_last" if resolve_memory_format(search) == torch.channels_last else "contiguous"
@@ -101,7 +105,8 @@ def step_runs(args: argparse.Namespace) -> list[Run]:
 
 def official_runs(args: argparse.Namespace) -> list[Run]:
     runs = []
-    for kind, path in (("darts", args.official_darts), ("mgas", args.official_mgas)):
+    for kind in OFFICIAL_KINDS:
+        path = getattr(args, f"official_{kind}")
         if path is None or kind not in args.methods:
             continue
         cmd = [sys.executable, "-m", "benchmarks.supernet", f"--official-{kind}", str(path), "--device", args.device,
@@ -111,11 +116,12 @@ def official_runs(args: argparse.Namespace) -> list[Run]:
 
 
 def epoch_run(args: argparse.Namespace, variant: tuple[str, str]) -> Run:
-    cmd = [sys.executable, "-m", "benchmarks.search_epoch", "--method", "darts", "--order", "1",
-           "--device", args.device, "--images", str(args.epoch_images), "--epochs", str(args.epoch_count),
+    method = args.epoch_method
+    cmd = [sys.executable, "-m", "benchmarks.search_epoch", "--method", method, "--device", args.device,
+           "--images", str(args.epoch_images), "--epochs", str(args.epoch_count),
            "--precision", variant[0], "--memory-format", variant[1],
            *shape_args(args, ("layers", "channels", "batch")), "--json"]
-    return Run(f"darts epoch {variant[0]} {variant[1]}", "epoch", cmd, "darts", variant)
+    return Run(f"{method} epoch {variant[0]} {variant[1]}", "epoch", cmd, method, variant)
 
 
 def execute(run: Run, deadline: float, run_timeout_s: float) -> None:
@@ -182,7 +188,9 @@ def summarise(runs: list[Run], args: argparse.Namespace, started: float) -> dict
             "counts": {s: sum(r.status == s for r in runs) for s in ("ok", "failed", "timeout", "skipped")},
             "default_variant": list(args.default_variant), "win_ratio": args.win_ratio,
             "variants": variant_table(runs, args.win_ratio, args.default_variant),
-            "official": official, "search_epoch": epochs, "runs": [r.record() for r in runs]}
+            "official": official, "search_epoch_method": args.epoch_method,
+            "search_epoch_label": style.label if (style := get_method(args.epoch_method).style) else args.epoch_method,
+            "search_epoch": epochs, "runs": [r.record() for r in runs]}
 
 
 def markdown(summary: dict[str, Any]) -> str:
@@ -205,7 +213,8 @@ def markdown(summary: dict[str, Any]) -> str:
             lines.append(f"| {method} | {figures.get('speed_vs_official', figures.get('status'))} | "
                          f"{figures.get('memory_vs_official', figures.get('error', ''))} |")
     if summary["search_epoch"]:
-        lines += ["", "| DARTS epoch | epoch s (measured) | CIFAR-10 epoch s | 50 epochs h | within 2 h |",
+        lines += ["", f"| {summary['search_epoch_label']} epoch | epoch s (measured) | CIFAR-10 epoch s | "
+                  "50 epochs h | within 2 h |",
                   "| --- | --- | --- | --- | --- |"]
         for e in summary["search_epoch"]:
             lines.append(f"| {e['precision']} {e['memory_format']} | {e.get('epoch_s', e['status'])} | "
@@ -226,9 +235,9 @@ def plan_and_run(args: argparse.Namespace) -> dict[str, Any]:
     runs = step_runs(args) + official_runs(args)
     for run in runs:
         execute(run, deadline, args.run_timeout_s)
-    if "darts" in args.methods and args.epoch_images > 0:
+    if args.epoch_method in args.methods and args.epoch_images > 0:
         epoch = [epoch_run(args, args.default_variant)]
-        fastest = variant_table(runs, args.win_ratio, args.default_variant).get("darts", {})
+        fastest = variant_table(runs, args.win_ratio, args.default_variant).get(args.epoch_method, {})
         if fastest.get("fastest_wins_over_default"):
             epoch.append(epoch_run(args, (fastest["fastest"]["precision"], fastest["fastest"]["memory_format"])))
         for run in epoch:
@@ -240,7 +249,11 @@ def plan_and_run(args: argparse.Namespace) -> dict[str, Any]:
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda", choices=("cpu", "cuda"))
-    p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, of {', '.join(METHODS)}")
+    methods = method_names()
+    p.add_argument("--methods", default=",".join(methods), help=f"comma-separated, of {', '.join(methods)} "
+                                                                "(default all)")
+    p.add_argument("--epoch-method", default=DEFAULT_METHOD, choices=methods,
+                   help=f"the method of the search epoch (default {DEFAULT_METHOD}); run when it is one of --methods")
     p.add_argument("--official-darts", metavar="PATH", help="a checkout of quark0/darts")
     p.add_argument("--official-mgas", metavar="PATH", help="a git clone of lxy12357/MG_DARTS")
     p.add_argument("--steps", type=int, default=20, help="timed steps of each supernet run")
@@ -248,7 +261,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     for key in SHAPE_FLAGS:
         p.add_argument(f"--{key}", type=int, help="the step's shape (default: the paper's search shape)")
     p.add_argument("--epoch-images", type=int, default=CIFAR10_SEARCH_IMAGES,
-                   help="training images of each measured DARTS epoch (0: no epoch run)")
+                   help="training images of each measured search epoch (0: no epoch run)")
     p.add_argument("--epoch-count", type=int, default=2, help="epochs measured per epoch run")
     p.add_argument("--budget-s", type=float, default=540.0, help="no run starts after this many seconds")
     p.add_argument("--run-timeout-s", type=float, default=240.0, help="a run still going after this is stopped")
@@ -257,16 +270,16 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = [m for m in methods if m not in method_names()]
     if unknown or not methods:
-        p.error(f"--methods: unknown {', '.join(unknown) or '(none given)'}; allowed: {', '.join(METHODS)}")
+        p.error(f"--methods: unknown {', '.join(unknown) or '(none given)'}; allowed: {', '.join(method_names())}")
     args.methods = tuple(dict.fromkeys(methods))
     args.default_variant = default_variant()
     if args.steps < 1 or args.warmup < 0 or args.epoch_images < 0 or args.epoch_count < 1:
         p.error("--steps and --epoch-count must be >= 1, --warmup and --epoch-images >= 0")
     if 0 < args.epoch_images < 10:
         p.error("--epoch-images must be 0 (no epoch run) or at least 10")
-    for kind in ("darts", "mgas"):
+    for kind in OFFICIAL_KINDS:
         path = getattr(args, f"official_{kind}")
         if path is not None and not Path(path).is_dir():
             p.error(f"--official-{kind}: {path} is not a folder (pass a checkout of the official repository)")

@@ -6,7 +6,8 @@ Reports the in-process sequential wall time in a warm process (half the trials b
 half after, so that the machine's drift in speed cancels), the Ray sweep's wall time (embedded
 Ray start and shutdown included) and the parallel efficiency on the machine's CPUs,
 ``efficiency = in_process / (cpus * ray)`` (1.0 = perfect use of every core). The default trial
-(a 3-cell digits DARTS search and retraining of 10 epochs each) takes about 30 s in one process on
+(a 3-cell digits search of the default method, DARTS, with its benchmark settings, and a
+retraining, of 10 epochs each) takes about 30 s in one process on
 this project's machine: the trial length the sweep's overhead is judged at. Ray's start (about
 1.5 s), Tune's start of a trial worker with its imports (ray.tune and torch, about 4 s, once per
 concurrent trial: finished trials hand their worker to the next, ``reuse_actors``) and Ray's
@@ -48,6 +49,9 @@ from pathlib import Path
 import torch
 import yaml
 
+from mgas_core.methods.registry import get_method
+from mgas_core.settings.run import DEFAULT_METHOD
+
 
 def make_spec(folder: Path, trials: int, epochs: int) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
@@ -57,9 +61,9 @@ def make_spec(folder: Path, trials: int, epochs: int) -> Path:
         "dataset": "digits",
         "preset": "tiny",
         "base": {"search.epochs": epochs, "search.layers": 3, "search.channels": 4, "search.nodes": 3,
-                 "search.darts.order": 1, "retrain.epochs": epochs, "retrain.layers": 3, "retrain.channels": 8,
-                 "device": "cpu"},
-        "sweep": {"method": ["darts"], "seed": list(range(trials))},
+                 **get_method(DEFAULT_METHOD).benchmark_overrides, "retrain.epochs": epochs, "retrain.layers": 3,
+                 "retrain.channels": 8, "device": "cpu"},
+        "sweep": {"method": [DEFAULT_METHOD], "seed": list(range(trials))},
         "resources": {"cpu": 1},
         "max_failures": 0,
     }

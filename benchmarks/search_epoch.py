@@ -6,9 +6,11 @@
 The data is the ``synthetic`` dataset sized like this project's CIFAR-10 search: 45,000 training
 images (which a bilevel method halves into weight and alpha batches, as on CIFAR-10) and 5,000
 validation images of 3x32x32, 10 classes, held in memory (no decoding or augmentation: the
-figure is the search's own cost). The settings are the paper preset's (8 cells, C=16, batch 64;
-DARTS first order unless ``--order 2``), so an epoch is what ``mgas search --dataset cifar10``
-runs: every training step, then the validation pass and the method's end of epoch.
+figure is the search's own cost). ``--method`` is any registered method (default DARTS) with its
+own flags (those of ``mgas search``); the settings are the paper preset's (8 cells, C=16, batch
+64) with the method's ``benchmark_overrides`` (DARTS: first order unless ``--order 2``), so an
+epoch is what ``mgas search --dataset cifar10`` runs: every training step, then the validation
+pass and the method's end of epoch.
 
 An epoch's time is the wall time from one epoch's end to the next (``run_search``'s callback).
 The first epoch also pays one-off costs (cuDNN's autotuning, the first kernels), so ``epoch_s``
@@ -29,10 +31,9 @@ from typing import Any
 
 import torch
 
-from mgas_core.config import build_settings
+from benchmarks.measure import add_method_arguments, benchmark_settings, method_figures, method_overrides
 from mgas_core.data import load_splits, split_in_half, synthetic_split_sizes
-from mgas_core.methods.base import method_names
-from mgas_core.train import run_search
+from mgas_core.engine.search import run_search
 
 CIFAR10_SEARCH_IMAGES = 45_000
 """Images of this project's CIFAR-10 search split (50,000 training images less the validation 10 %)."""
@@ -55,10 +56,11 @@ def synthetic_samples(images: int) -> int:
 
 def settings_for(args: argparse.Namespace) -> Any:
     overrides: dict[str, Any] = {
+        **method_overrides(args),
         "data.name": "synthetic", "data.workers": 0, "data.val_fraction": VAL_FRACTION,
         "data.synthetic.samples": synthetic_samples(args.images),
         "data.synthetic.size": 32, "data.synthetic.channels": 3, "data.synthetic.classes": 10,
-        "search.method": args.method, "search.epochs": args.epochs, "search.darts.order": args.order,
+        "search.method": args.method, "search.epochs": args.epochs,
         "search.precision": args.precision, "search.memory_format": args.memory_format,
         "device": args.device, "threads": args.threads, "seed": 0,
     }
@@ -66,7 +68,7 @@ def settings_for(args: argparse.Namespace) -> Any:
                        ("search.batch_size", args.batch)):
         if value is not None:
             overrides[key] = value
-    return build_settings("paper", overrides)
+    return benchmark_settings(overrides)
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
@@ -95,7 +97,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     cifar10_epoch_s = epoch_s * scale
     hours = cifar10_epoch_s * args.search_epochs / 3600
     return {
-        "method": args.method, "order": args.order if args.method == "darts" else None,
+        "method": args.method, **method_figures(settings),
         "device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "precision": search.precision, "memory_format": args.memory_format,
         "layers": search.layers, "channels": search.channels, "batch": search.batch_size,
@@ -111,8 +113,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--method", default="darts", choices=method_names())
-    p.add_argument("--order", type=int, default=1, choices=(1, 2), help="DARTS order (default first order)")
+    add_method_arguments(p, stage=False)  # --method and every method's own flags (the registry's)
     p.add_argument("--device", default="cuda", choices=("cpu", "cuda"))
     p.add_argument("--images", type=int, default=CIFAR10_SEARCH_IMAGES,
                    help=f"training images per epoch (default {CIFAR10_SEARCH_IMAGES}, CIFAR-10's search split); "

@@ -3,29 +3,43 @@
     python -m benchmarks.supernet --method darts --layers 8 --channels 16 --batch 64 --resolution 32 \
         --steps 3 --threads 1 --device cpu --impl fast --json
     python -m benchmarks.supernet --compare impl ...        # fast vs reference, each in a fresh process
-    python -m benchmarks.supernet --method mgas --mgas-stage 1 --stages 3 ...   # MGAS stage-1 supernet
+    python -m benchmarks.supernet --method mgas --stages 3 --stage 1 ...   # stage 1 of a 3-stage MGAS search
+    python -m benchmarks.supernet --method msg_das --compare subgraphs=1 subgraphs=2 subgraphs=4 method=darts
+
+``--method`` is any registered method, and each method's own flags are those ``mgas search``
+offers (``--order``, ``--subgraphs``, ``--stages``, ``--granularities``, ...: the registry's
+``cli_flags``). The settings are the ``paper`` preset's, then the method's
+``benchmark_overrides`` (DARTS: first order; MGAS: one stage, the whole network), then the flags.
+Before timing, the method is put in the state of stage ``--stage`` (alias ``--mgas-stage``;
+``SearchMethod.prepare_benchmark``: MGAS runs the search phase of that stage, lambda > 0).
 
 A step is the method's full ``train_step`` on synthetic data: forward, backward and optimiser
-steps (DARTS/MSG-DAS also run their alpha step on a second batch). ``images_per_s`` counts the
+steps (bilevel methods also run their alpha step on a second batch). ``images_per_s`` counts the
 images of the weight step. ``peak_mem_mb`` is ``torch.cuda.max_memory_allocated`` on CUDA and the
 process's peak RSS on CPU; ``activation_mb`` is that peak minus the memory held before the first
 step (model, optimiser, data), which isolates what the step itself needs.
 
-Against the official code (issue 17), ours and the official step each in a fresh process, one after
-the other, with the same shape and the same definition of a step (``benchmarks.official_step``):
+``--compare`` runs variants side by side, each in a fresh process: ``impl`` (the reference
+supernet, contiguous, against the fast one), or variants ``FLAG=VALUE[+FLAG=VALUE...]`` of any
+flag of this command (``subgraphs=1``, ``method=darts``, ``stages=3+stage=2``); it prints each
+variant's result, its images/s and memory, and ratios to the first variant (with two variants,
+also ``throughput_ratio``, ``peak_mem_ratio`` and ``activation_mem_ratio`` of the second).
+
+Against the official code (issue 17, ``benchmarks.official``), ours and the official step each in
+a fresh process, one after the other, with the same shape and the same definition of a step:
 
     python -m benchmarks.supernet --official-darts PATH --threads 1 --steps 2 --json   # quark0/darts
     python -m benchmarks.supernet --official-mgas PATH --threads 1 --steps 2 --json    # lxy12357/MG_DARTS
 
-    python -m benchmarks.supernet --official-mgas PATH --stages 3 --mgas-stage 2 --threads 1 --json
+    python -m benchmarks.supernet --official-mgas PATH --stages 3 --stage 2 --threads 1 --json
 
 ``PATH`` is a checkout of the official repository (nothing of it is vendored). DARTS: first order
 (``--method darts --order 1``). MGAS: a search step, every granularity, lambda > 0, of the whole
 network (``--stages 1``: the official final phase, ``train()``) or of stage ``k`` of the official
-three-stage search (``--stages 3 --mgas-stage k``, k = 1, 2, 3: cells ``0 .. L//3 - 1``,
+three-stage search (``--stages 3 --stage k``, k = 1, 2, 3: cells ``0 .. L//3 - 1``,
 ``0 .. 2L//3 - 1`` or all and the stage's head, ``train_local(..., stage_index=k)``; stages 1 and 2
 need ``--resolution 32``, the input the official stage heads are built for;
-``benchmarks.official_mgas``). Both sides must run the same cells. The shape defaults to the
+``benchmarks.official.mgas``). Both sides must run the same cells. The shape defaults to the
 paper's search shape, 8 cells, C=16, batch 64, for both methods (MG-DARTS's script searches at
 batch 96, where its CPU step needs more than the 24 GB of this project's machines and is killed:
 ``--batch 96`` asks for it). It prints
@@ -37,31 +51,33 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-from mgas_core.config import build_settings
+from benchmarks.measure import (
+    PAPER_SHAPE,
+    add_method_arguments,
+    add_shape_arguments,
+    argv_without,
+    benchmark_settings,
+    current_rss_mb,
+    method_figures,
+    method_overrides,
+    run_json,
+    step_figures,
+)
+from benchmarks.official.compare import add_official_arguments, against_official, resolve_official
+from mgas_common.errors import UserInputError
 from mgas_core.data import DatasetInfo
 from mgas_core.methods import create_method
-from mgas_core.methods.base import method_names, result_values
-from mgas_core.metrics import PeakMemory, process_peak_rss_mb
+from mgas_core.metrics import PeakMemory
+from mgas_core.settings.run import DEFAULT_METHOD
 
-if TYPE_CHECKING:
-    from benchmarks.official_step import OfficialSources
-
-MGAS_BENCH_LAMBDA = 1e-3  # the size-term weight of a benchmarked MGAS step (> 0: every loss term)
-
-
-def current_rss_mb() -> float:
-    with open("/proc/self/statm") as fh:
-        pages = int(fh.read().split()[1])
-    import os
-
-    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+NAMED_COMPARISONS = {"impl": [("reference", "impl=reference+memory-format=contiguous"), ("fast", "impl=fast")]}
+NOT_COMPARED = ("compare", "official-darts", "official-mgas", "json")
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
@@ -71,18 +87,19 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         torch.backends.cudnn.benchmark = args.cudnn_benchmark
     info = DatasetInfo("synthetic", 10, 3, args.resolution, "cifar")
     overrides: dict[str, Any] = {
+        **method_overrides(args),
         "search.method": args.method, "search.layers": args.layers, "search.channels": args.channels,
-        "search.batch_size": args.batch, "search.impl": args.impl, "search.darts.order": args.order,
-        "search.msg_das.subgraphs": args.subgraphs, "search.mgas.stages": args.stages,
+        "search.batch_size": args.batch, "search.impl": args.impl,
         "search.memory_format": args.memory_format, "search.precision": args.precision,
         "search.checkpoint_cells": args.checkpoint_cells,
     }
-    run_settings = build_settings("paper", overrides)
-    settings = run_settings.search
+    run_settings = benchmark_settings(overrides)
     torch.manual_seed(0)
-    method = create_method(settings, info, device, seed=0)
-    if args.method == "mgas":  # a search step of the requested stage (lambda > 0: every loss term)
-        method.start_search_phase(args.mgas_stage, lam=MGAS_BENCH_LAMBDA)
+    try:
+        method = create_method(run_settings.search, info, device, seed=0)
+        prepared = method.prepare_benchmark(args.stage)  # e.g. MGAS: the search phase of that stage
+    except UserInputError as exc:
+        raise SystemExit(f"error: {exc}") from None
     g = torch.Generator().manual_seed(0)
     shape = (args.batch, 3, args.resolution, args.resolution)
     batches = [(torch.randn(shape, generator=g), torch.randint(0, 10, (args.batch,), generator=g))
@@ -108,201 +125,83 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "batch": args.batch, "resolution": args.resolution, "steps": args.steps, "threads": args.threads,
         "device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "memory_format": "channels_last" if method.memory_format == torch.channels_last else "contiguous",
-        "precision": args.precision, "order": args.order,
-        **result_values(run_settings.model_dump(mode="json")),  # the method's own columns (registry)
-        "mgas_stage": args.mgas_stage if hasattr(method, "stage") else None,
-        "cells_run": getattr(method, "upto", args.layers),
+        "precision": args.precision,
+        **method_figures(run_settings),  # the method's result columns and flags (registry)
+        "stage": args.stage, "cells_run": prepared.get("cells_run", args.layers),
         **step_figures(elapsed, args.steps, args.batch, peak, baseline),
     }
 
 
-def step_figures(elapsed: float, steps: int, batch: int, peak: float, baseline: float) -> dict[str, float]:
-    """The figures every step benchmark reports (ours and the official code's alike)."""
-    return {
-        "step_s": round(elapsed / steps, 4),
-        "images_per_s": round(batch * steps / elapsed, 2),
-        "peak_mem_mb": round(peak, 1),
-        "baseline_mem_mb": round(baseline, 1),
-        "activation_mb": round(peak - baseline, 1),
-        "process_peak_rss_mb": round(process_peak_rss_mb(), 1),
-    }
+def comparison_variants(p: argparse.ArgumentParser, base: list[str], spec: list[str]) -> list[tuple[str, list[str]]]:
+    """``--compare``'s variants: (name, the flags it adds), each checked by parsing it here."""
+    named = NAMED_COMPARISONS.get(spec[0]) if len(spec) == 1 else None
+    variants = []
+    for name, item in named or [(item, item) for item in spec]:
+        extra = []
+        for part in item.split("+"):
+            flag, sep, value = part.partition("=")
+            action = p._option_string_actions.get(f"--{flag}")
+            if not sep or action is None or flag in NOT_COMPARED or action.nargs == 0:
+                p.error(f"--compare {item}: a variant is FLAG=VALUE[+FLAG=VALUE...] of a flag of this command "
+                        f"that takes a value, or one of: {', '.join(NAMED_COMPARISONS)}")
+            extra += [f"--{flag}", value]
+        p.parse_args([*base, *extra])  # a bad value fails here, before any variant runs
+        variants.append((name, extra))
+    if len(variants) < 2:
+        p.error("--compare needs at least two variants")
+    return variants
 
 
-def _argv_without(argv: list[str], flag: str, takes_value: bool) -> list[str]:
-    out, skip = [], False
-    for i, a in enumerate(argv):
-        if skip:
-            skip = False
-            continue
-        if a == flag:
-            skip = takes_value
-            continue
-        if a.startswith(flag + "="):
-            continue
-        out.append(a)
-        del i
-    return out
-
-
-def compare(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
+def compare(p: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     """Run each variant of ``args.compare`` in its own fresh process, in one run; report ratios."""
-    variants = {
-        "impl": [("reference", ["--impl", "reference", "--memory-format", "contiguous"]), ("fast", ["--impl", "fast"])],
-        "stages": [("single_stage", ["--stages", "1", "--mgas-stage", "1"]),
-                   ("stage1_of_3", ["--stages", "3", "--mgas-stage", "1"])],
-        "subgraphs": [(f"msg_das_k{k}", ["--method", "msg_das", "--subgraphs", str(k)]) for k in (1, 2, 4)]
-        + [("darts", ["--method", "darts"])],
-    }[args.compare]
-    base = _argv_without(argv, "--compare", True)
-    results = {}
-    for name, extra in variants:
-        out = subprocess.run([sys.executable, "-m", "benchmarks.supernet", *base, *extra, "--json"],
-                             capture_output=True, text=True, check=True)
-        results[name] = json.loads(out.stdout.strip().splitlines()[-1])
+    base = [a for a in argv_without(argv, "--compare", "+") if a != "--json"]
+    variants = comparison_variants(p, base, args.compare)
+    results = {name: run_json([sys.executable, "-m", "benchmarks.supernet", *base, *extra, "--json"])
+               for name, extra in variants}
     names = [n for n, _ in variants]
-    first, last = results[names[0]], results[names[-1]]
-    summary: dict[str, Any] = {"compare": args.compare, "results": results}
-    if args.compare == "impl":
-        summary["throughput_ratio"] = round(last["images_per_s"] / first["images_per_s"], 3)
-        summary["peak_mem_ratio"] = round(last["peak_mem_mb"] / first["peak_mem_mb"], 3)
-        summary["activation_mem_ratio"] = round(last["activation_mb"] / max(1e-9, first["activation_mb"]), 3)
-    elif args.compare == "stages":
-        summary["peak_mem_ratio"] = round(last["peak_mem_mb"] / first["peak_mem_mb"], 3)
-        summary["activation_mem_ratio"] = round(last["activation_mb"] / max(1e-9, first["activation_mb"]), 3)
-    else:
-        summary["peak_mem_mb"] = {n: results[n]["peak_mem_mb"] for n in names}
-        summary["activation_mb"] = {n: results[n]["activation_mb"] for n in names}
+    first = results[names[0]]
+
+    def ratios(result: dict[str, Any]) -> dict[str, float]:
+        return {"throughput_ratio": round(result["images_per_s"] / first["images_per_s"], 3),
+                "peak_mem_ratio": round(result["peak_mem_mb"] / first["peak_mem_mb"], 3),
+                "activation_mem_ratio": round(result["activation_mb"] / max(1e-9, first["activation_mb"]), 3)}
+
+    summary: dict[str, Any] = {"compare": " ".join(args.compare), "results": results,
+                               **{key: {n: results[n][key] for n in names}
+                                  for key in ("images_per_s", "peak_mem_mb", "activation_mb")},
+                               "vs_first": {n: ratios(results[n]) for n in names[1:]}}
+    if len(names) == 2:
+        summary.update(summary["vs_first"][names[1]])
     return summary
-
-
-PAPER_SHAPE = (8, 16, 64)
-"""The DARTS paper's search shape (cells, C, batch), the default of every step benchmark here."""
-OFFICIAL_KINDS = ("darts", "mgas")  # --official-darts, --official-mgas
-SHAPE_FLAGS = ("layers", "channels", "batch", "resolution", "steps", "warmup", "threads", "device")
-
-
-def official_ratios(ours: dict[str, Any], official: dict[str, Any]) -> dict[str, float | None]:
-    """Ours over official: images/s, peak memory, activation memory (None where theirs is not > 0)."""
-    def ratio(key: str) -> float | None:
-        return round(ours[key] / official[key], 3) if official[key] > 0 else None
-
-    return {"speed_vs_official": ratio("images_per_s"), "memory_vs_official": ratio("peak_mem_mb"),
-            "activation_vs_official": ratio("activation_mb")}
-
-
-def official_commands(args: argparse.Namespace, argv: list[str], kind: str, repo: str) -> tuple[list[str], list[str]]:
-    """The two fresh processes: our step (the caller's flags, minus the official one, plus the
-    method and the resolved shape) and the official step at the same shape."""
-    base = _argv_without(_argv_without(argv, "--official-darts", True), "--official-mgas", True)
-    base = [a for a in base if a != "--json"]
-    shape = [x for key in SHAPE_FLAGS for x in (f"--{key}", str(getattr(args, key)))]
-    stage = [str(args.stages), str(args.mgas_stage)] if kind == "mgas" else []
-    method = ["--method", kind] + (["--stages", stage[0], "--mgas-stage", stage[1]] if stage else ["--order", "1"])
-    ours = [sys.executable, "-m", "benchmarks.supernet", *base, *method, *shape, "--json"]
-    official = [sys.executable, "-m", "benchmarks.official_step", "--repo", repo, "--kind", kind, *shape, "--json"]
-    if stage:
-        official += ["--lam", str(MGAS_BENCH_LAMBDA), "--stages", stage[0], "--stage", stage[1]]
-    return ours, official
-
-
-def _run_json(cmd: list[str]) -> dict[str, Any]:
-    """Run one side in a fresh process (its stderr goes straight to ours); its last stdout line."""
-    done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
-    if done.returncode < 0:
-        raise SystemExit(f"error: `{' '.join(cmd[1:])}` was killed by signal {-done.returncode}"
-                         + (" (the kernel's out-of-memory killer, most likely: try a smaller --batch)"
-                            if done.returncode == -9 else ""))
-    if done.returncode != 0:
-        raise SystemExit(f"error: `{' '.join(cmd[1:])}` exited with status {done.returncode}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def against_official(args: argparse.Namespace, argv: list[str], sources: OfficialSources) -> dict[str, Any]:
-    """Ours, then the official step, each in a fresh process; both results and the ratios."""
-    from benchmarks.official_step import default_shape
-
-    ours_cmd, official_cmd = official_commands(args, argv, sources.kind, str(sources.repo))
-    ours = _run_json(ours_cmd)
-    official = _run_json(official_cmd)
-    if ours["cells_run"] != official["cells_run"]:
-        raise SystemExit(f"error: our step ran {ours['cells_run']} cells, the official one {official['cells_run']}: "
-                         f"not the same step")
-    return {"ours": ours, "official": official, **official_ratios(ours, official),
-            "official_repo": str(sources.repo), "official_commit": sources.commit,
-            "official_default_shape": default_shape(sources.folder)}
-
-
-def _resolve_official(p: argparse.ArgumentParser, args: argparse.Namespace) -> OfficialSources | None:
-    """Check the flags of a run against the official code and its checkout (before minutes are
-    spent on our side); the shape left out is the paper's search shape (:data:`PAPER_SHAPE`)."""
-    chosen = [(kind, getattr(args, f"official_{kind}")) for kind in OFFICIAL_KINDS
-              if getattr(args, f"official_{kind}")]
-    if not chosen:
-        return None
-    kind, repo = chosen[0]
-    if args.method not in (None, kind):
-        p.error(f"--official-{kind} measures --method {kind}, not {args.method}")
-    if kind == "mgas":
-        from benchmarks.official_mgas import stage_problem
-
-        problem = stage_problem(args.stages, args.mgas_stage, args.layers, args.resolution)
-        if problem:
-            p.error(f"--official-mgas: {problem}")
-    if kind == "darts" and args.order != 1:
-        p.error("--official-darts compares the first-order step: use --order 1")
-    from benchmarks.official_step import OfficialCheckoutError, locate
-
-    try:
-        sources = locate(repo, kind)
-    except OfficialCheckoutError as e:
-        raise SystemExit(f"error: {e}") from None
-    args.method = kind
-    return sources
-
-
-def add_shape_arguments(p: argparse.ArgumentParser, note: str, defaults: tuple[int, int, int] | None) -> None:
-    """The step's shape and run flags both benchmarks take (``SHAPE_FLAGS``); ``--layers``,
-    ``--channels`` and ``--batch`` are left None for the caller to fill, ``note`` says how."""
-    for flag, what, default in zip(("--layers", "--channels", "--batch"), ("cells", "initial channels", "batch size"),
-                                   defaults or ("", "", "")):
-        p.add_argument(flag, type=int, help=f"{what}: {note.format(default)}")
-    p.add_argument("--resolution", type=int, default=32)
-    p.add_argument("--steps", type=int, default=3)
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(description="Supernet search-step throughput and peak memory")
-    p.add_argument("--method", choices=method_names(), help="default darts")
+    add_method_arguments(p, method_default=None)
     add_shape_arguments(p, "default {} (the paper's search shape)", PAPER_SHAPE)
     p.add_argument("--impl", default="fast", choices=("fast", "reference"))
-    p.add_argument("--order", type=int, default=1, choices=(1, 2), help="DARTS order (default first order)")
-    p.add_argument("--subgraphs", type=int, default=2, help="MSG-DAS K")
-    p.add_argument("--stages", type=int, default=1, help="MGAS stage count")
-    p.add_argument("--mgas-stage", type=int, default=1, help="MGAS stage to measure (1-based)")
     p.add_argument("--memory-format", default="auto", choices=("auto", "contiguous", "channels_last"))
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="bf16 autocast (CUDA)")
     p.add_argument("--checkpoint-cells", action="store_true", help="gradient checkpointing per cell")
     p.add_argument("--cudnn-benchmark", action=argparse.BooleanOptionalAction, default=True)
     side = p.add_mutually_exclusive_group()
-    side.add_argument("--compare", choices=("impl", "stages", "subgraphs"),
-                      help="run the variants side by side, each in a fresh process, and print ratios")
-    side.add_argument("--official-darts", metavar="PATH", help="also run the official DARTS step (quark0/darts)")
-    side.add_argument("--official-mgas", metavar="PATH", help="also run the official MGAS step (lxy12357/MG_DARTS): "
-                      "the whole network (--stages 1) or stage k of 3 (--stages 3 --mgas-stage k)")
+    side.add_argument("--compare", nargs="+", metavar="VARIANT",
+                      help="run variants side by side, each in a fresh process, and print ratios: impl, or "
+                           "FLAG=VALUE[+FLAG=VALUE...] each (e.g. subgraphs=1 subgraphs=2 method=darts)")
+    add_official_arguments(side)
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
-    official = _resolve_official(p, args)
-    for key, value in {"method": "darts", **dict(zip(("layers", "channels", "batch"), PAPER_SHAPE))}.items():
+    for key, value in zip(("layers", "channels", "batch"), PAPER_SHAPE):
         if getattr(args, key) is None:
             setattr(args, key, value)
+    official = resolve_official(p, args)
+    if args.method is None:
+        args.method = DEFAULT_METHOD
     if official:
         result = against_official(args, argv, official)
     else:
-        result = compare(args, argv) if args.compare else measure(args)
+        result = compare(p, args, argv) if args.compare else measure(args)
     print(json.dumps(result) if args.json else json.dumps(result, indent=1))
 
 

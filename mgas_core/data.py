@@ -20,9 +20,9 @@ from filelock import FileLock
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
-from mgas_core.config import DataSettings
-from mgas_core.errors import UserInputError
-from mgas_core.user_files import path_exists
+from mgas_common.errors import UserInputError
+from mgas_common.user_files import path_exists
+from mgas_core.settings.run import DataSettings
 
 Batch = tuple[Tensor, Tensor]
 

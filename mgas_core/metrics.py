@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from mgas_core.maskable_conv import MaskableConv2d
+from mgas_core.nn.maskable_conv import MaskableConv2d
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The ``mgas`` command line: info, search, train (single process) and run, collect, report (sweeps).
 
 Every user error (unknown name, bad or non-finite value, missing or malformed file, settings
-that cannot run together) is a :class:`~mgas_core.errors.UserInputError`, printed as one line
+that cannot run together) is a :class:`~mgas_common.errors.UserInputError`, printed as one line
 ``mgas: error: ...`` naming the field or the path, with exit code 2, before anything is written
 or started. Any other exception is a bug and keeps its traceback.
 """
@@ -20,12 +20,19 @@ from typing import Any, NoReturn, TextIO
 
 from pydantic import ValidationError
 
-from mgas_core.config import DATASETS, PRESETS, RunSettings, build_settings, known_paths
-from mgas_core.errors import UserInputError, format_validation_error, one_line
-from mgas_core.methods.base import method_names
-from mgas_core.safe_yaml import load_yaml
-from mgas_core.train import DivergedError
-from mgas_core.user_files import check_output_dir
+from mgas_common.errors import UserInputError, format_validation_error, one_line
+from mgas_common.safe_yaml import load_yaml
+from mgas_common.user_files import check_output_dir
+from mgas_core.engine.runtime import DivergedError
+from mgas_core.methods.registry import (
+    build_settings,
+    known_paths,
+    method_flags,
+    method_names,
+    method_styles,
+    preset_names,
+)
+from mgas_core.settings.run import DATASETS, RunSettings
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
@@ -64,8 +71,9 @@ def _add_common(p: argparse.ArgumentParser, *, dataset_required: bool = True) ->
     p.add_argument("--dataset", required=dataset_required, choices=DATASETS, help="dataset to use")
     p.add_argument("--data-root", help="folder holding the dataset files (cifar/imagenet)")
     p.add_argument("--download", action="store_true", help="download cifar10/cifar100 into --data-root if missing")
-    p.add_argument("--preset", default="paper", choices=sorted(PRESETS),
-                   help="settings preset: paper (CIFAR defaults), tiny (CPU-sized, for digits), imagenet")
+    p.add_argument("--preset", default="paper", choices=sorted(preset_names()),
+                   help="settings preset: paper (CIFAR defaults), tiny (CPU-sized, for digits), smoke (the smallest "
+                        "shape that runs, on synthetic data), imagenet")
     p.add_argument("--seed", type=int, help="random seed (default 0)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="device (default auto: cuda if available)")
     p.add_argument("--threads", type=int, help="torch CPU threads for this process")
@@ -94,13 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--layers", type=int, help="cells of the supernet (paper: 8)")
     search.add_argument("--channels", type=int, help="initial channels of the supernet (paper: 16)")
     search.add_argument("--batch", type=int, help="batch size (paper: 64)")
-    search.add_argument("--order", type=int, choices=(1, 2), help="DARTS: first or second order (default 2)")
     search.add_argument("--target-params", type=float, metavar="M",
                         help="target size in millions of (nonzero) parameters of the derived model")
-    search.add_argument("--stages", type=int, help="MGAS: number of search stages (paper: 3)")
-    search.add_argument("--granularities", type=_csv, help="MGAS: subset of op,filter,weight (comma separated)")
-    search.add_argument("--subgraphs", type=int, help="MSG-DAS: sub-graphs K per step (memory/quality knob)")
-    search.add_argument("--cost", help="GOLD-NAS: resource the cost term measures: params or flops")
+    add_method_flags(search)
     search.add_argument("--impl", choices=("fast", "reference"), help="supernet implementation (default fast)")
     search.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt if present")
 
@@ -158,13 +162,25 @@ def _overrides(args: argparse.Namespace, mapping: dict[str, str]) -> dict[str, A
     return out
 
 
-SEARCH_FLAGS = {
+SHARED_SEARCH_FLAGS = {
     "dataset": "data.name", "data_root": "data.root", "seed": "seed", "device": "device", "threads": "threads",
     "method": "search.method", "epochs": "search.epochs", "layers": "search.layers", "channels": "search.channels",
-    "batch": "search.batch_size", "order": "search.darts.order", "target_params": "search.target_params",
-    "stages": "search.mgas.stages", "granularities": "search.mgas.granularities",
-    "subgraphs": "search.msg_das.subgraphs", "cost": "search.gold_nas.cost", "impl": "search.impl",
+    "batch": "search.batch_size", "target_params": "search.target_params", "impl": "search.impl",
 }
+
+
+def add_method_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags the registered methods offer (:attr:`SearchMethod.cli_flags`), e.g. ``--order``; a
+    value outside a field's choices is refused by the settings, in one line naming the setting."""
+    for dest, (_path, kind, _choices, help_text) in method_flags().items():  # the settings check the choices
+        parser.add_argument("--" + dest.replace("_", "-"), dest=dest, type=_csv if kind is list else kind,
+                            help=help_text)
+
+
+def search_flags() -> dict[str, str]:
+    """``mgas search``'s flags (argparse dest) -> the setting each sets: the shared ones and every
+    registered method's."""
+    return {**SHARED_SEARCH_FLAGS, **{dest: spec[0] for dest, spec in method_flags().items()}}
 TRAIN_FLAGS = {
     "dataset": "data.name", "data_root": "data.root", "seed": "seed", "device": "device", "threads": "threads",
     "epochs": "retrain.epochs", "channels": "retrain.channels", "layers": "retrain.layers",
@@ -235,9 +251,9 @@ def _emit(summary: dict[str, Any], as_json: bool, stream: TextIO | None = None) 
 
 
 def _cmd_info(args: argparse.Namespace) -> None:
-    from mgas_core.arch import resolve_architecture
-    from mgas_core.config import DataSettings
     from mgas_core.data import dataset_info
+    from mgas_core.settings.run import DataSettings
+    from mgas_core.space.architecture import resolve_architecture
     from orchestrator.local import info_command
 
     arch = resolve_architecture(args.arch)
@@ -248,7 +264,7 @@ def _cmd_info(args: argparse.Namespace) -> None:
 def _cmd_search(args: argparse.Namespace) -> None:
     from orchestrator.local import search_command
 
-    settings = settings_from_args(args, SEARCH_FLAGS)
+    settings = settings_from_args(args, search_flags())
     s = settings.search
     out = args.out or Path("runs") / f"search-{s.method}-{settings.data.name}-seed{settings.seed}"
     _emit(search_command(settings, out, resume=args.resume, progress=not args.no_progress), args.json,
@@ -256,7 +272,7 @@ def _cmd_search(args: argparse.Namespace) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
-    from mgas_core.arch import resolve_architecture
+    from mgas_core.space.architecture import resolve_architecture
     from orchestrator.local import train_command
 
     settings = settings_from_args(args, TRAIN_FLAGS)
@@ -292,7 +308,8 @@ def _cmd_report(args: argparse.Namespace) -> None:
 
     check_output_dir(args.out or default_report_folder(args.results), "--out" if args.out else "report folder")
     try:
-        report_command(args.results, args.out, args.published)
+        styles = {name: (s.colour, s.marker, s.label) for name, s in method_styles().items()}
+        report_command(args.results, args.out, args.published, styles)
     except AnalysisError as exc:
         raise UserInputError(str(exc)) from exc
 

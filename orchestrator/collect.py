@@ -15,7 +15,7 @@ import posixpath
 import sys
 from typing import Any
 
-from mgas_core.errors import UserInputError
+from mgas_common.errors import UserInputError
 from orchestrator.results import arch_location, rows_from_result, write_trial
 from orchestrator.storage import Location, copy_file, resolve
 

@@ -10,33 +10,23 @@ from typing import Any, TextIO
 
 import torch
 
-from mgas_core.arch import Architecture
-from mgas_core.config import MAX_CHANNELS, MAX_LAYERS, RunSettings
+from mgas_common.errors import UserInputError
+from mgas_common.user_files import check_output_dir
 from mgas_core.data import DatasetInfo, load_splits, resolve_data_settings
-from mgas_core.determinism import torch_determinism
-from mgas_core.errors import UserInputError
-from mgas_core.io import (
-    PREVIOUS_SUFFIX,
-    atomic_write_text,
-    load_first_good,
-    save_checkpoint_keeping_previous,
-)
-from mgas_core.methods.base import search_augment_for
+from mgas_core.engine.determinism import torch_determinism
+from mgas_core.engine.provenance import provenance
+from mgas_core.engine.retrain import RetrainResult, retrain_shape, run_retrain
+from mgas_core.engine.runtime import StateMismatchError, check_device, resolve_device
+from mgas_core.engine.search import SearchResult, run_search
+from mgas_core.engine.search_state import check_search_checkpoint, checkpoint_payload
+from mgas_core.evaluation_network import build_eval_network, check_weight_masks, masked_count
+from mgas_core.files.atomic import atomic_write_text
+from mgas_core.files.checkpoints import PREVIOUS_SUFFIX, load_first_good, save_checkpoint_keeping_previous
+from mgas_core.methods.registry import search_augment_for
 from mgas_core.metrics import count_flops, count_params
-from mgas_core.model import build_eval_network, check_weight_masks, masked_count
-from mgas_core.provenance import provenance
-from mgas_core.search_state import check_search_checkpoint, checkpoint_payload
-from mgas_core.train import (
-    RetrainResult,
-    SearchResult,
-    StateMismatchError,
-    check_device,
-    resolve_device,
-    retrain_shape,
-    run_retrain,
-    run_search,
-)
-from mgas_core.user_files import check_output_dir
+from mgas_core.settings.run import RunSettings
+from mgas_core.settings.strict import MAX_CHANNELS, MAX_LAYERS
+from mgas_core.space.architecture import Architecture
 
 CHECKPOINT = "checkpoint.pt"
 

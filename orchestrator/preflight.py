@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from mgas_core.errors import UserInputError
+from mgas_common.errors import UserInputError
 
 
 def local_node() -> dict[str, float]:
@@ -68,7 +68,7 @@ def check_local_compile(trials: list[dict[str, Any]]) -> None:
     build (on a cluster each trial checks its own node before its search: a failed trial)."""
     import torch
 
-    from mgas_core.compiled import check_compile
+    from mgas_core.engine.compiled import check_compile
 
     for trial in trials:
         retrain = trial["settings"]["retrain"]

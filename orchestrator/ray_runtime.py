@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from mgas_core.errors import UserInputError
+from mgas_common.errors import UserInputError
 
 SHARED_FILESYSTEMS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "beegfs", "cephfs", "ceph",
                       "glusterfs", "fuse.", "9p", "efs", "panfs", "wekafs")
@@ -80,7 +80,7 @@ def embedded_init_kwargs(dashboard: bool = False, dashboard_host: str | None = N
             # Ray prestarts a worker per CPU at the driver's start; Tune starts the workers its trials
             # need as they start (a 2-CPU trial leaves a prestarted one idle), and with the trials in
             # the driver's environment (trials_in_driver_environment) prestarting did not bring the
-            # first trial forward (benchmarks.sweep_start, benchmarks/RESULTS.md)
+            # first trial forward (benchmarks.diagnostics.sweep_start, docs/performance.md)
             "prestart_worker_first_driver": False,
             # the metrics Ray's processes export are read only by the dashboard (and a Prometheus
             # scraping it); without it, collecting them costs its agent, GCS and raylet CPU that the
@@ -98,7 +98,7 @@ def skipped_head_processes(dashboard: bool) -> tuple[str, ...]:
     with usage statistics off, the API server (without the dashboard it hosts only the
     usage-statistics reporter, and ``ray.init`` waits until it answers). With the dashboard, all run.
     ``benchmarks.orchestration --trials 2 --epochs 1``: a sweep's start 6.3-7.2 -> 5.5-5.6 s and its
-    end 1.2-1.5 -> 0.4 s (benchmarks/RESULTS.md)."""
+    end 1.2-1.5 -> 0.4 s (docs/performance.md)."""
     if dashboard:
         return ()
     skipped = ("start_monitor", "start_log_monitor")
@@ -160,7 +160,7 @@ def trials_in_driver_environment(embedded: bool) -> Iterator[None]:
     ``runtime_env={"env_vars": ...}`` (``PL_DISABLE_FORK=1`` and any of a few AWS and Ray Train
     variables the driver has), and Ray starts every worker of a non-empty runtime env through
     ``setup_worker.py``: one more Python start per trial worker (about 0.4 s of CPU each on this
-    project's machine, ``benchmarks.sweep_start``). An embedded Ray's workers inherit the driver's
+    project's machine, ``benchmarks.diagnostics.sweep_start``). An embedded Ray's workers inherit the driver's
     environment (its raylet is the driver's child), so they get those variables anyway:
     ``init_ray`` puts ``PL_DISABLE_FORK`` there before Ray starts. On a cluster, workers on other
     nodes do not inherit it, and Tune's runtime env stays."""
@@ -281,7 +281,7 @@ def _import_probe() -> dict[str, str]:
 
     import mgas_core
     import orchestrator
-    from mgas_core.provenance import git_revision
+    from mgas_core.engine.provenance import git_revision
 
     missing = [name for name in TRIAL_DEPENDENCIES if importlib.util.find_spec(name) is None]
     if missing:

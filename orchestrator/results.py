@@ -28,7 +28,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mgas_core.methods.base import get_method, result_columns, result_values
+from mgas_core.methods.registry import get_method, result_columns, result_values
 from orchestrator.storage import Location, resolve
 
 SCHEMA_VERSION = 1

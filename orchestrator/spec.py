@@ -37,7 +37,7 @@ and ``stages`` for MGAS, ``search.<m>.*``) are dropped for the other methods, so
 trials appear; which axes and setting groups belong to which method comes from the method
 registry. The file is read with a bounded YAML loader (duplicate keys, alias bombs and files over
 a few MB are refused); every number must be finite and in range; every trial's settings are
-validated with :class:`~mgas_core.config.RunSettings`, including the combinations a method cannot
+validated with :class:`~mgas_core.settings.run.RunSettings`, including the combinations a method cannot
 run; any error names the field and the allowed values.
 """
 
@@ -53,11 +53,12 @@ from typing import Any
 
 from pydantic import Field, RootModel, ValidationError, field_validator, model_validator
 
-from mgas_core.config import DATASETS, PRESETS, RunSettings, Strict, build_settings, field_error, known_paths
-from mgas_core.errors import UserInputError, format_validation_error
-from mgas_core.methods.base import DEFAULT_METHOD, load_methods
-from mgas_core.safe_yaml import load_yaml
-from mgas_core.user_files import read_input_text
+from mgas_common.errors import UserInputError, format_validation_error
+from mgas_common.safe_yaml import load_yaml
+from mgas_common.user_files import read_input_text
+from mgas_core.methods.registry import build_settings, known_paths, load_methods, preset_names
+from mgas_core.settings.run import DATASETS, DEFAULT_METHOD, RunSettings
+from mgas_core.settings.strict import Strict, field_error
 from orchestrator.tracking import TrackingSpec
 
 COMMON_AXES = {"method": "search.method", "seed": "seed", "target_params": "search.target_params"}
@@ -224,8 +225,8 @@ class ExperimentSpec(Strict):
     @field_validator("preset")
     @classmethod
     def _preset(cls, v: str) -> str:
-        if v not in PRESETS:
-            raise ValueError(f"unknown preset {v!r}; allowed: {', '.join(PRESETS)}")
+        if v not in preset_names():
+            raise ValueError(f"unknown preset {v!r}; allowed: {', '.join(preset_names())}")
         return v
 
     @field_validator("device")

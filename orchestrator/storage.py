@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
-from mgas_core.io import atomic_write_bytes
+from mgas_core.files.atomic import atomic_write_bytes
 
 
 def is_uri(location: str) -> bool:

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mgas_core.errors import UserInputError
+from mgas_common.errors import UserInputError
 from orchestrator.spec import ExperimentSpec, expand_trials, load_runtime_env, load_spec
 from orchestrator.storage import Location, is_uri, join, normalize, resolve
 from orchestrator.tracking import MlflowSpec, MlflowTracker, TrackingSpec, mlflow_target
@@ -69,7 +69,7 @@ def run_command(experiment: Path, out: Path | str | None = None, address: str | 
                 runtime_env_file: Path | None = None, mlflow: str | None = None) -> dict[str, Any]:
     """``mgas run``. ``mlflow``: a tracking URI ("" for the local store) that turns MLflow
     tracking on, or replaces the spec's ``tracking.mlflow.uri``."""
-    from mgas_core.provenance import git_revision, library_versions
+    from mgas_core.engine.provenance import git_revision, library_versions
     from orchestrator.ray_runtime import embedded_init_kwargs
 
     spec, folder = load_spec(experiment)

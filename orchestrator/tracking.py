@@ -36,8 +36,8 @@ from typing import Any
 
 from pydantic import Field
 
-from mgas_core.config import Strict
-from mgas_core.errors import UserInputError
+from mgas_common.errors import UserInputError
+from mgas_core.settings.strict import Strict
 from orchestrator.results import REPORTED_FIELDS, arch_location
 from orchestrator.storage import resolve
 

@@ -27,15 +27,17 @@ from typing import Any, Protocol
 import pyarrow.fs as pafs
 import torch
 
-from mgas_core.arch import Architecture, architecture_from_json
-from mgas_core.config import RunSettings
+from mgas_common.errors import UserInputError
 from mgas_core.data import load_splits, resolve_data_settings
-from mgas_core.determinism import torch_determinism
-from mgas_core.errors import UserInputError
-from mgas_core.io import CorruptFileError, load_checkpoint, load_checkpoint_bytes, save_checkpoint
-from mgas_core.methods.base import get_method, search_augment_for
-from mgas_core.provenance import git_revision, library_versions
-from mgas_core.train import DivergedError, RetrainResult, check_device, resolve_device, run_retrain, run_search
+from mgas_core.engine.determinism import torch_determinism
+from mgas_core.engine.provenance import git_revision, library_versions
+from mgas_core.engine.retrain import RetrainResult, run_retrain
+from mgas_core.engine.runtime import DivergedError, check_device, resolve_device
+from mgas_core.engine.search import run_search
+from mgas_core.files.checkpoints import CorruptFileError, load_checkpoint, load_checkpoint_bytes, save_checkpoint
+from mgas_core.methods.registry import get_method, search_augment_for, validate_settings
+from mgas_core.settings.run import RunSettings
+from mgas_core.space.architecture import Architecture, architecture_from_json
 
 STATE_FILE = "trial_state.pt"
 ARCH_FILES = ("arch.json", "arch.masks.safetensors")
@@ -108,7 +110,7 @@ def run_trial_pipeline(trial: dict[str, Any], state: dict[str, Any] | None, repo
     ``cpus``: the trial's CPU allocation (data loader workers are derived from it)."""
     # a method registered outside mgas_core (a plugin, a test) is imported where it was defined
     get_method(trial["settings"]["search"]["method"], trial.get("method_module"))
-    settings = RunSettings.model_validate(trial["settings"])
+    settings = validate_settings(trial["settings"])
     settings.data = resolve_data_settings(settings.data, cpus if cpus is not None else settings.threads,
                                           Path(os.environ.get("TUNE_ORIG_WORKING_DIR") or os.getcwd()))
     if settings.threads:

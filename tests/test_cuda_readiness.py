@@ -13,8 +13,8 @@ import pytest
 
 from benchmarks import search_epoch
 from benchmarks.cuda_readiness import default_variant, parse
-from mgas_core.config import DataSettings
 from mgas_core.data import load_splits
+from mgas_core.settings.run import DataSettings
 
 pytestmark = pytest.mark.slow
 

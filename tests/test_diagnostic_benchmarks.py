@@ -1,5 +1,6 @@
-"""``benchmarks.step_profile``, ``benchmarks.sweep_start`` and ``benchmarks.compile_retrain`` (issue 17: every figure in
-RESULTS.md has its command): run for real at the smallest size, in fresh processes."""
+"""``benchmarks.diagnostics.step_profile``, ``benchmarks.diagnostics.sweep_start`` and
+``benchmarks.compile_retrain`` (issue 17: every figure in docs/performance.md has its command): run
+for real at the smallest size, in fresh processes."""
 
 from __future__ import annotations
 
@@ -24,8 +25,9 @@ def run_json(*argv: str) -> object:
 
 def test_step_profile_ranks_ops_counts_saved_tensors_and_times_bn_backward():
     tiny = ["--layers", "2", "--channels", "8", "--batch", "8", "--resolution", "16", "--steps", "1"]
-    fused = run_json("benchmarks.step_profile", *tiny, "--top", "5")
-    unfused = run_json("benchmarks.step_profile", *tiny, "--unfused", "--top", "0")  # no profile: saved tensors only
+    fused = run_json("benchmarks.diagnostics.step_profile", *tiny, "--top", "5")
+    # no profile: saved tensors only
+    unfused = run_json("benchmarks.diagnostics.step_profile", *tiny, "--unfused", "--top", "0")
     ops = fused["profile"]
     assert len(ops) == 5 and [o["self_s"] for o in ops] == sorted((o["self_s"] for o in ops), reverse=True)
     for o in ops:
@@ -43,7 +45,7 @@ def test_step_profile_ranks_ops_counts_saved_tensors_and_times_bn_backward():
 
 @pytest.mark.parametrize("root", ["/w", "/check/work/main/.venv/lib/python3.11/site-packages"])
 def test_a_process_is_named_by_its_program_whatever_its_install_path(root):
-    from benchmarks.sweep_start import _title
+    from benchmarks.diagnostics.sweep_start import _title
 
     gcs = _title([f"{root}/ray/core/src/ray/gcs/gcs_server", "--log_dir=/tmp/x", "--gcs_server_port=0", ""])
     assert gcs == "gcs_server --log_dir=/tmp/x --gcs_server_port=0"
@@ -55,7 +57,7 @@ def test_a_process_is_named_by_its_program_whatever_its_install_path(root):
 
 @pytest.mark.xdist_group("ray")
 def test_sweep_start_orders_the_driver_phases_workers_and_trials():
-    events = run_json("benchmarks.sweep_start", "--trials", "1", "--epochs", "1")
+    events = run_json("benchmarks.diagnostics.sweep_start", "--trials", "1", "--epochs", "1")
     first = {}
     for e in events:
         first.setdefault(e["event"], e["t_s"])

@@ -18,9 +18,12 @@ import pytest
 import torch
 from torch import nn
 
-from benchmarks import official_step, supernet
-from benchmarks.official_mgas import mgas_setup, official_stage, stage_problem
-from benchmarks.official_step import COMMON, OfficialCheckoutError, default_shape, locate, prune_source
+from benchmarks import supernet
+from benchmarks.official import compare
+from benchmarks.official import step as official_step
+from benchmarks.official.mgas import mgas_setup, official_stage, stage_problem
+from benchmarks.official.step import COMMON, OfficialCheckoutError, default_shape, locate, prune_source
+from mgas_core.methods.mgas.method import BENCHMARK_LAMBDA
 
 ROOT = Path(__file__).resolve().parents[1]
 PRUNE_TEXT = "class BinaryStep:\n    pass\n"
@@ -50,27 +53,27 @@ def _mgas_layout(root: Path, with_prune: bool) -> Path:
 def test_ratios_are_ours_over_official_and_none_without_a_denominator():
     ours = {"images_per_s": 6.0, "peak_mem_mb": 300.0, "activation_mb": 100.0}
     official = {"images_per_s": 2.0, "peak_mem_mb": 600.0, "activation_mb": 400.0}
-    assert supernet.official_ratios(ours, official) == {
+    assert compare.official_ratios(ours, official) == {
         "speed_vs_official": 3.0, "memory_vs_official": 0.5, "activation_vs_official": 0.25}
-    assert supernet.official_ratios(ours, {**official, "activation_mb": 0.0})["activation_vs_official"] is None
+    assert compare.official_ratios(ours, {**official, "activation_mb": 0.0})["activation_vs_official"] is None
 
 
 def test_commands_run_our_method_and_the_official_kind_at_one_shape():
     shape = {"layers": 3, "channels": 4, "batch": 4, "resolution": 8, "steps": 1, "warmup": 0, "threads": 1,
              "device": "cpu"}
-    args = argparse.Namespace(**shape, stages=1, mgas_stage=1)
+    args = argparse.Namespace(**shape, stages=1, stage=1)
     argv = ["--official-mgas=/x", "--impl", "reference", "--json", "--batch", "4", "--threads", "1"]
-    ours, official = supernet.official_commands(args, argv, "mgas", "/x")
+    ours, official = compare.official_commands(args, argv, "mgas", "/x")
     assert ours[1:3] == ["-m", "benchmarks.supernet"] and ours[-1] == "--json"
     assert "/x" not in " ".join(ours) and "--official-mgas" not in " ".join(ours)
     assert ours.count("--json") == 1 and "reference" in ours
-    assert " --method mgas --stages 1 --mgas-stage 1 " in " ".join(ours)
-    assert official[1:7] == ["-m", "benchmarks.official_step", "--repo", "/x", "--kind", "mgas"]
+    assert " --method mgas --stages 1 --stage 1 " in " ".join(ours)
+    assert official[1:7] == ["-m", "benchmarks.official.step", "--repo", "/x", "--kind", "mgas"]
     for side in (ours, official):  # argparse keeps the last value of a flag: the resolved shape
         assert {key: _last(side, f"--{key}") for key in shape} == {key: str(value) for key, value in shape.items()}
-    assert _last(official, "--lam") == str(supernet.MGAS_BENCH_LAMBDA)
+    assert _last(official, "--lam") == str(BENCHMARK_LAMBDA)
     assert (_last(official, "--stages"), _last(official, "--stage")) == ("1", "1")
-    ours_darts, official_darts = supernet.official_commands(args, ["--official-darts", "/d"], "darts", "/d")
+    ours_darts, official_darts = compare.official_commands(args, ["--official-darts", "/d"], "darts", "/d")
     assert " --method darts --order 1 " in " ".join(ours_darts) and "/d" not in ours_darts
     assert "--lam" not in official_darts
 
@@ -129,10 +132,10 @@ def test_the_official_defaults_are_read_from_pre_37_sources(tmp_path):
 
 def test_commands_pass_the_mgas_stage_to_both_sides():
     args = argparse.Namespace(layers=6, channels=4, batch=4, resolution=32, steps=1, warmup=0, threads=1,
-                              device="cpu", stages=3, mgas_stage=2)
-    argv = ["--official-mgas", "/x", "--stages", "3", "--mgas-stage", "2"]
-    ours, official = supernet.official_commands(args, argv, "mgas", "/x")
-    assert (_last(ours, "--method"), _last(ours, "--stages"), _last(ours, "--mgas-stage")) == ("mgas", "3", "2")
+                              device="cpu", stages=3, stage=2)
+    argv = ["--official-mgas", "/x", "--stages", "3", "--mgas-stage", "2"]  # --mgas-stage: --stage's old name
+    ours, official = compare.official_commands(args, argv, "mgas", "/x")
+    assert (_last(ours, "--method"), _last(ours, "--stages"), _last(ours, "--stage")) == ("mgas", "3", "2")
     assert (_last(official, "--stages"), _last(official, "--stage")) == ("3", "2")
 
 
@@ -159,7 +162,7 @@ def test_official_mgas_refuses_a_step_the_official_code_has_not(tmp_path, flags)
 
 def test_official_mgas_takes_a_stage_of_three_to_the_checkout(tmp_path):
     with pytest.raises(SystemExit) as stop:  # past the flags: the folder is then checked
-        supernet.main(["--official-mgas", str(tmp_path), "--stages", "3", "--mgas-stage", "2", "--resolution", "32"])
+        supernet.main(["--official-mgas", str(tmp_path), "--stages", "3", "--stage", "2", "--resolution", "32"])
     assert "not a checkout of https://github.com/lxy12357/MG_DARTS" in str(stop.value)
 
 
@@ -282,7 +285,7 @@ def test_against_the_official_checkout_at_a_tiny_shape(kind, stage, shape):
     if kind == "mgas":
         cells = {None: 3, 2: 4}[stage]  # stage 2 of 3 at 6 cells: cells 0-3, auxiliary_head2
         assert ours["granularities"] == "op,filter,weight" and ours["cells_run"] == official["cells_run"] == cells
-        assert ours["mgas_stage"] == (stage or 1) and official["stage"] == (stage or 1)
+        assert ours["stage"] == (stage or 1) and official["stage"] == (stage or 1)
         function = f"train_local(stage_index={stage})" if stage else "train()"
         assert official["hyperparameters"]["function"] == function
         assert ("prune.py is missing" in done.stderr) == (sources.prune_from is not None)
@@ -291,8 +294,8 @@ def test_against_the_official_checkout_at_a_tiny_shape(kind, stage, shape):
 def test_a_side_killed_by_the_out_of_memory_killer_is_named_as_such():
     import signal
 
-    from benchmarks.supernet import _run_json
+    from benchmarks.measure import run_json
 
     code = f"import os; os.kill(os.getpid(), {int(signal.SIGKILL)})"
     with pytest.raises(SystemExit, match=r"killed by signal 9.*out-of-memory"):
-        _run_json([sys.executable, "-c", code])
+        run_json([sys.executable, "-c", code])

@@ -1,11 +1,11 @@
-"""``benchmarks.process_cpu``: the CPU time of a command's process tree within a window, read from
+"""``benchmarks.diagnostics.process_cpu``: the CPU time of a command's process tree within a window, read from
 ``/proc`` (no Ray: a parent that starts a CPU-bound child)."""
 
 from __future__ import annotations
 
 import sys
 
-from benchmarks.process_cpu import sample_tree, summarize
+from benchmarks.diagnostics.process_cpu import sample_tree, summarize
 
 SPIN = "import time\nend = time.monotonic() + 4\nwhile time.monotonic() < end:\n    pass\n"
 

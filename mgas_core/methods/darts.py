@@ -10,56 +10,32 @@ Second order uses the unrolled weights ``w' = w - xi * (momentum + dL_train/dw +
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from pydantic import Field
+from torch import Tensor
 from torch.func import functional_call
 
-from mgas_core.arch import Architecture
-from mgas_core.config import DartsSettings, SearchSettings
 from mgas_core.data import Batch, DatasetInfo
-from mgas_core.methods.base import (
-    SearchMethod,
-    accuracy,
-    clip_and_step,
-    cosine_lr,
-    frozen,
-    register_method,
-    set_lr,
-)
-from mgas_core.methods.genotype import derive_genotype
-from mgas_core.space import DARTS_PRIMITIVES
-from mgas_core.supernet_factory import build_supernet
+from mgas_core.methods.protocol import MethodStyle, SearchMethod, accuracy, clip_and_step, cosine_lr, frozen, set_lr
+from mgas_core.methods.registry import register_method
+from mgas_core.settings.run import SearchSettings
+from mgas_core.settings.strict import Strict
+from mgas_core.space.architecture import Architecture
+from mgas_core.space.topology import DARTS_PRIMITIVES
+from mgas_core.supernet.builder import build_supernet
+from mgas_core.supernet.shared_alphas import SharedAlphaModel
 
 
-class SharedAlphaModel(nn.Module):
-    """A supernet plus one alpha matrix for normal and one for reduction cells (softmax weights)."""
-
-    def __init__(self, net: nn.Module, init_std: float) -> None:
-        super().__init__()
-        self.net = net
-        num_edges, num_ops = net.topology.num_edges, len(net.primitives)
-        self.alpha_normal = nn.Parameter(init_std * torch.randn(num_edges, num_ops))
-        self.alpha_reduce = nn.Parameter(init_std * torch.randn(num_edges, num_ops))
-        self.reductions = net.reduction_flags()
-        live = [i for i, p in enumerate(net.primitives) if p != "none"]
-        self.active = [[live] * num_edges for _ in self.reductions]
-
-    def arch_parameters(self) -> list[nn.Parameter]:
-        return [self.alpha_normal, self.alpha_reduce]
-
-    def weight_parameters(self) -> list[nn.Parameter]:
-        return list(self.net.parameters())
-
-    def cell_weights(self, alphas: tuple[Tensor, Tensor] | None = None) -> list[Tensor]:
-        a_n, a_r = alphas if alphas is not None else (self.alpha_normal, self.alpha_reduce)
-        w_n, w_r = F.softmax(a_n, dim=-1), F.softmax(a_r, dim=-1)
-        return [w_r if red else w_n for red in self.reductions]
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.net(x, self.cell_weights(), self.active)
+class DartsSettings(Strict):
+    order: Literal[1, 2] = 2
+    alpha_lr: float = Field(3e-4, gt=0)
+    alpha_betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.5, 0.999)
+    alpha_weight_decay: float = Field(1e-3, ge=0)
+    alpha_init_std: float = Field(1e-3, ge=0)
+    unrolled_eps: float = Field(0.01, gt=0)
 
 
 @register_method("darts")
@@ -67,6 +43,11 @@ class Darts(SearchMethod):
     primitives = DARTS_PRIMITIVES
     bilevel = True
     settings_model = DartsSettings
+    presets = {"tiny": {"search.darts.order": 1, "search.darts.alpha_lr": 3e-3},
+               "smoke": {"search.darts.order": 1}}
+    cli_flags = {"order": "first or second order"}
+    style = MethodStyle("DARTS", "#1f77b4", "o")
+    benchmark_overrides = {"search.darts.order": 1}  # the official comparison's and the paper's cost figure's step
     reference_impl = True
 
     def __init__(self, settings: SearchSettings, info: DatasetInfo, device: torch.device, seed: int) -> None:
@@ -162,13 +143,8 @@ class Darts(SearchMethod):
         return [(gp - gn) / (2 * eps) for gp, gn in zip(*grads)]
 
     # --- results --------------------------------------------------------------------------------
-    def predict(self, x: Tensor) -> Tensor:
-        return self.model(x)
-
     def derive(self) -> Architecture:
-        with torch.no_grad():
-            w_n, w_r = F.softmax(self.model.alpha_normal, -1), F.softmax(self.model.alpha_reduce, -1)
-        return derive_genotype(w_n, w_r, self.primitives, self.model.net.topology, name=f"darts_seed{self.seed}")
+        return self.model.derive(f"darts_seed{self.seed}")
 
     def log_metrics(self) -> dict[str, Any]:
         return {"w_lr": self.lr}

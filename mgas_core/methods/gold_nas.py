@@ -34,24 +34,26 @@ auxiliary head during search (identical for all methods), so that term is left o
 from __future__ import annotations
 
 from functools import cache
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
 
-from mgas_core.arch import Architecture, CellArch, OpSpec, architecture_from_json, prune_dead_ops
-from mgas_core.config import GoldNasSettings, SearchSettings, SettingConflict
 from mgas_core.data import Batch, DatasetInfo
-from mgas_core.methods.base import RetrainCandidate, SearchMethod, accuracy, clip_and_step, register_method, set_lr
-from mgas_core.methods.cell_alphas import PerCellAlphaModel
-from mgas_core.methods.lambda_control import LambdaController
+from mgas_core.evaluation_network import build_eval_network
+from mgas_core.methods.protocol import MethodStyle, RetrainCandidate, SearchMethod, accuracy, clip_and_step, set_lr
+from mgas_core.methods.registry import register_method
 from mgas_core.metrics import count_params
-from mgas_core.model import build_eval_network
-from mgas_core.ops import EVALUATION, build_op
-from mgas_core.space import NO_NONE_PRIMITIVES
-from mgas_core.supernet_factory import build_supernet
+from mgas_core.nn.ops import EVALUATION, build_op
+from mgas_core.settings.run import SearchSettings
+from mgas_core.settings.strict import MAX_EPOCHS, SettingConflict, Strict
+from mgas_core.space.architecture import Architecture, CellArch, OpSpec, architecture_from_json, prune_dead_ops
+from mgas_core.space.topology import NO_NONE_PRIMITIVES
+from mgas_core.supernet.builder import build_supernet
+from mgas_core.supernet.cell_alphas import PerCellAlphaModel
 
 
 @cache
@@ -67,10 +69,77 @@ def op_resource(name: str, channels: int, stride: int, resolution: int, kind: st
     return counter.get_total_flops() / 2
 
 
+class LambdaControl(Strict):
+    """GOLD-NAS lambda controller constants (shared by GOLD-NAS and MGAS)."""
+
+    lambda0: float = Field(1e-5, gt=0)
+    c0: float = Field(2.0, gt=1)
+
+
+class GoldNasSettings(Strict):
+    alpha_lr: float = Field(1.0, gt=0)
+    alpha_momentum: float = Field(0.9, ge=0, lt=1)
+    w_lr: float = Field(0.01, gt=0)
+    cost: Literal["params", "flops"] = "params"
+    cost_c: float = Field(1.0, ge=0, description="constant part of each op's cost")
+    cost_mu: float = Field(1.0, ge=0, description="weight of the op's normalised params/FLOPs")
+    eta_min: float = Field(0.01, ge=0, lt=1)
+    eta_max: float = Field(0.05, ge=0, lt=1)
+    n0: int = Field(4, ge=1, le=10_000)
+    control: LambdaControl = LambdaControl()
+    warmup_epochs: int = Field(0, ge=0)
+    snapshot: Literal["plateau", "epoch"] = Field(
+        "plateau", description="Pareto snapshot when pruning resumes after a plateau, or after every pruning epoch")
+    stable_rounds: int = Field(3, ge=0, le=MAX_EPOCHS,
+                               description="a plateau is more than this many epochs in a row without pruning")
+    retrain_snapshots: int | None = Field(
+        None, ge=1, le=1000, description="retrain this many snapshots of the series (evenly spaced, the final one "
+                                          "always); None: every snapshot")
+
+
+class LambdaController:
+    """The GOLD-NAS lambda controller (``train_search.py:main`` of the reference code).
+
+    lambda starts at 0 with the increment at ``lambda0``: the first epoch trains without resource
+    pressure. After every pruning check: if enough was pruned (at least ``n0`` ops), the pressure was
+    too strong, so ``lambda /= c0`` and the increment resets to ``lambda0``; otherwise the increment
+    grows, ``dlambda *= c0``, and ``lambda += dlambda``. Pruning therefore never stalls for long, and
+    never runs away. (MGAS has its own controller, :mod:`mgas_core.methods.mgas.schedule`.)
+    """
+
+    def __init__(self, lambda0: float, c0: float) -> None:
+        if lambda0 <= 0 or c0 <= 1:
+            raise ValueError(f"lambda0 must be > 0 and c0 > 1, got lambda0={lambda0}, c0={c0}")
+        self.lambda0 = lambda0
+        self.c0 = c0
+        self.value = 0.0
+        self.delta = lambda0
+
+    def update(self, enough_pruned: bool) -> float:
+        if enough_pruned:
+            self.value /= self.c0
+            self.delta = self.lambda0
+        else:
+            self.delta *= self.c0
+            self.value += self.delta
+        return self.value
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"value": self.value, "delta": self.delta}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.value = float(state["value"])
+        self.delta = float(state["delta"])
+
+
 @register_method("gold_nas")
 class GoldNas(SearchMethod):
     primitives = NO_NONE_PRIMITIVES
     settings_model = GoldNasSettings
+    presets = {"tiny": {"search.gold_nas.w_lr": 0.05, "search.gold_nas.control.lambda0": 0.05,
+                        "search.gold_nas.snapshot": "epoch"}}
+    cli_flags = {"cost": "resource the cost term measures"}
+    style = MethodStyle("GOLD-NAS", "#ff7f0e", "s")
     reference_impl = True
 
     @classmethod
@@ -142,9 +211,6 @@ class GoldNas(SearchMethod):
         clip_and_step(self.w_opt, list(self.model.net.parameters()), self.settings.grad_clip)
         self.a_opt.step()
         return {"loss": float(loss.detach()), "ce": float(ce.detach()), "acc": accuracy(logits.detach(), y)}
-
-    def predict(self, x: Tensor) -> Tensor:
-        return self.model(x)
 
     # --- pruning ------------------------------------------------------------------------------
     def normalised_weights(self) -> Tensor:

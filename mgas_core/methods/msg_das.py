@@ -22,21 +22,38 @@ are this implementation's defaults, all exposed in ``MsgDasSettings``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor
 
-from mgas_core.arch import Architecture
-from mgas_core.config import MsgDasSettings, SearchSettings, SettingConflict
 from mgas_core.data import Batch, DatasetInfo
-from mgas_core.methods.base import SearchMethod, accuracy, clip_and_step, cosine_lr, frozen, register_method, set_lr
-from mgas_core.methods.darts import SharedAlphaModel
-from mgas_core.methods.genotype import derive_genotype
-from mgas_core.ops import Identity
-from mgas_core.space import DARTS_PRIMITIVES
-from mgas_core.supernet_factory import build_supernet
+from mgas_core.methods.protocol import MethodStyle, SearchMethod, accuracy, clip_and_step, cosine_lr, frozen, set_lr
+from mgas_core.methods.registry import register_method
+from mgas_core.nn.ops import Identity
+from mgas_core.settings.run import SearchSettings
+from mgas_core.settings.strict import SettingConflict, Strict
+from mgas_core.space.architecture import Architecture
+from mgas_core.space.topology import DARTS_PRIMITIVES
+from mgas_core.supernet.builder import build_supernet
+from mgas_core.supernet.shared_alphas import SharedAlphaModel
+
+
+class MsgDasSettings(Strict):
+    subgraphs: int = Field(2, ge=1, le=64)
+    tau_max: float = Field(10.0, gt=0)
+    tau_min: float = Field(0.1, gt=0)
+    alpha_lr: float = Field(3e-4, gt=0)
+    alpha_betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.5, 0.999)
+    alpha_weight_decay: float = Field(1e-3, ge=0)
+    alpha_init_std: float = Field(1e-3, ge=0, description="alphas start at this times N(0, 1), as DARTS's")
+    dropblock_rate: float = Field(0.1, ge=0, lt=1, description="initial DropBlock rate on the skip branch")
+    dropblock_size: int = Field(3, ge=1, le=1024)
+    distill_weight: float = Field(1.0, ge=0)
+    distill_temperature: float = Field(2.0, gt=0)
+    teacher: Literal["ensemble", "supernet"] = "ensemble"
 
 
 class DropBlockIdentity(Identity):
@@ -72,6 +89,9 @@ class MsgDas(SearchMethod):
     primitives = DARTS_PRIMITIVES
     bilevel = True
     settings_model = MsgDasSettings
+    presets = {"tiny": {"search.msg_das.alpha_lr": 0.03}}
+    cli_flags = {"subgraphs": "sub-graphs K per step (memory/quality knob)"}
+    style = MethodStyle("MSG-DAS", "#2ca02c", "^")
     result_fields = ("subgraphs",)
 
     @classmethod
@@ -95,7 +115,7 @@ class MsgDas(SearchMethod):
                 if isinstance(edge.ops[skip], Identity):
                     edge.ops[skip] = DropBlockIdentity(cfg.dropblock_size)
                     self.dropblocks.append(edge.ops[skip])
-        self.model = SharedAlphaModel(net, settings.darts.alpha_init_std).to(device)
+        self.model = SharedAlphaModel(net, self.cfg.alpha_init_std).to(device)
         self.w_opt = torch.optim.SGD(self.model.weight_parameters(), lr=settings.w_lr,
                                      momentum=settings.w_momentum, weight_decay=settings.w_weight_decay)
         self.a_opt = torch.optim.Adam(self.model.arch_parameters(), lr=cfg.alpha_lr, betas=cfg.alpha_betas,
@@ -175,9 +195,7 @@ class MsgDas(SearchMethod):
         return self.model(x)
 
     def derive(self) -> Architecture:
-        with torch.no_grad():
-            w_n, w_r = F.softmax(self.model.alpha_normal, -1), F.softmax(self.model.alpha_reduce, -1)
-        return derive_genotype(w_n, w_r, self.primitives, self.model.net.topology, name=f"msg_das_seed{self.seed}")
+        return self.model.derive(f"msg_das_seed{self.seed}")
 
     def log_metrics(self) -> dict[str, Any]:
         return {"tau": self.tau, "w_lr": self.lr, "dropblock_rate": self.dropblocks[0].rate if self.dropblocks else 0.0}

@@ -195,10 +195,11 @@ def test_a_gold_nas_search_is_drawn_as_its_own_series_and_counted_once(tmp_path)
     agg = aggregate(results.ok)
     gold = agg[agg.method == "gold_nas"]
     assert len(gold) == 1 and gold["nonzero_params_m_mean"].iloc[0] == 0.05  # the trial's own row, once
-    fig = pareto_figure(agg, series=snapshot_series(results.ok))
+    fig = pareto_figure(agg, series=snapshot_series(results.ok), styles={"gold_nas": ("#ff7f0e", None, "GOLD-NAS")})
     ax = fig.axes[0]
     lines = [ln for ln in ax.get_lines() if "series" in str(ln.get_label())]
     assert len(lines) == 1 and lines[0].get_label() == "GOLD-NAS series (seed 0, 4 retrained)"
+    assert lines[0].get_color() == "#ff7f0e"  # the declared colour, the palette's marker
     assert list(lines[0].get_xdata()) == sizes and list(lines[0].get_ydata()) == pytest.approx([a * 100 for a in accs])
     labels = sorted(t.get_text() for t in ax.texts)
     assert labels == ["target 0.05M", "target 0.1M"]  # MGAS points carry their target
@@ -283,3 +284,13 @@ def test_analysis_imports_neither_torch_nor_ray():
     code = ("import sys, analysis.report, analysis.load, analysis.plots, analysis.published; "
             "bad = [m for m in ('torch', 'ray') if m in sys.modules]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_method_is_drawn_as_it_declares_and_an_undeclared_one_from_the_palette():
+    from analysis.plots import PALETTE, style
+
+    assert style("mine", {"mine": ("#123456", "h", "My method")}) == ("#123456", "h", "My method")
+    colour, marker, label = style("other", {"mine": ("#123456", "h", "My method")})
+    assert (colour, marker) in PALETTE and label == "other"
+    assert style("other") == (colour, marker, label)  # the same in every figure
+    assert style("mine", {"mine": (None, None, "My method")})[2] == "My method"

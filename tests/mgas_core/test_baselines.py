@@ -3,12 +3,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mgas_common.errors import UserInputError
 from mgas_core.data import load_splits
-from mgas_core.errors import UserInputError
+from mgas_core.engine.search import run_search
 from mgas_core.methods import create_method
-from mgas_core.methods.lambda_control import LambdaController
+from mgas_core.methods.gold_nas import LambdaController
 from mgas_core.methods.msg_das import DropBlockIdentity, gumbel_topk
-from mgas_core.train import run_search
 from tests.conftest import tiny
 
 
@@ -49,8 +49,8 @@ def test_msg_das_subgraphs_are_mutually_exclusive_and_alphas_get_gradient():
 
 
 def test_single_subgraph_runs_exactly_one_op_per_edge(monkeypatch):
-    from mgas_core.ops import Pool
-    from mgas_core.supernet import MixedEdge
+    from mgas_core.nn.ops import Pool
+    from mgas_core.supernet.fast import MixedEdge
 
     method, splits = make(tiny(search__method="msg_das", search__msg_das__subgraphs=1))
     calls = []

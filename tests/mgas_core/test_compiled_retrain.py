@@ -18,12 +18,12 @@ import torch.nn.functional as F
 from pydantic import ValidationError
 from torch._dynamo.utils import counters
 
-from mgas_core.arch import DARTS_V2, Architecture, CellArch, OpSpec
-from mgas_core.compiled import check_compile, compiled_forward
+from mgas_common.errors import UserInputError
 from mgas_core.data import load_splits
-from mgas_core.errors import UserInputError
-from mgas_core.model import build_eval_network
-from mgas_core.train import run_retrain
+from mgas_core.engine.compiled import check_compile, compiled_forward
+from mgas_core.engine.retrain import run_retrain
+from mgas_core.evaluation_network import build_eval_network
+from mgas_core.space.architecture import DARTS_V2, Architecture, CellArch, OpSpec
 from tests.conftest import tiny
 
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mgas_core.arch import BUILTIN_ARCHITECTURES
+from mgas_core.evaluation_network import build_eval_network
 from mgas_core.metrics import count_flops, count_params
-from mgas_core.model import build_eval_network
+from mgas_core.space.architecture import BUILTIN_ARCHITECTURES
 
 # (genotype, dataset): (classes, C, L, variant, input size) and (params, multiply-adds)
 SETTINGS = {
@@ -24,7 +24,7 @@ PINNED = {
     ("darts_v1", "imagenet"): (4_510_432, 505_864_704),
     ("darts_v2", "cifar10"): (3_349_342, 528_359_040),   # the paper: 3.3 M params
     ("darts_v2", "cifar100"): (3_401_272, 528_410_880),
-    ("darts_v2", "imagenet"): (4_718_752, 529_911_552),  # the paper: 4.7 M params (and 574 M mult-adds, see README)
+    ("darts_v2", "imagenet"): (4_718_752, 529_911_552),  # the paper: 4.7 M (574 M mult-adds, docs/cli.md)
 }
 
 

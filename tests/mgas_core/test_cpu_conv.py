@@ -1,4 +1,4 @@
-"""The CPU conv rewrites (mgas_core/cpu_conv.py) compute what the convolution computes."""
+"""The CPU conv rewrites (mgas_core/nn/cpu_conv.py) compute what the convolution computes."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mgas_core.cpu_conv import choose_path, tap_index
-from mgas_core.maskable_conv import MaskableConv2d
 from mgas_core.metrics import count_flops
+from mgas_core.nn.cpu_conv import choose_path, tap_index
+from mgas_core.nn.maskable_conv import MaskableConv2d
 
 CASES = [
     # (channels, height, width, kernel, stride, dilation, depthwise)

@@ -5,12 +5,12 @@ import torch
 import torch.nn.functional as F
 
 from mgas_core.data import load_splits
-from mgas_core.fused_ops import unfused
-from mgas_core.io import load_checkpoint, save_checkpoint
+from mgas_core.engine.search import run_search
+from mgas_core.files.checkpoints import load_checkpoint, save_checkpoint
 from mgas_core.methods import create_method
-from mgas_core.methods.genotype import derive_cell
-from mgas_core.space import DARTS_PRIMITIVES, CellTopology
-from mgas_core.train import run_search
+from mgas_core.nn.fused_ops import unfused
+from mgas_core.space.genotype import derive_cell
+from mgas_core.space.topology import DARTS_PRIMITIVES, CellTopology
 from tests.conftest import tiny
 
 

@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 from torchvision import datasets
 
-from mgas_core.config import DataSettings
 from mgas_core.data import DatasetError, epoch_batches, load_splits, split_in_half
+from mgas_core.settings.run import DataSettings
 
 
 def test_digits_split_is_fixed_stratified_and_disjoint():
@@ -126,8 +126,7 @@ def test_synthetic_shapes():
 def test_mgas_searches_cifar_with_autoaugment_and_cutout_as_the_official_code(tmp_path, monkeypatch):
     from torchvision import transforms
 
-    from mgas_core.config import search_settings_model
-    from mgas_core.methods.base import search_augment_for
+    from mgas_core.methods.registry import search_augment_for, search_settings_model
 
     _write_cifar(tmp_path, monkeypatch)
     settings = DataSettings(name="cifar10", root=str(tmp_path), val_fraction=0.2)

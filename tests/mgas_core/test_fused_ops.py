@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mgas_core import fused_ops
-from mgas_core.masks import FilterGate
-from mgas_core.ops import DARTS_SEARCH, EVALUATION, build_op
+from mgas_core.nn import fused_ops
+from mgas_core.nn.ops import DARTS_SEARCH, EVALUATION, build_op
+from mgas_core.nn.step import FilterGate
 
 
 def _run(op, x, scale, fused: bool, monkeypatch):

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import torch
 
-from mgas_core.masks import FilterGate, binary_step, step_surrogate_grad
+from mgas_core.nn.step import FilterGate, binary_step, step_surrogate_grad
 
 
 def test_step_forward_is_exact_0_1():

@@ -5,17 +5,17 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mgas_common.errors import UserInputError
 from mgas_core.data import load_splits
-from mgas_core.errors import UserInputError
-from mgas_core.io import load_checkpoint, save_checkpoint
-from mgas_core.masks import FilterGate
+from mgas_core.evaluation_network import build_eval_network
+from mgas_core.files.checkpoints import load_checkpoint, save_checkpoint
 from mgas_core.methods import create_method
 from mgas_core.methods.mgas import Mgas
-from mgas_core.methods.mgas_channels import remove_filters
-from mgas_core.methods.mgas_schedule import MgasLambda, scaled_counts, stage_cuts
+from mgas_core.methods.mgas.channels import remove_filters
+from mgas_core.methods.mgas.schedule import MgasLambda, scaled_counts, stage_cuts
 from mgas_core.metrics import count_params
-from mgas_core.model import build_eval_network
-from mgas_core.ops import ChannelOutput, SepConv
+from mgas_core.nn.ops import ChannelOutput, SepConv
+from mgas_core.nn.step import FilterGate
 from tests.conftest import search_until, tiny
 
 GRANULARITY_SUBSETS = [["op"], ["filter"], ["weight"], ["op", "filter"], ["op", "weight"], ["filter", "weight"],

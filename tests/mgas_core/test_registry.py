@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mgas_core.io import load_checkpoint, save_checkpoint
+from mgas_core.evaluation_network import build_eval_network
+from mgas_core.files.checkpoints import load_checkpoint, save_checkpoint
 from mgas_core.methods import METHOD_REGISTRY
-from mgas_core.model import build_eval_network
 from tests.conftest import search_until, tiny
 
 EXTRA = {

@@ -5,7 +5,9 @@ import json
 import pytest
 import torch
 
-from mgas_core.arch import (
+from mgas_core.evaluation_network import build_eval_network
+from mgas_core.metrics import count_params
+from mgas_core.space.architecture import (
     DARTS_V1,
     DARTS_V2,
     Architecture,
@@ -15,9 +17,7 @@ from mgas_core.arch import (
     load_architecture,
     resolve_architecture,
 )
-from mgas_core.metrics import count_params
-from mgas_core.model import build_eval_network
-from mgas_core.space import DARTS_PRIMITIVES, NO_NONE_PRIMITIVES, CellTopology, reduction_cells
+from mgas_core.space.topology import DARTS_PRIMITIVES, NO_NONE_PRIMITIVES, CellTopology, reduction_cells
 
 
 def test_topology_has_explicit_node_edge_map():
@@ -140,9 +140,9 @@ def test_genotype_json_is_plain_data():
 
 
 def test_imagenet_supernet_and_derived_mgas_count():
-    from mgas_core.config import build_settings
     from mgas_core.data import DatasetInfo
     from mgas_core.methods import create_method
+    from mgas_core.methods.registry import build_settings
 
     info = DatasetInfo("imagenet", 7, 3, 64, "imagenet")
     s = build_settings("paper", {"search.method": "mgas", "search.layers": 3, "search.channels": 4,

@@ -12,9 +12,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mgas_core.reference_supernet import ReferenceSuperNetwork
-from mgas_core.space import DARTS_PRIMITIVES
-from mgas_core.supernet import SuperNetwork
+from mgas_core.space.topology import DARTS_PRIMITIVES
+from mgas_core.supernet.fast import SuperNetwork
+from mgas_core.supernet.reference import ReferenceSuperNetwork
 
 TOL = 3e-5  # float32: one conv summed in another order rounds differently (stem gradients: 1.2e-5)
 
@@ -75,7 +75,7 @@ def test_logits_and_gradients_match_reference(variant, size, layout, dtype):
     (5, 2, 1, 2), (5, 2, 1, 4), (5, 2, 2, 4), (5, 1, 1, 2), (3, 1, 1, 1), (3, 2, 2, 3), (5, 2, 1, 9),
 ])
 def test_conv_on_maps_smaller_than_its_reach_drops_only_padding_taps(kernel, dilation, stride, size):
-    from mgas_core.maskable_conv import MaskableConv2d
+    from mgas_core.nn.maskable_conv import MaskableConv2d
 
     torch.manual_seed(0)
     conv = MaskableConv2d(4, 4, kernel, stride, dilation * (kernel - 1) // 2, dilation, groups=4)

@@ -8,11 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mgas_core.arch import DARTS_V2
 from mgas_core.data import load_splits
-from mgas_core.io import load_checkpoint, save_checkpoint
+from mgas_core.engine.retrain import run_retrain
+from mgas_core.files.checkpoints import load_checkpoint, save_checkpoint
 from mgas_core.methods import METHOD_REGISTRY, create_method
-from mgas_core.train import run_retrain
+from mgas_core.space.architecture import DARTS_V2
 from tests.conftest import tiny
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -107,7 +107,7 @@ def test_bf16_autocast_search_step_is_close_to_fp32(method_name):
 
 @CUDA
 def test_bf16_search_and_retrain_run_end_to_end_on_cuda():
-    from mgas_core.train import run_search
+    from mgas_core.engine.search import run_search
 
     settings = tiny(search__method="darts", device="cuda", search__precision="bf16", search__epochs=1)
     result = run_search(settings, load_splits(settings.data), torch.device("cuda"))
@@ -119,8 +119,8 @@ def test_bf16_on_cpu_is_refused_before_a_step():
 
     with pytest.raises(ValidationError, match=r"search\.precision"):
         tiny(search__precision="bf16", device="cpu")
-    from mgas_core.errors import UserInputError
-    from mgas_core.train import check_device
+    from mgas_common.errors import UserInputError
+    from mgas_core.engine.runtime import check_device
 
     with pytest.raises(UserInputError, match="bf16 needs a CUDA device"):
         check_device(tiny(search__precision="bf16", device="auto"), torch.device("cpu"))

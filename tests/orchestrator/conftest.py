@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from mgas_core.methods.base import method_names, unregister_method
+from mgas_core.methods.registry import method_names, unregister_method
 
 PLUGIN = "tests.plugins.random_alpha"
 

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mgas_core.config import build_settings, known_paths
-from mgas_core.methods.base import get_method, method_names, unregister_method
+from mgas_core.methods.registry import build_settings, get_method, known_paths, method_names, unregister_method
 from orchestrator.cli import main
 from orchestrator.results import result_schema
 from tests.orchestrator.conftest import PLUGIN

@@ -1,4 +1,4 @@
-"""The README's cluster section on a real cluster: a head and two worker nodes started with
+"""The cluster commands of the README and docs/cluster.md on a real cluster: a head and two worker nodes started with
 `ray start` on this machine (fake GPUs and accelerator types), results on a local S3 (moto).
 
 Proves: `ray job submit` of a sweep with the code shipped as its working_dir puts one row per
@@ -124,7 +124,8 @@ def test_killed_driver_job_submit_resume_collect_and_report_from_s3(cluster, tmp
         driver.wait(timeout=30)
     assert 1 <= len(s3_rows(cluster.env, uri)) < 3, (tmp_path / "driver.log").read_text()[-2000:]
 
-    # 2. the README's `ray job submit` from the checkout (code shipped as the job's working_dir) resumes it
+    # 2. the README's `ray job submit` (docs/cluster.md) from the checkout (code shipped as the job's working_dir)
+    # resumes it
     runtime = {"excludes": [".git", ".venv", "results", "runs"], "env_vars": {"MGAS_GIT_SHA": "unused-here"}}
     job = subprocess.run([*RAY_CLI, "job", "submit", "--address", cluster.dashboard, "--working-dir", ".",
                           "--runtime-env-json", json.dumps(runtime), "--",

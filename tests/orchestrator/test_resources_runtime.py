@@ -101,7 +101,7 @@ def test_deterministic_and_loader_workers_reach_every_trial(tmp_path):
 
 
 def test_local_storage_is_refused_for_ray_client_and_submitted_jobs(tmp_path, monkeypatch):
-    from mgas_core.errors import UserInputError
+    from mgas_common.errors import UserInputError
     from orchestrator.ray_runtime import check_cluster_storage
 
     with pytest.raises(UserInputError, match=r"a Ray Client sweep \(ray://\) runs on the cluster's head"):

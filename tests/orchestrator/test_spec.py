@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mgas_core.errors import UserInputError
+from mgas_common.errors import UserInputError
 from orchestrator.cli import main
 from orchestrator.spec import expand_trials, load_spec
 from tests.orchestrator.helpers import write_spec

@@ -15,8 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 
-from mgas_core.arch import load_architecture
-from mgas_core.model import count_architecture_params
+from mgas_core.evaluation_network import count_architecture_params
+from mgas_core.space.architecture import load_architecture
 from orchestrator.cli import main
 from orchestrator.collect import collect_command
 from orchestrator.results import read_rows, result_schema

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from mgas_core.config import DataSettings
 from mgas_core.data import download_lock, loader_workers, resolve_data_settings
-from mgas_core.io import load_checkpoint, save_checkpoint
+from mgas_core.files.checkpoints import load_checkpoint, save_checkpoint
+from mgas_core.settings.run import DataSettings
 from orchestrator.spec import expand_trials, load_spec
 from orchestrator.trainable import ARCH_STATE_KEY, TrialFailed, run_trial, run_trial_pipeline
 from tests.orchestrator.helpers import write_spec
@@ -136,12 +136,13 @@ def test_a_copy_without_git_takes_its_revision_from_the_environment(tmp_path):
     import subprocess
     import sys
 
-    import mgas_core.provenance as provenance
+    import mgas_core.engine.provenance as provenance
 
-    (tmp_path / "mgas_core").mkdir()
+    (tmp_path / "mgas_core" / "engine").mkdir(parents=True)
     (tmp_path / "mgas_core" / "__init__.py").write_text("")
-    shutil.copy(provenance.__file__, tmp_path / "mgas_core" / "provenance.py")  # as a working_dir upload has it
-    code = "import sys; sys.path.insert(0, sys.argv[1]); from mgas_core.provenance import git_revision; " \
+    (tmp_path / "mgas_core" / "engine" / "__init__.py").write_text("")
+    shutil.copy(provenance.__file__, tmp_path / "mgas_core" / "engine" / "provenance.py")  # as a working_dir upload
+    code = "import sys; sys.path.insert(0, sys.argv[1]); from mgas_core.engine.provenance import git_revision; " \
            "print(git_revision())"
     env = {**os.environ, "MGAS_GIT_SHA": "abc123", "GIT_CEILING_DIRECTORIES": str(tmp_path.parent)}
     done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], env=env, capture_output=True, text=True,

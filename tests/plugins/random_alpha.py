@@ -2,8 +2,10 @@
 
 Random-architecture baseline: a DARTS supernet whose op weights are fixed random alphas (never
 trained); only the network weights learn, and the derived genotype is what those alphas rank
-highest. It declares its own settings group, a result column and a short sweep axis, so a test
-can show that one module is all a new method needs (no other file names it).
+highest. It declares its own settings group, presets, a command-line flag, a plot style, a result
+column and a short sweep axis, so a test can show that one module is all a new method needs (no
+other file names it): tests/test_new_method.py puts it into a copy of the project and installs it
+as an entry point.
 """
 
 from __future__ import annotations
@@ -11,16 +13,16 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from pydantic import Field
-from torch import Tensor
 
-from mgas_core.arch import Architecture
-from mgas_core.config import SearchSettings, SettingConflict, Strict
 from mgas_core.data import Batch, DatasetInfo
-from mgas_core.methods.base import SearchMethod, accuracy, clip_and_step, frozen, register_method
-from mgas_core.methods.darts import SharedAlphaModel
-from mgas_core.methods.genotype import derive_genotype
-from mgas_core.space import DARTS_PRIMITIVES
-from mgas_core.supernet_factory import build_supernet
+from mgas_core.methods.protocol import MethodStyle, SearchMethod, accuracy, clip_and_step, frozen
+from mgas_core.methods.registry import register_method
+from mgas_core.settings.run import SearchSettings
+from mgas_core.settings.strict import SettingConflict, Strict
+from mgas_core.space.architecture import Architecture
+from mgas_core.space.topology import DARTS_PRIMITIVES
+from mgas_core.supernet.builder import build_supernet
+from mgas_core.supernet.shared_alphas import SharedAlphaModel
 
 NAME = "random_alpha"
 
@@ -35,6 +37,9 @@ class RandomAlpha(SearchMethod):
     settings_model = RandomAlphaSettings
     result_fields = ("alpha_std",)
     sweep_axes = ("alpha_std",)
+    presets = {"tiny": {f"search.{NAME}.alpha_std": 2.0}}
+    cli_flags = {"alpha_std": "spread of the fixed random op weights"}
+    style = MethodStyle("Random alphas", "#17becf", "h")
 
     @classmethod
     def check_settings(cls, settings: SearchSettings) -> None:
@@ -61,10 +66,5 @@ class RandomAlpha(SearchMethod):
         clip_and_step(self.w_opt, self.model.weight_parameters(), self.settings.grad_clip)
         return {"loss": float(loss.detach()), "acc": accuracy(logits.detach(), y)}
 
-    def predict(self, x: Tensor) -> Tensor:
-        return self.model(x)
-
     def derive(self) -> Architecture:
-        with torch.no_grad():
-            w_n, w_r = F.softmax(self.model.alpha_normal, -1), F.softmax(self.model.alpha_reduce, -1)
-        return derive_genotype(w_n, w_r, self.primitives, self.model.net.topology, name=f"{NAME}_seed{self.seed}")
+        return self.model.derive(f"{NAME}_seed{self.seed}")

@@ -14,9 +14,9 @@ import pytest
 import torch
 from ray import tune
 
-from mgas_core.io import (
+from mgas_core.files.atomic import atomic_write_bytes
+from mgas_core.files.checkpoints import (
     CorruptFileError,
-    atomic_write_bytes,
     load_checkpoint,
     load_first_good,
     save_checkpoint,

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mgas_core.arch import DARTS_V2
-from mgas_core.io import atomic_write_bytes
+from mgas_core.files.atomic import atomic_write_bytes
+from mgas_core.space.architecture import DARTS_V2
 from orchestrator.results import result_schema, table_bytes
 from tests.reliability.bad_input import STATS, assert_refused, snapshot
 
@@ -45,7 +45,7 @@ def _files(folder: Path) -> dict[str, str]:
     atomic_write_bytes(folder / "zero_rows" / "results" / "method=darts" / "t.parquet", table_bytes(empty))
     torch_save_folder = folder / "no_search_key"
     torch_save_folder.mkdir()
-    from mgas_core.io import save_checkpoint
+    from mgas_core.files.checkpoints import save_checkpoint
 
     save_checkpoint({"epoch": 3}, torch_save_folder / "checkpoint.pt")
     return paths
