@@ -55,6 +55,15 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
                                     f"tracebacks: {tracebacks}")
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that start Ray (``ray``, ``cluster``) run one after another on one xdist worker: two
+    Rays at once on two cores would time each other out, and both tiers share the machine."""
+    for item in items:
+        if item.get_closest_marker("ray") or item.get_closest_marker("cluster"):
+            item.add_marker(pytest.mark.xdist_group("ray"))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _private_ray() -> Iterator[Path]:
     """No test joins, or is joined by, a Ray of the user running the suite (see tests/processes.py)."""

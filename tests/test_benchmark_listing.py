@@ -8,7 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from benchmarks.__main__ import listing
+
+pytestmark = [pytest.mark.benchmark]
 
 ROOT = Path(__file__).resolve().parents[1]
 LIBRARY = {"benchmarks.measure", "benchmarks.official.compare", "benchmarks.official.mgas"}  # imported, not run

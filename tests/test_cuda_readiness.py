@@ -16,7 +16,7 @@ from benchmarks.cuda_readiness import default_variant, parse
 from mgas_core.data import load_splits
 from mgas_core.settings.run import DataSettings
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.benchmark]
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--device", "cpu", "--layers", "2", "--channels", "4", "--batch", "8", "--resolution", "16",

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.benchmark]
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,7 +55,7 @@ def test_a_process_is_named_by_its_program_whatever_its_install_path(root):
     assert _title([""]) == ""  # between fork and exec
 
 
-@pytest.mark.xdist_group("ray")
+@pytest.mark.ray
 def test_sweep_start_orders_the_driver_phases_workers_and_trials():
     events = run_json("benchmarks.diagnostics.sweep_start", "--trials", "1", "--epochs", "1")
     first = {}

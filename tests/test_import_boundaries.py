@@ -143,6 +143,7 @@ def test_no_import_cycle_between_our_modules():
     assert import_cycles(graph) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("package", sorted(FORBIDDEN))
 def test_importing_the_package_loads_nothing_across_the_boundary(package):
     code = (f"import importlib, pkgutil, sys; import {package} as p\n"

@@ -25,6 +25,8 @@ from benchmarks.official.mgas import mgas_setup, official_stage, stage_problem
 from benchmarks.official.step import COMMON, OfficialCheckoutError, default_shape, locate, prune_source
 from mgas_core.methods.mgas.method import BENCHMARK_LAMBDA
 
+pytestmark = [pytest.mark.benchmark]
+
 ROOT = Path(__file__).resolve().parents[1]
 PRUNE_TEXT = "class BinaryStep:\n    pass\n"
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]  # Ray tests run one after another
+pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.benchmark]  # Ray tests: one after another
 
 ROOT = Path(__file__).resolve().parents[1]
 

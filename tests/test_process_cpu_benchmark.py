@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import sys
 
+import pytest
+
 from benchmarks.diagnostics.process_cpu import sample_tree, summarize
+
+pytestmark = [pytest.mark.benchmark]
 
 SPIN = "import time\nend = time.monotonic() + 4\nwhile time.monotonic() < end:\n    pass\n"
 

@@ -18,6 +18,8 @@ from benchmarks.measure import argv_without, benchmark_settings, method_override
 from mgas_core.methods.protocol import SearchMethod
 from mgas_core.methods.registry import method_names, register_method, unregister_method
 
+pytestmark = [pytest.mark.benchmark]
+
 PLUGIN = "tests.plugins.random_alpha"
 TINY = ["--layers", "3", "--channels", "4", "--batch", "4", "--resolution", "8", "--steps", "1", "--warmup", "0"]
 

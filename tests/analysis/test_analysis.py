@@ -144,6 +144,7 @@ def _numbers(cell: str) -> list[float]:
     return [float(x) for x in cell.replace("±", " ").split() if x.replace(".", "", 1).isdigit()]
 
 
+@pytest.mark.slow
 def test_every_number_of_the_report_comparison_table_is_the_aggregate_of_the_rows(tmp_path):
     paths = build_report(load_results(write_dataset(tmp_path)), tmp_path / "report")
     table = _markdown_table(paths["report_md"].read_text(), "Comparison with published numbers")
@@ -221,6 +222,7 @@ def test_report_lists_the_series_the_misses_and_where_every_number_comes_from(tm
     assert "abc1234" in md and "| torch | 2.14.1 |" in md and "10.0.0.3" in md
 
 
+@pytest.mark.slow
 def test_report_writes_images_and_self_contained_html(tmp_path):
     paths = build_report(load_results(write_dataset(tmp_path)), tmp_path / "report")
     for key in ("pareto", "pareto_flops", "search_cost_memory", "remaining_ratio", "ablation_mgas_target_params_m"):
@@ -236,6 +238,7 @@ def test_report_writes_images_and_self_contained_html(tmp_path):
     assert "![pareto](pareto.png)" in md and "| mgas | digits |" in md and "Ablation: mgas over target_params_m" in md
 
 
+@pytest.mark.slow
 def test_report_command_over_several_experiments(tmp_path, capsys):
     write_dataset(tmp_path, "one")
     write_dataset(tmp_path, "two", trials=TRIALS[:3], failed=False)
@@ -268,6 +271,7 @@ def test_unusable_results_give_a_clear_message(tmp_path, capsys, setup, fragment
     assert err.count("\n") == 1 and fragment in err
 
 
+@pytest.mark.slow
 def test_truncated_parquet_is_named_and_skipped(tmp_path, capsys):
     exp = write_dataset(tmp_path)
     victim = next((exp / "results").glob("method=gold_nas/*.parquet"))

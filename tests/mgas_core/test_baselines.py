@@ -168,6 +168,7 @@ def test_gold_nas_node_keeps_one_op():
         assert torch.all(method.model.alive[:, sl].sum(dim=(1, 2)) >= 1)
 
 
+@pytest.mark.slow
 def test_gold_nas_snapshots_strictly_decrease():
     settings = tiny(search__method="gold_nas", search__epochs=30, search__gold_nas__control__lambda0=0.1,
                     search__gold_nas__n0=4, search__gold_nas__stable_rounds=0)
@@ -221,6 +222,7 @@ def test_gold_nas_trains_its_weights_at_a_constant_learning_rate():
     assert rates == [method.cfg.w_lr] * 10
 
 
+@pytest.mark.slow
 def test_gold_nas_stops_at_the_floor():
     settings = tiny(search__method="gold_nas", search__epochs=30, search__target_params=0.004,
                     search__gold_nas__control__lambda0=0.1, search__gold_nas__n0=8)

@@ -49,6 +49,7 @@ def _fresh_dynamo():
     torch._dynamo.reset()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", [DARTS_V2, masked_arch()], ids=["genotype", "per-cell-masked"])
 def test_a_retraining_compiles_one_graph_per_phase_not_one_per_epoch(arch):
     torch.manual_seed(0)
@@ -95,6 +96,7 @@ def _retrain(settings, stop_after=None, state=None, arch=DARTS_V2):
         return captured["state"], captured["keys"]
 
 
+@pytest.mark.slow
 def test_compiled_retraining_agrees_with_eager_and_checkpoints_the_modules_own_keys():
     # without drop-path no random numbers are drawn inside the network: the same arithmetic
     eager, eager_keys = _retrain(tiny(retrain__epochs=2, retrain__layers=1, retrain__drop_path=0.0))
@@ -105,6 +107,7 @@ def test_compiled_retraining_agrees_with_eager_and_checkpoints_the_modules_own_k
     assert abs(compiled.val_acc - eager.val_acc) <= 1 / 19  # at most one of the tiny val set's images
 
 
+@pytest.mark.slow
 def test_run_retrain_compiles_a_fixed_number_of_graphs_however_many_epochs():
     counts = []
     settings = tiny(retrain__epochs=5, retrain__layers=1, retrain__drop_path=0.3, retrain__compile=True,
@@ -117,6 +120,7 @@ def test_run_retrain_compiles_a_fixed_number_of_graphs_however_many_epochs():
     assert counts[1] <= 6 and counts[1:] == [counts[1]] * 4, counts
 
 
+@pytest.mark.slow
 def test_compiled_retraining_resumes_an_eager_checkpoint_and_the_other_way_round():
     # no drop-path: the graphs draw nothing, and torch's eager backend runs eager's own kernels
     eager = tiny(retrain__epochs=2, retrain__layers=1, retrain__drop_path=0.0)
@@ -130,6 +134,7 @@ def test_compiled_retraining_resumes_an_eager_checkpoint_and_the_other_way_round
         assert resumed.test_acc == whole.test_acc
 
 
+@pytest.mark.slow
 def test_compiled_retraining_with_drop_path_resumes_bitwise():
     # drop-path draws inside the compiled graph: a resume must replay the same numbers
     settings = tiny(retrain__epochs=2, retrain__layers=1, retrain__drop_path=0.3, retrain__compile=True,
@@ -141,6 +146,7 @@ def test_compiled_retraining_with_drop_path_resumes_bitwise():
     assert (resumed.val_acc, resumed.test_acc) == (full.val_acc, full.test_acc)
 
 
+@pytest.mark.slow
 def test_each_compiled_retraining_in_a_process_is_compiled_not_left_eager_by_the_recompile_limit():
     splits, cpu = load_splits(tiny().data), torch.device("cpu")
     for width in (4, 6, 8):  # another network, graphs of its own, in the same process

@@ -32,6 +32,7 @@ def test_every_published_genotype_is_pinned_on_every_paper_dataset():
     assert set(PINNED) == {(name, dataset) for name in BUILTIN_ARCHITECTURES for dataset in SETTINGS}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "dataset"), sorted(PINNED))
 def test_published_genotype_params_and_flops_are_pinned(name, dataset):
     classes, channels, layers, variant, size = SETTINGS[dataset]

@@ -20,6 +20,7 @@ def _batches(settings, n=16):
     return splits, (x[:n].double(), y[:n]), (x[n:2 * n].double(), y[n:2 * n])
 
 
+@pytest.mark.slow
 def test_second_order_alpha_gradient_matches_direct_autograd():
     # Central differences of *gradients* are exact only when the +-eps*v perturbation crosses no
     # ReLU / max-pool kink; in float64 a smaller step guarantees that, so the test checks the
@@ -99,6 +100,7 @@ def _run(settings, stop_after=None, state=None):
     return result
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("order", [1, 2])
 def test_resume_after_epoch_k_is_bitwise_identical(tmp_path, order):
     settings = tiny(search__darts__order=order, search__epochs=3)
@@ -139,6 +141,7 @@ def test_derive_picks_strongest_edges_and_ops():
         ("sep_conv_3x3", 0, 0), ("avg_pool_3x3", 1, 0), ("dil_conv_3x3", 1, 1), ("skip_connect", 2, 1)]
 
 
+@pytest.mark.slow
 def test_search_is_reproducible_for_a_seed():
     settings = tiny(search__epochs=2)
     a, b = _run(settings), _run(settings)

@@ -27,6 +27,7 @@ def test_digits_split_is_fixed_stratified_and_disjoint():
     assert a.info.in_channels == 1 and a.info.image_size == 8
 
 
+@pytest.mark.slow
 def test_digits_read_from_scikit_learns_file_are_its_loaders_without_importing_it():
     import subprocess
     import sys

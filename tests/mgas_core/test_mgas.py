@@ -92,6 +92,7 @@ def test_official_lambda_controller():
     assert scaled_counts(48, 24, 784, 392) == (24, 12)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stages", [1, 2, 3])
 def test_phase_table_lambda_zero_in_warmup_and_masks_fixed_between_mask_epochs(stages, monkeypatch):
     seen = []
@@ -120,6 +121,7 @@ def test_phase_table_lambda_zero_in_warmup_and_masks_fixed_between_mask_epochs(s
     assert changed > 0  # masks did change at mask epochs, so the check above can fail
 
 
+@pytest.mark.slow
 def test_thresholds_start_at_zero_in_every_stage(monkeypatch):
     seen = []
     run(mgas_settings(**PRUNING), lambda m, e, ev: seen.append(
@@ -136,6 +138,7 @@ def test_thresholds_start_at_zero_in_every_stage(monkeypatch):
 # --- regrowth -------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_regrowth_brings_back_int_fraction_of_pruned_ops_and_only_dead_ones(monkeypatch):
     seen = []
     settings = mgas_settings(search__layers=4, search__mgas__stages=2, **PRUNING)
@@ -205,6 +208,7 @@ def test_filter_removal_is_exact_and_leaves_no_zero_input_column():
 # --- target ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_search_stops_at_first_final_mask_epoch_within_target(monkeypatch):
     probe = []
     full = make(mgas_settings())[0].full_size
@@ -219,6 +223,7 @@ def test_search_stops_at_first_final_mask_epoch_within_target(monkeypatch):
     assert result.summary["target_gap"] <= 0
 
 
+@pytest.mark.slow
 def test_unreachable_target_ends_with_target_reached_false_and_the_gap():
     method = make(mgas_settings())[0]
     fixed = sum(p.numel() for p in method.net.stem.parameters()) + sum(
@@ -264,6 +269,7 @@ def test_warmup_steps_train_weights_only():
     assert not torch.equal(w, op.pw1.weight)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("granularities", GRANULARITY_SUBSETS, ids=lambda g: "+".join(g))
 def test_every_granularity_subset_runs_and_derives(granularities):
     result = run(mgas_settings(search__mgas__granularities=granularities, search__mgas__stages=1, **PRUNING))
@@ -280,6 +286,7 @@ def test_every_granularity_subset_runs_and_derives(granularities):
     assert all(f"remaining_ratio_{lv}" in result.history[-1] for lv in ("op", "filter", "weight"))
 
 
+@pytest.mark.slow
 def test_resume_across_regrowth_and_filter_removal_is_bitwise_identical(tmp_path):
     settings = mgas_settings(search__layers=4, search__mgas__stages=2, **PRUNING)
     full = run(settings)

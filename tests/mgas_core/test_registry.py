@@ -27,6 +27,7 @@ def test_registry_has_the_four_methods():
     assert set(METHOD_REGISTRY) == {"darts", "gold_nas", "msg_das", "mgas"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", sorted(METHOD_REGISTRY))
 def test_search_derives_a_buildable_architecture(method):
     result = _run(settings_for(method))
@@ -38,6 +39,7 @@ def test_search_derives_a_buildable_architecture(method):
     assert len(result.history) >= 1 and all("val_acc" in h for h in result.history)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", sorted(METHOD_REGISTRY))
 def test_resume_from_checkpoint_is_bitwise_identical(method, tmp_path):
     settings = settings_for(method)

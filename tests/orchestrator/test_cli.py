@@ -72,6 +72,7 @@ def test_unparsable_architecture_file(tmp_path, capsys):
     assert info.value.code == 2 and "not valid JSON" in err and err.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_search_then_train_writes_outputs(tmp_path, capsys):
     out = tmp_path / "search"
     main(["search", "--method", "darts", "--dataset", "synthetic", "--epochs", "2", "--out", str(out),
@@ -90,6 +91,7 @@ def test_search_then_train_writes_outputs(tmp_path, capsys):
     assert 0 <= trained["test_acc"] <= 1 and trained["params"] > 0 and trained["flops"] > 0
 
 
+@pytest.mark.slow
 def test_search_resume_continues_from_checkpoint(tmp_path, capsys):
     out = tmp_path / "s"
     common = ["search", "--method", "darts", "--dataset", "synthetic", "--out", str(out), "--json",
@@ -121,6 +123,7 @@ def test_mgas_invalid_arguments(capsys, extra, fragment):
     assert info.value.code == 2 and fragment in err and err.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_mgas_search_summary_and_info_agree(tmp_path, capsys):
     out = tmp_path / "mgas"
     main(["search", "--method", "mgas", "--dataset", "synthetic", "--epochs", "5", "--stages", "2",
@@ -156,6 +159,7 @@ def test_baseline_invalid_arguments(capsys, argv, fragment):
     assert info.value.code == 2 and fragment in err and err.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_gold_nas_summary_lists_snapshots_with_paths(tmp_path, capsys):
     main(["search", "--method", "gold_nas", "--dataset", "synthetic", "--epochs", "20", "--out", str(tmp_path),
           "--json", "--no-progress", *TINY_SEARCH, "--set", "search.gold_nas.control.lambda0=0.1",
@@ -177,6 +181,7 @@ def test_target_scales_genotype_width(capsys, tmp_path):
     assert abs(summary["params"] - 50000) / 50000 < 0.15
 
 
+@pytest.mark.slow
 def test_search_killed_between_its_metrics_row_and_its_checkpoint_resumes_with_each_row_once(
         tmp_path, capsys, monkeypatch):
     """A kill after epoch 2's metrics row but before its checkpoint: the resume starts from epoch 1's
@@ -213,6 +218,7 @@ def test_search_killed_between_its_metrics_row_and_its_checkpoint_resumes_with_e
     assert [r["loss"] for r in rows] == [r["loss"] for r in whole]
 
 
+@pytest.mark.slow
 def test_a_diverging_search_is_one_line_and_exit_1(tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         main(["search", "--method", "darts", "--dataset", "synthetic", "--epochs", "1", "--no-progress",
@@ -221,6 +227,7 @@ def test_a_diverging_search_is_one_line_and_exit_1(tmp_path, capsys):
     assert info.value.code == 1 and err.startswith("mgas: failed: diverged at epoch 0") and err.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_json_stdout_holds_only_the_json_object_even_for_output_at_the_descriptor_level(tmp_path):
     """`mgas run --dry-run --json` through the entry point: the plan table (and anything a library
     writes straight to file descriptor 1) goes to stderr; stdout parses as one JSON object."""

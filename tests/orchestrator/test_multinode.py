@@ -28,7 +28,7 @@ from orchestrator.storage import resolve
 from tests.orchestrator.helpers import TINY_BASE, write_spec
 from tests.orchestrator.multinode import BUCKET, RAY_CLI, LocalCluster, LocalS3, cluster_env, wait_for
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]  # Ray tests run one after another
+pytestmark = [pytest.mark.slow, pytest.mark.cluster]  # one after another with the Ray tests (tests/conftest.py)
 
 REPO = Path(__file__).resolve().parents[2]
 WORKERS = {"127.0.0.3": {"accelerator_type:FAKE_A": 1}, "127.0.0.4": {}}

@@ -159,7 +159,7 @@ ray.shutdown()
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("ray")
+@pytest.mark.ray
 def test_embedded_trials_run_in_the_drivers_environment_on_the_only_worker():
     """Embedded, a Tune trial actor gets no runtime env of its own (whose every worker Ray would
     start through one more Python process, setup_worker.py) and still sees the variables Tune would
@@ -195,7 +195,7 @@ print(json.dumps({"started": started, "answer": answer}))
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("ray")
+@pytest.mark.ray
 @pytest.mark.parametrize("mode", ["plain", "dashboard"])
 def test_embedded_ray_starts_head_processes_only_for_their_readers(mode):
     """Without its dashboard, embedded Ray starts no autoscaler monitor, log monitor or API server
@@ -235,6 +235,7 @@ assert "mlflow" in sys.modules, "Tune no longer imports MLflow to tag callbacks:
 """
 
 
+@pytest.mark.slow
 def test_sweep_start_does_not_import_mlflow_for_usage_tags():
     import subprocess
     import sys

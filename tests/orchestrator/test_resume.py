@@ -22,7 +22,7 @@ from orchestrator.results import read_rows
 from tests.orchestrator.helpers import write_spec
 from tests.processes import kill_process_tree, private_ray_env, wait_for
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]  # Ray tests run one after another
+pytestmark = [pytest.mark.slow, pytest.mark.ray]  # Ray tests run one after another (tests/conftest.py)
 
 
 def terminated_in_saved_state(run_dir: Path) -> set[str]:

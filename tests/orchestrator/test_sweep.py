@@ -27,7 +27,7 @@ from tests.orchestrator.conftest import PLUGIN
 from tests.orchestrator.helpers import MGAS_TINY, write_spec
 from tests.processes import private_ray_env
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]  # Ray tests run one after another
+pytestmark = [pytest.mark.slow, pytest.mark.ray]  # Ray tests run one after another (tests/conftest.py)
 
 
 @pytest.fixture(scope="module", autouse=True)

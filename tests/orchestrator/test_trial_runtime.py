@@ -56,6 +56,7 @@ def _inject(monkeypatch, error: type[BaseException], at_calls: set[int]) -> dict
     return calls
 
 
+@pytest.mark.slow
 def test_one_device_oom_is_retried_from_the_last_checkpoint_and_recorded(tmp_path, monkeypatch):
     trial = _trial(tmp_path)
     undisturbed = run_trial_pipeline(trial, None, lambda metrics, state_fn: None)
@@ -150,6 +151,7 @@ def test_a_copy_without_git_takes_its_revision_from_the_environment(tmp_path):
     assert done.stdout.strip() == "abc123", done.stderr
 
 
+@pytest.mark.slow
 def test_an_mgas_trial_that_misses_its_target_says_so_in_its_row(tmp_path):
     from orchestrator.results import row_from_result
 
@@ -172,6 +174,7 @@ def _gold_series_trial(tmp_path):
     return expand_trials(spec)[0]
 
 
+@pytest.mark.slow
 def test_every_gold_nas_snapshot_is_retrained_into_a_row_of_its_own(tmp_path):
     from orchestrator.results import rows_from_result
 
@@ -193,6 +196,7 @@ def test_every_gold_nas_snapshot_is_retrained_into_a_row_of_its_own(tmp_path):
     assert [h["snapshot_index"] for h in retrain] == [s["index"] for s in snapshots]  # 1 epoch each
 
 
+@pytest.mark.slow
 def test_a_trial_resumed_in_the_middle_of_its_snapshot_series_ends_as_an_undisturbed_one(tmp_path):
     trial = _gold_series_trial(tmp_path)
     undisturbed = run_trial_pipeline(trial, None, lambda metrics, state_fn: None)
@@ -208,6 +212,7 @@ def test_a_trial_resumed_in_the_middle_of_its_snapshot_series_ends_as_an_undistu
         == [{k: v for k, v in r.items() if k not in measured} for r in json.loads(undisturbed["snapshot_rows_json"])]
 
 
+@pytest.mark.slow
 def test_a_width_scaled_genotype_says_whether_its_nearest_width_is_within_tolerance(tmp_path):
     from orchestrator.results import row_from_result
 

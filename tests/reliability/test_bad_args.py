@@ -7,6 +7,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -124,6 +125,7 @@ def _refused(argv: list[str], names: tuple[str, ...], kind: str) -> None:
         assert_refused(argv, Path(d), names, kind)
 
 
+@pytest.mark.slow
 @settings(max_examples=220)
 @given(SEARCH_CASES)
 def test_bad_search_arguments_are_refused(argv_names):

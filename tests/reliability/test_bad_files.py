@@ -263,6 +263,7 @@ def _break_state(payload: dict[str, Any], how: str) -> dict[str, Any]:
     return payload
 
 
+@pytest.mark.slow
 @settings(max_examples=150)
 @given(CHECKPOINT_CASES)
 def test_malformed_search_checkpoint_is_refused(good_checkpoint, checkpoint_case):
@@ -361,6 +362,7 @@ def _parquet_case(folder: Path, kind: str, arg: Any) -> None:
         (folder / "exp" / "results" / "method=darts" / "darts_seed0.parquet").mkdir(parents=True)
 
 
+@pytest.mark.slow
 @settings(max_examples=110)
 @given(PARQUET_CASES)
 def test_unusable_results_folder_is_refused(parquet_case):

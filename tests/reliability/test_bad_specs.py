@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -174,6 +175,7 @@ def _refused_spec(text: str, names: tuple[str, ...], kind: str = "run --dry-run 
         assert_refused(["run", str(path), "--dry-run"], folder, names, kind, case=text[:300])
 
 
+@pytest.mark.slow
 @settings(max_examples=260)
 @given(SCHEMA_CASES)
 def test_malformed_spec_is_refused(spec_case):

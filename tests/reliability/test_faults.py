@@ -66,6 +66,7 @@ def _kill_loop(path: Path, kind: str) -> int:
         yield kills
 
 
+@pytest.mark.slow
 def test_killing_the_writer_never_leaves_half_a_file(tmp_path):
     target = tmp_path / "results.bin"
     kills = 0
@@ -76,6 +77,7 @@ def test_killing_the_writer_never_leaves_half_a_file(tmp_path):
     assert kills >= 20
 
 
+@pytest.mark.slow
 def test_killing_the_checkpoint_writer_always_leaves_a_good_checkpoint(tmp_path):
     target = tmp_path / "checkpoint.pt"
     kills, good = 0, 0
@@ -127,6 +129,7 @@ def test_no_good_checkpoint_restarts_the_trial_and_says_so(tmp_path, capsys):
     assert "restarting the trial" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["truncated", "tampered"])
 def test_local_search_resume_falls_back_to_previous_checkpoint(tmp_path, how, capsys):
     from orchestrator.local import search_command

@@ -89,6 +89,7 @@ def test_issue_example_is_one_line_and_exit_2(argv, names, tmp_path):
 SUBPROCESS_EXAMPLES = [0, 2, 14]  # info (a number out of range), search (a combination), run (a YAML alias bomb)
 
 
+@pytest.mark.slow
 def test_issue_examples_through_the_installed_entry_point(tmp_path):
     """The real `mgas` process: exit 2, one line, no traceback, nothing written."""
     paths = _files(tmp_path)
