@@ -41,5 +41,11 @@ quickstart: $(STAMP)
 	$(BIN)/mgas run experiments/quickstart.yaml
 	$(BIN)/mgas report results/quickstart
 
+# the benchmarks a user runs (python -m benchmarks lists them with their commands), then the default
+# method's search step at the paper's search shape, one thread (about a minute on 2 cores)
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks
+	$(BIN)/python -m benchmarks.supernet --threads 1 --steps 2 --json
+
 clean:
 	rm -rf runs results .pytest_cache
