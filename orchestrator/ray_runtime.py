@@ -279,6 +279,7 @@ def _import_probe() -> dict[str, str]:
 
     import ray
 
+    import mgas_common  # noqa: F401  (the shared torch-free package ships with the code)
     import mgas_core
     import orchestrator
     from mgas_core.engine.provenance import git_revision

@@ -99,6 +99,25 @@ def search_until(settings: RunSettings, stop_after: int | None = None, state: di
         return captured["state"]
 
 
+PLUGIN = "tests.plugins.random_alpha"
+"""A throwaway fifth method defined outside mgas_core (see the module's docstring)."""
+
+
+@pytest.fixture
+def random_alpha() -> Iterator[str]:
+    """Register the throwaway method for one test, and remove it again afterwards."""
+    import importlib
+
+    from mgas_core.methods.registry import method_names, unregister_method
+
+    module = importlib.import_module(PLUGIN)
+    if module.NAME not in method_names():  # an earlier test unregistered it: register anew
+        module = importlib.reload(module)
+    yield module.NAME
+    unregister_method(module.NAME)
+    sys.modules.pop(PLUGIN, None)
+
+
 @pytest.fixture
 def tiny_settings():
     return tiny

@@ -6,9 +6,7 @@ of any flag, each in a fresh process, and its ratios are to the first variant.""
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
-import sys
 
 import pytest
 import torch
@@ -16,22 +14,11 @@ import torch
 from benchmarks import supernet
 from benchmarks.measure import argv_without, benchmark_settings, method_overrides
 from mgas_core.methods.protocol import SearchMethod
-from mgas_core.methods.registry import method_names, register_method, unregister_method
+from mgas_core.methods.registry import method_names, register_method
 
 pytestmark = [pytest.mark.benchmark]
 
-PLUGIN = "tests.plugins.random_alpha"
 TINY = ["--layers", "3", "--channels", "4", "--batch", "4", "--resolution", "8", "--steps", "1", "--warmup", "0"]
-
-
-@pytest.fixture
-def random_alpha():
-    module = importlib.import_module(PLUGIN)
-    if module.NAME not in method_names():  # an earlier test unregistered it: register anew
-        module = importlib.reload(module)
-    yield module.NAME
-    unregister_method(module.NAME)
-    sys.modules.pop(PLUGIN, None)
 
 
 @pytest.fixture

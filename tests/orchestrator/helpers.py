@@ -7,23 +7,8 @@ from typing import Any
 
 import yaml
 
-TINY_BASE = {
-    "data.synthetic.size": 8,
-    "data.synthetic.samples": 96,
-    "data.synthetic.classes": 4,
-    "search.layers": 3,
-    "search.channels": 4,
-    "search.nodes": 2,
-    "search.batch_size": 16,
-    "search.epochs": 2,
-    "search.darts.order": 1,
-    "retrain.epochs": 2,
-    "retrain.channels": 4,
-    "retrain.layers": 3,
-    "retrain.batch_size": 16,
-    "retrain.cutout": 0,
-    "device": "cpu",
-}
+TINY_BASE = {"search.epochs": 2}
+"""On top of the ``smoke`` preset (the suite's size, mgas_core/settings/presets.py): 2 search epochs."""
 
 
 MGAS_TINY = {
@@ -39,6 +24,7 @@ def write_spec(folder: Path, name: str = "tiny", **fields: Any) -> Path:
         "name": name,
         "output_dir": "out",
         "dataset": "synthetic",
+        "preset": "smoke",
         "base": dict(TINY_BASE),
         "methods": {"mgas": dict(MGAS_TINY)},
         "sweep": {"method": ["darts", "mgas"], "seed": [0, 1]},

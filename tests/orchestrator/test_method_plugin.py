@@ -14,7 +14,7 @@ import pytest
 from mgas_core.methods.registry import build_settings, get_method, known_paths, method_names, unregister_method
 from orchestrator.cli import main
 from orchestrator.results import result_schema
-from tests.orchestrator.conftest import PLUGIN
+from tests.conftest import PLUGIN
 from tests.orchestrator.test_cli import TINY_SEARCH
 
 ROOT = Path(__file__).resolve().parents[2]

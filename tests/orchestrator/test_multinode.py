@@ -87,10 +87,10 @@ def s3_delete(env: dict[str, str], uri: str) -> None:
 
 def _checkout(folder: Path) -> Path:
     """A copy of the code, as on the machine a user submits from, with the test's experiment in it."""
-    for package in ("mgas_core", "orchestrator", "analysis"):
+    for package in ("mgas_common", "mgas_core", "orchestrator", "analysis"):
         shutil.copytree(REPO / package, folder / package, ignore=shutil.ignore_patterns("__pycache__"))
     spec = {
-        "name": "placed", "dataset": "synthetic", "storage_path": f"s3://{BUCKET}/sweeps",
+        "name": "placed", "dataset": "synthetic", "preset": "smoke", "storage_path": f"s3://{BUCKET}/sweeps",
         "base": {**TINY_BASE, "search.epochs": 2, "retrain.epochs": 1},
         "methods": {"mgas": {"search.layers": 4, "retrain.layers": 4, "search.mgas.stages": 2,
                              "search.mgas.control.lambda0": 0.5}},

@@ -23,7 +23,7 @@ from orchestrator.results import read_rows, result_schema
 from orchestrator.spec import expand_trials, load_spec
 from orchestrator.sweep import run_command
 from orchestrator.trainable import run_trial_pipeline
-from tests.orchestrator.conftest import PLUGIN
+from tests.conftest import PLUGIN
 from tests.orchestrator.helpers import MGAS_TINY, write_spec
 from tests.processes import private_ray_env
 
@@ -185,8 +185,10 @@ def _watch_and_kill(trial_dir: Path, after_epoch: int, killed: dict) -> None:
 
 
 def test_killed_worker_resumes_from_checkpoint_and_matches_undisturbed_run(tmp_path):
+    # enough epochs after the one the watcher waits for that the kill lands inside the search, not
+    # after the trial's last report (a smoke-sized epoch takes tens of milliseconds)
     path = write_spec(tmp_path, name="kill", sweep={"method": ["darts"], "seed": [3]},
-                      base={"search.epochs": 5})
+                      base={"search.epochs": 24})
     spec, _ = load_spec(path)
     trial = expand_trials(spec)[0]
     trial_dir = tmp_path / "out" / "kill" / "tune" / trial["trial_id"]
