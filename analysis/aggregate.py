@@ -35,7 +35,7 @@ def aggregate(ok: pd.DataFrame) -> pd.DataFrame:
         if metric not in ok:
             continue
         out[f"{metric}_mean"] = grouped[metric].mean()
-        out[f"{metric}_std"] = grouped[metric].std(ddof=1).fillna(0.0)
+        out[f"{metric}_std"] = grouped[metric].std(ddof=1)  # NaN for one seed: no spread to state
     for extra in ("target_params_m", "granularities", "stages", "subgraphs", "device", "target_missed",
                   "search_peak_mem_kind", "config_json"):
         if extra in ok:

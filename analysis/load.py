@@ -24,7 +24,11 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-SUPPORTED_SCHEMA = 1
+from mgas_common.partitions import with_partition_column
+
+SUPPORTED_SCHEMAS = (1, 2)
+"""Result schema versions this reader takes: 2 keeps ``method`` in the partition folder's name only,
+1 also inside every file (both read as the same table)."""
 MAX_FILES = 100_000
 
 TEXT, WHOLE, NUMBER = "text", "whole number", "number"
@@ -162,7 +166,7 @@ def _read(fs: pafs.FileSystem, paths: list[str], skipped: list[str]) -> list[tup
             continue
         try:
             with fs.open_input_file(path) as handle:
-                tables.append((path, pq.read_table(handle)))
+                tables.append((path, with_partition_column(pq.read_table(handle), path)))
         except (pa.ArrowException, OSError, ValueError) as exc:
             skipped.append(f"{path}: {' '.join(str(exc).split())[:200]}")
     return tables
@@ -219,12 +223,14 @@ def load_results(root: str | Path) -> Results:
     skipped: list[str] = []
     tables = _read(folder.fs, _files(dirs, "results"), skipped)
     versions = {v for _, t in tables if t.num_rows and (v := _version(t)) is not None}
-    if len(versions) > 1:
+    unsupported = versions - set(SUPPORTED_SCHEMAS)
+    readable = ", ".join(map(str, SUPPORTED_SCHEMAS))
+    if unsupported and len(versions) > 1:
         raise AnalysisError(f"{root} mixes result schema versions {sorted(versions)}; analyse each experiment "
-                            "separately or re-run the older one with this version of mgas")
-    if versions and versions != {SUPPORTED_SCHEMA}:
+                            f"separately or re-run the older one with this version of mgas (it reads {readable})")
+    if unsupported:
         raise AnalysisError(f"{root} was written with result schema version {min(versions)}; this mgas reads "
-                            f"version {SUPPORTED_SCHEMA}")
+                            f"versions {readable}")
     row_tables = _usable(tables, skipped, ROW_COLUMNS, OPTIONAL_ROW_COLUMNS, rows_checked=True)
     if not row_tables:
         detail = f" ({len(skipped)} unusable file(s) skipped; first: {skipped[0]})" if skipped else ""

@@ -167,11 +167,12 @@ def ablation_plot(table: pd.DataFrame, method: str, factor: str, folder: Path,
                   styles: dict[str, Style] | None = None) -> Path:
     fig, ax = plt.subplots(figsize=(6, 3.8))
     x = np.arange(len(table))
-    ax.bar(x, table["test_acc_mean"] * 100, yerr=table["test_acc_std"] * 100, color=style(method, styles)[0], capsize=3)
+    ax.bar(x, table["test_acc_mean"] * 100, yerr=table["test_acc_std"].fillna(0.0) * 100,
+           color=style(method, styles)[0], capsize=3)
     ax.set_xticks(x, [str(v) for v in table[factor]], rotation=30, ha="right", fontsize=8)
     ax.set_xlabel(factor)
     ax.set_ylabel("test accuracy (%)")
-    low = float((table["test_acc_mean"] - table["test_acc_std"]).min() * 100)
+    low = float((table["test_acc_mean"] - table["test_acc_std"].fillna(0.0)).min() * 100)
     ax.set_ylim(max(0.0, low - 5), 100)
     ax2 = ax.twinx()
     ax2.plot(x, table["nonzero_params_m_mean"], color="black", marker="o")

@@ -28,7 +28,7 @@ def _md_table(frame: pd.DataFrame) -> str:
 
 def _cell(v: object) -> str:
     if isinstance(v, float):
-        return f"{v:.4g}"
+        return "" if v != v else f"{v:.4g}"  # NaN (a std over one seed, a missing value): left empty
     return str(v).replace("|", "\\|")
 
 
@@ -89,8 +89,7 @@ def build_report(results: Results, out: Path, published_path: Path | None = None
         ("Failed trials", failed, ""),
         *provenance_sections(results.rows),
     ]
-    md = [f"# mgas report: {', '.join(results.experiments)}\n",
-          f"{len(results.rows)} trials ({len(results.ok)} ok, {len(results.failed)} failed).\n"]
+    md = [f"# mgas report: {', '.join(results.experiments)}\n", f"{counts_text(results)}\n"]
     if results.skipped:
         md.append("Skipped unreadable files:\n" + "".join(f"- {s}\n" for s in results.skipped))
     for key, path in figures.items():
@@ -143,12 +142,27 @@ def provenance_sections(rows: pd.DataFrame) -> list[tuple[str, pd.DataFrame, str
     ]
 
 
+def counts_text(results: Results) -> str:
+    """Trials and rows counted apart: a search that yields a series (GOLD-NAS) is one trial whose
+    retrained snapshots are rows of their own ("6 trials (6 ok, 0 failed), 8 rows: 2 more are
+    retrained GOLD-NAS snapshots")."""
+    own = trial_rows(results.rows)
+    ok = int((own["status"] == "ok").sum())
+    text = f"{len(own)} trials ({ok} ok, {len(own) - ok} failed), {len(results.rows)} rows"
+    extra = results.rows.drop(own.index)
+    if len(extra):
+        per_method = extra.groupby("method").size()
+        text += ": " + ", ".join(f"{n} more {'is a' if n == 1 else 'are'} retrained {m} snapshot{'s' * (n != 1)}"
+                                 for m, n in per_method.items())
+    return text + "."
+
+
 def _html_report(results: Results, figures: dict[str, Path], sections: list) -> str:
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>mgas report</title><style>",
              "body{font-family:sans-serif;max-width:1200px;margin:auto}table{border-collapse:collapse;font-size:12px}",
              "td,th{border:1px solid #ccc;padding:3px 6px}img{max-width:100%}</style></head><body>",
              f"<h1>mgas report: {html.escape(', '.join(results.experiments))}</h1>",
-             f"<p>{len(results.rows)} trials ({len(results.ok)} ok, {len(results.failed)} failed).</p>"]
+             f"<p>{html.escape(counts_text(results))}</p>"]
     if results.skipped:
         parts.append("<p>Skipped unreadable files:</p><ul>" +
                      "".join(f"<li>{html.escape(s)}</li>" for s in results.skipped) + "</ul>")

@@ -11,12 +11,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from mgas_core.methods.registry import get_method, validate_settings
+
+
+def search_plan(trial: dict[str, Any]) -> tuple[int, str]:
+    """The most search epochs the trial's method can run with its settings, and how they split
+    (:meth:`~mgas_core.methods.protocol.SearchMethod.epoch_plan`: MGAS's stages and phases)."""
+    settings = validate_settings(trial["settings"])
+    return get_method(settings.search.method, trial.get("method_module")).epoch_plan(settings.search)
+
 
 def planned_epochs(trial: dict[str, Any]) -> int:
-    """The search + retrain epochs a trial's settings plan (a method may revise its search budget
-    while running: MGAS reports ``max_epochs``)."""
-    settings = trial["settings"]
-    return int(settings["search"]["epochs"]) + int(settings["retrain"]["epochs"])
+    """The search + retrain epochs a trial's settings plan (the search's most; a search that stops
+    early, or retrains several architectures, revises it while running)."""
+    return search_plan(trial)[0] + int(trial["settings"]["retrain"]["epochs"])
 
 
 @dataclass
@@ -56,7 +64,7 @@ class SweepStatus:
 
     @classmethod
     def of(cls, trials: list[dict[str, Any]]) -> SweepStatus:
-        return cls({t["trial_id"]: TrialProgress(planned_epochs(t), int(t["settings"]["search"]["epochs"]),
+        return cls({t["trial_id"]: TrialProgress(planned_epochs(t), search_plan(t)[0],
                                                  int(t["settings"]["retrain"]["epochs"])) for t in trials})
 
     def _get(self, tid: str) -> TrialProgress:

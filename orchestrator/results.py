@@ -5,6 +5,11 @@ Layout under the experiment's folder ``<storage>/<experiment>/`` (a local path, 
     tune/                                   Tune's state: trial folders, checkpoints, results
     results/method=<m>/<trial_id>.parquet   one row: the trial's outcome (ok or failed + error)
     curves/method=<m>/<trial_id>.parquet    one row per epoch (search and retrain phases)
+
+``method`` is a Hive partition key: it is in the folder name and not inside the files (schema
+version 2; version 1 files held it as a column too, which standard readers refuse to merge), so
+``pandas.read_parquet``, ``pyarrow.dataset``, polars and duckdb read ``results/`` and ``curves/``
+as one table each with a ``method`` column (``mgas_common/partitions.py``).
     archs/<trial_id>/arch.json (+ masks)    the derived architecture
 
 A row is a pure function of what Tune saved for the trial (:func:`row_from_result`: the trial's
@@ -28,10 +33,11 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mgas_common.partitions import PARTITION_KEY, with_partition_column, without_partition_column
 from mgas_core.methods.registry import get_method, result_columns, result_values
 from orchestrator.storage import Location, resolve
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _RESULT_HEAD = [
     ("schema_version", pa.int32()),
@@ -143,6 +149,12 @@ def table_from_rows(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
         raise ValueError(f"columns {sorted(unknown)} are not in the schema")
     columns = {f.name: [_coerce(row.get(f.name), f.type) for row in rows] for f in schema}
     return pa.table(columns, schema=schema)
+
+
+def file_table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
+    """The table a result or curves file holds: ``rows`` less the partition key (in the folder name)."""
+    return table_from_rows([{k: v for k, v in row.items() if k != PARTITION_KEY} for row in rows],
+                           without_partition_column(schema))
 
 
 def table_bytes(table: pa.Table) -> bytes:
@@ -263,9 +275,9 @@ def write_trial(experiment: str | Path | Location, rows: dict[str, Any] | list[d
         base = {"schema_version": SCHEMA_VERSION, "experiment": first["experiment"], "trial_id": first["trial_id"],
                 "method": first["method"], "seed": first.get("seed")}
         curve_location(target, first["method"], first["trial_id"]).write_bytes(
-            table_bytes(table_from_rows(curve_rows(history, base), CURVE_SCHEMA)))
+            table_bytes(file_table(curve_rows(history, base), CURVE_SCHEMA)))
     location = result_location(target, first["method"], first["trial_id"])
-    location.write_bytes(table_bytes(table_from_rows(rows, result_schema())))  # the rows last: they mark "done"
+    location.write_bytes(table_bytes(file_table(rows, result_schema())))  # the rows last: they mark "done"
     return location
 
 
@@ -274,5 +286,6 @@ def read_rows(experiment: str | Path | Location) -> list[dict[str, Any]]:
     target = experiment if isinstance(experiment, Location) else resolve(experiment)
     rows = []
     for location in target.child("results").files(".parquet"):
-        rows.extend(pq.read_table(io.BytesIO(location.read_bytes())).to_pylist())
+        table = pq.read_table(io.BytesIO(location.read_bytes()))
+        rows.extend(with_partition_column(table, location.path).to_pylist())
     return rows

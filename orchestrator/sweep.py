@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from mgas_common.errors import UserInputError
+from orchestrator.progress import search_plan
 from orchestrator.spec import ExperimentSpec, expand_trials, load_runtime_env, load_spec
 from orchestrator.storage import Location, is_uri, join, normalize, resolve
 from orchestrator.tracking import MlflowSpec, MlflowTracker, TrackingSpec, mlflow_target
@@ -37,8 +38,8 @@ def print_plan(spec: ExperimentSpec, trials: list[dict[str, Any]], experiment_ur
     print(f"experiment {spec.name}: {len(trials)} trials on {spec.dataset.name} (preset {spec.preset})")
     width = max(len(t["trial_id"]) for t in trials)
     for t in trials:
-        s = t["settings"]["search"]
-        print(f"  {t['trial_id']:<{width}}  search {s['epochs']} ep, retrain {t['settings']['retrain']['epochs']} ep  "
+        plan = search_plan(t)[1]
+        print(f"  {t['trial_id']:<{width}}  search {plan}, retrain {t['settings']['retrain']['epochs']} ep  "
               f"{describe_axes(t['axes'])}")
     res = spec.resources
     methods = sorted({t["settings"]["search"]["method"] for t in trials})

@@ -131,6 +131,13 @@ class SearchMethod(ABC):
     def max_epochs(self) -> int:
         return self.settings.epochs
 
+    @classmethod
+    def epoch_plan(cls, settings: SearchSettings) -> tuple[int, str]:
+        """The most search epochs ``settings`` can run (what :attr:`max_epochs` will be) and how they
+        split, for ``mgas run --dry-run`` and progress before the trial starts: by default
+        ``search.epochs``; a method with phases says so (MGAS: stages, warm-ups, regrowth, final)."""
+        return settings.epochs, f"{settings.epochs} ep"
+
     @property
     def finished(self) -> bool:
         """True once the search has met its stopping rule (e.g. the target size)."""

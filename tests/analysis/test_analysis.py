@@ -73,7 +73,7 @@ def test_mean_std_over_seeds(tmp_path):
     assert agg.loc["darts", "test_acc_mean"] == pytest.approx(0.91)
     assert agg.loc["darts", "test_acc_std"] == pytest.approx(np.std([0.90, 0.92], ddof=1))
     assert agg.loc["mgas target_params=0.1", "test_acc_mean"] == pytest.approx(0.95)
-    assert agg.loc["msg_das", "test_acc_std"] == 0.0
+    assert np.isnan(agg.loc["msg_das", "test_acc_std"])  # one seed: no spread, not a spread of 0
 
 
 def test_pareto_front_keeps_only_non_dominated_points(tmp_path):
@@ -298,3 +298,23 @@ def test_a_method_is_drawn_as_it_declares_and_an_undeclared_one_from_the_palette
     assert (colour, marker) in PALETTE and label == "other"
     assert style("other") == (colour, marker, label)  # the same in every figure
     assert style("mine", {"mine": (None, None, "My method")})[2] == "My method"
+
+
+def test_the_report_counts_trials_and_rows_apart_and_leaves_a_one_seed_spread_empty(tmp_path):
+    from analysis.report import counts_text
+
+    exp = _series_rows(tmp_path, [0.24, 0.17, 0.09, 0.05], [0.97, 0.965, 0.95, 0.93])
+    results = load_results(exp)
+    assert len(results.rows) == 7  # 4 snapshots of one GOLD-NAS search, 3 MGAS trials
+    text = counts_text(results)
+    assert text == "4 trials (4 ok, 0 failed), 7 rows: 3 more are retrained gold_nas snapshots."
+    md = build_report(results, tmp_path / "report")["report_md"].read_text()
+    assert text in md
+    section = md.split("## Ablation: mgas over target_params_m")[1].split("\n## ")[0]
+    table = [line for line in section.splitlines() if line.startswith("|")]
+    header = [c.strip() for c in table[0].strip("|").split("|")]
+    cells = {float(r.strip("|").split("|")[0]): [c.strip() for c in r.strip("|").split("|")] for r in table[2:]}
+    std = header.index("test_acc_std")
+    assert cells[0.05][header.index("n")] == "1" and cells[0.05][std] == ""  # one seed: no spread stated
+    assert cells[0.1][header.index("n")] == "2"
+    assert float(cells[0.1][std]) == pytest.approx(np.std([0.94, 0.96], ddof=1), abs=1e-4)

@@ -236,6 +236,8 @@ def test_unreachable_target_ends_with_target_reached_false_and_the_gap():
     assert summary["target_gap"] == pytest.approx(nonzero / settings.search.target_params / 1e6 - 1)
     assert any(e["type"] == "target_not_reached" for e in result.events)
     assert len(result.history) == result.method.max_epochs  # every phase spent its budget, then it stopped
+    planned, text = type(result.method).epoch_plan(settings.search)  # what `mgas run --dry-run` prints
+    assert planned == len(result.history) and text.startswith(f"{planned} ep max: ")
 
 
 def test_target_above_supernet_is_rejected():

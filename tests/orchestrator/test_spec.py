@@ -85,6 +85,12 @@ def test_dry_run_prints_plan_without_ray(tmp_path, capsys, monkeypatch):
     assert main(["run", str(path), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "4 trials" in out and "cpu=1 gpu=0.5" in out and "mgas_seed1" in out
+    # each trial's real epoch plan: MGAS's phases (2 stages of 0 warm-up + 1 search epoch, a regrow
+    # epoch, a final epoch), DARTS's search.epochs
+    lines = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ")}
+    assert "search 4 ep max: 2 stages x (0 warm-up + <= 1), 1 regrow, final 0 + <= 1, retrain 2 ep" \
+        in lines["mgas_seed1"]
+    assert "search 2 ep, retrain 2 ep" in lines["darts_seed0"]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")

@@ -326,7 +326,7 @@ PARQUET_CASES = st.one_of(
     st.tuples(st.sampled_from(NUMBERS), st.sampled_from([float("nan"), float("inf"), float("-inf"), None])).map(
         lambda cv: ("value", cv, (cv[0],))),
     st.sampled_from(["experiment", "method", "status", "dataset", "trial_id"]).map(lambda c: ("null", c, (c,))),
-    st.sampled_from([0, 2, 99]).map(lambda v: ("version", v, ("schema version",))),
+    st.sampled_from([0, 3, 99]).map(lambda v: ("version", v, ("schema version",))),
     st.just(("empty", None, ("no rows",))),
     st.just(("failed", None, ("none finished successfully",))),
     st.binary(min_size=0, max_size=64).map(lambda b: ("bytes", b, ("darts_seed0.parquet",))),
@@ -377,7 +377,7 @@ def test_mixed_schema_versions_are_refused():
     with tempfile.TemporaryDirectory() as d:
         folder = Path(d)
         _write_results(folder, _result_table())
-        _write_results(folder, _replace(_result_table(), "schema_version", pa.array([2], pa.int32())), "b.parquet")
+        _write_results(folder, _replace(_result_table(), "schema_version", pa.array([3], pa.int32())), "b.parquet")
         assert_refused(["report", str(folder)], folder, ("schema versions",), "report (Parquet)")
 
 

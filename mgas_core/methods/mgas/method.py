@@ -103,9 +103,7 @@ class Mgas(SearchMethod):
         control = cfg.control
         high, low = scaled_counts(control.high, control.low, control.reference_ops, self.model.alpha.numel())
         self.lam = MgasLambda(control.lambda0, control.c0, high, low, control.max_lambda)
-        self.schedule = MgasSchedule(cfg.stages, cfg.warmup_epochs, cfg.mask_interval,
-                                     cfg.stage_epochs or settings.epochs, cfg.final_epochs or settings.epochs,
-                                     regrow="op" in self.levels and cfg.regrow_fraction > 0)
+        self.schedule = MgasSchedule.from_settings(settings)
         self.generator = torch.Generator().manual_seed(seed + 7919)
         self.result: dict[str, Any] | None = None
         self.ratios = remaining_ratios(self.model)
@@ -142,6 +140,11 @@ class Mgas(SearchMethod):
     @property
     def max_epochs(self) -> int:
         return self.schedule.max_epochs
+
+    @classmethod
+    def epoch_plan(cls, settings: SearchSettings) -> tuple[int, str]:
+        schedule = MgasSchedule.from_settings(settings)
+        return schedule.max_epochs, schedule.plan_text()
 
     @property
     def finished(self) -> bool:

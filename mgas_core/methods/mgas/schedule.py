@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from mgas_common.errors import UserInputError
+from mgas_core.settings.run import SearchSettings
 
 WARMUP, SEARCH, REGROW = "warmup", "search", "regrow"
 
@@ -58,6 +59,21 @@ class MgasSchedule:
     def __post_init__(self) -> None:
         if self.warmup_epochs == 0 and self.phase.kind == WARMUP and self.phase.epochs == 0:
             self.phase.kind = SEARCH
+
+    @classmethod
+    def from_settings(cls, settings: SearchSettings) -> MgasSchedule:
+        """The schedule ``settings`` plan: phase budgets default to ``search.epochs``; regrowth runs
+        when ops are pruned (``op`` granularity) and a fraction of them is to come back."""
+        cfg = settings.mgas
+        return cls(cfg.stages, cfg.warmup_epochs, cfg.mask_interval, cfg.stage_epochs or settings.epochs,
+                   cfg.final_epochs or settings.epochs, regrow="op" in cfg.granularities and cfg.regrow_fraction > 0)
+
+    def plan_text(self) -> str:
+        """How the most epochs split: ``18 ep max: 3 stages x (1 warm-up + <= 2), 2 regrow, final 1 + <= 6``."""
+        regrow = (self.stages - 1) if self.regrow else 0
+        return (f"{self.max_epochs} ep max: {self.stages} stage{'s' * (self.stages != 1)} x ({self.warmup_epochs} "
+                f"warm-up + <= {self.stage_budget}), {regrow} regrow, final {self.warmup_epochs} + <= "
+                f"{self.final_budget}")
 
     @property
     def final_stage(self) -> int:
