@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,23 @@ def read_input_text(path: Path, what: str, max_bytes: int = MAX_INPUT_BYTES) -> 
         raise UserInputError(f"{what} {path} is not UTF-8 text (byte {exc.start})") from exc
 
 
+URI_LIKE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:/")
+"""A scheme (``s3:/``, ``gs:/``, ``file:/``) at the start of a path: a URI, once ``Path`` has
+folded its double slash."""
+
+
+def _name_max(path: Path) -> int:
+    """The longest file name (bytes) the filesystem holding ``path`` (or its nearest existing
+    parent) allows; 255 where it does not say."""
+    probe = path.absolute()
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    try:
+        return os.pathconf(probe, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 255
+
+
 def check_output_dir(path: Path, what: str) -> Path:
     """``path`` if it is a folder that exists or can be created and written; else a
     :class:`UserInputError` naming it (checked before anything is written)."""
@@ -80,6 +98,16 @@ def check_output_dir(path: Path, what: str) -> Path:
 def _check_output_dir(path: Path, what: str) -> Path:
     if "\x00" in str(path):
         raise UserInputError(f"{what} path contains a NUL character")
+    if URI_LIKE.match(str(path)):  # Path("s3://b/x") is "s3:/b/x": never a local folder named "s3:"
+        raise UserInputError(f"{what} {path}: this command writes to a local folder, not to a URI; give a path "
+                             "(object stores: `mgas run --out s3://...`)")
+    limit = _name_max(path)
+    long = next((part for part in path.parts if len(os.fsencode(part)) > limit), None)
+    if long is not None:
+        raise UserInputError(f"{what} {path}: the name {long[:40]}... is {len(os.fsencode(long))} bytes; at most "
+                             f"{limit} on this filesystem")
+    if path.is_symlink() and not path.exists():
+        raise UserInputError(f"{what} {path} is a broken symlink or a symlink loop")
     if path.exists() and not path.is_dir():
         raise UserInputError(f"{what} {path} is a file; expected a folder")
     probe = path

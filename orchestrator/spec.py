@@ -76,6 +76,13 @@ def method_axes() -> dict[str, dict[str, str]]:
     return out
 
 
+def axis_paths(axis: str) -> list[str]:
+    """The settings a sweep axis sets: a short axis's path(s), or the dotted path itself."""
+    if axis in COMMON_AXES:
+        return [COMMON_AXES[axis]]
+    return list(method_axes().get(axis, {}).values()) or [axis]
+
+
 def axis_names() -> list[str]:
     return [*COMMON_AXES, *method_axes()]
 
@@ -258,6 +265,12 @@ class ExperimentSpec(Strict):
                 raise ValueError(f"axis {axis!r} must be a non-empty list of values")
             if len(values) > MAX_AXIS_VALUES:
                 raise ValueError(f"axis {axis!r} has {len(values)} values; at most {MAX_AXIS_VALUES}")
+        setting_of: dict[str, str] = {}
+        for axis in v:
+            for path in axis_paths(axis):
+                if path in setting_of:
+                    raise ValueError(f"axes {setting_of[path]!r} and {axis!r} both sweep {path}; keep one")
+                setting_of[path] = axis
         size = math.prod(len(values) for values in v.values())
         if size > MAX_TRIALS:
             raise ValueError(f"the grid has {size} combinations; at most {MAX_TRIALS} trials per experiment")

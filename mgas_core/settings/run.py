@@ -78,6 +78,14 @@ class SearchSettings(Strict):
             raise ValueError(f"channels must be even (FactorizedReduce halves them), got {v}")
         return v
 
+    @model_validator(mode="after")
+    def _lr_range(self) -> SearchSettings:
+        if self.w_lr_min > self.w_lr:
+            raise field_error("w_lr_min", f"w_lr_min ({self.w_lr_min:g}) is above w_lr ({self.w_lr:g}); the cosine "
+                                          "schedule decays from w_lr down to w_lr_min", self.w_lr_min,
+                              type(self).__name__)
+        return self
+
 
 class RetrainSettings(Strict):
     epochs: int = Field(600, ge=1, le=MAX_EPOCHS)
@@ -114,6 +122,13 @@ class RetrainSettings(Strict):
         if v is not None and v % 2:
             raise ValueError(f"channels must be even (FactorizedReduce halves them), got {v}")
         return v
+
+    @model_validator(mode="after")
+    def _lr_range(self) -> RetrainSettings:
+        if self.lr_min > self.lr:
+            raise field_error("lr_min", f"lr_min ({self.lr_min:g}) is above lr ({self.lr:g}); the cosine schedule "
+                                        "decays from lr down to lr_min", self.lr_min, type(self).__name__)
+        return self
 
 
 class RunSettings(Strict):

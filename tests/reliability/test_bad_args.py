@@ -163,3 +163,38 @@ def test_output_paths_that_are_files_or_missing_inputs_are_named():
         ]
         for argv, kind in cases:
             assert_refused(argv, folder, (str(a_file), str(folder)), kind)
+
+
+def test_local_output_paths_that_are_uris_loops_or_over_long_names_are_refused_in_one_line():
+    """search, train and report write to local folders: a URI (which ``Path`` would fold into a
+    local folder named ``s3:``), a symlink loop, a broken symlink or a name longer than the
+    filesystem allows is one line, and nothing is written."""
+    with tempfile.TemporaryDirectory() as d:
+        folder = Path(d)
+        loop = folder / "loop"
+        loop.symlink_to(loop)
+        dangling = folder / "dangling"
+        dangling.symlink_to(folder / "nowhere")
+        long_name = str(folder / ("n" * 300))
+        results = Path(__file__).resolve().parents[1] / "data" / "results_v1"
+        for out, names in [("s3://bucket/x", ("not to a URI",)), ("gs://bucket/x", ("not to a URI",)),
+                           ("file:///tmp/x", ("not to a URI",)), (str(loop), ("symlink loop",)),
+                           (str(dangling), ("broken symlink",)), (long_name, ("too long",))]:
+            for argv, kind in [([*SEARCH, "--out", out], "search"), ([*TRAIN, "--out", out], "train"),
+                               (["report", str(results), "--out", out], "report")]:
+                assert_refused(argv, folder, names, kind)
+
+
+def test_settings_that_contradict_each_other_are_refused():
+    """Each value in bounds, together impossible: a minimum learning rate above the learning rate
+    (search and retraining), two sweep axes for one setting."""
+    with tempfile.TemporaryDirectory() as d:
+        folder = Path(d)
+        spec = folder / "two_axes.yaml"
+        spec.write_text("name: x\ndataset: digits\npreset: tiny\nsweep:\n  method: [mgas]\n  stages: [1, 2]\n"
+                        "  search.mgas.stages: [2, 3]\n")
+        cases = [([*SEARCH, "--set", "search.w_lr_min=0.5"], ("search.w_lr_min",), "search"),
+                 ([*TRAIN, "--set", "retrain.lr_min=0.5"], ("retrain.lr_min",), "train"),
+                 (["run", str(spec), "--dry-run"], ("'stages' and 'search.mgas.stages' both sweep",), "run")]
+        for argv, names, kind in cases:
+            assert_refused(argv, folder, names, kind)
