@@ -3,16 +3,21 @@
 :func:`write_trial_outputs` turns what Tune holds about a trial (its config, last result, error and
 newest checkpoint) into its row, curves and architecture files under the experiment's folder on the
 storage. It runs in the live driver callback, after ``Tuner.fit`` (so a restored sweep rewrites the
-rows of trials that finished before the restore) and in ``mgas collect``, which reads the sweep back
-with ``Tuner.restore(...).get_results()``: no row depends on a driver having stayed alive, and the
-rebuilt rows are the same bytes.
+rows of trials that finished before the restore) and in ``mgas collect``, which reads each trial's
+folder of Tune's state as data only — ``params.json``, the last line of ``result.json``,
+``error.txt`` and the newest ``checkpoint_*`` folder — never Tune's pickles (``tuner.pkl``, the
+experiment state, ``params.pkl``, ``error.pkl``): a results folder on shared storage is data that
+other people write, and unpickling it would run their code. No row depends on a driver having
+stayed alive, and the rebuilt rows are the same bytes.
 """
 
 from __future__ import annotations
 
 import json
 import posixpath
+import re
 import sys
+from dataclasses import dataclass
 from typing import Any
 
 from mgas_common.errors import UserInputError
@@ -20,7 +25,21 @@ from orchestrator.results import arch_location, rows_from_result, write_trial
 from orchestrator.storage import Location, copy_file, resolve
 
 TUNE_DIR = "tune"
+CHECKPOINT_DIR = re.compile(r"^checkpoint_\d+$")
+MAX_STATE_BYTES = 256 * 1024 * 1024
+"""The most of one state file read (a result line carries the whole epoch history)."""
 ARCH_FILES = ("arch.json", "arch.masks.safetensors")
+
+
+@dataclass(frozen=True)
+class SavedTrial:
+    """What Tune saved about one trial: the trial's entry of its config, its last result, the text
+    of its error, and its newest checkpoint (a ``tune.Checkpoint`` or a :class:`Location`)."""
+
+    trial: dict[str, Any]
+    result: dict[str, Any]
+    error: object = None
+    checkpoint: Any = None
 
 
 def copy_architecture(checkpoint: Any, experiment: Location, trial_id: str) -> int:
@@ -30,7 +49,7 @@ def copy_architecture(checkpoint: Any, experiment: Location, trial_id: str) -> i
         return 0
     import pyarrow.fs as pafs
 
-    source_fs = getattr(checkpoint, "filesystem", None) or pafs.LocalFileSystem()
+    source_fs = getattr(checkpoint, "filesystem", None) or getattr(checkpoint, "fs", None) or pafs.LocalFileSystem()
     target = arch_location(experiment, trial_id)
     copied = 0
     for name in ARCH_FILES:
@@ -63,35 +82,69 @@ def experiment_locations(root: Location) -> list[Location]:
     return [sub for sub in root.subfolders() if tune_run_location(sub).is_dir()]
 
 
+def _json_object(location: Location, what: str) -> dict[str, Any] | None:
+    """A JSON object file of a trial's folder, or None when it is missing or not one."""
+    if not location.exists():
+        return None
+    try:
+        value = json.loads(location.read_bytes()[:MAX_STATE_BYTES])
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UserInputError(f"{location.uri}: {what} is not JSON ({exc})") from None
+    return value if isinstance(value, dict) else None
+
+
+def saved_trial(folder: Location) -> SavedTrial | None:
+    """One trial's folder of Tune's state, read as data (JSON and text, never a pickle); None for a
+    folder that is not a trial of ours or that has no result yet."""
+    params = _json_object(folder.child("params.json"), "params.json")
+    trial = (params or {}).get("trial")
+    results = folder.child("result.json")
+    if not isinstance(trial, dict) or not results.exists():
+        return None
+    lines = [line for line in results.read_bytes().splitlines() if line.strip()]
+    try:
+        result = json.loads(lines[-1]) if lines else {}
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UserInputError(f"{results.uri}: its last line is not JSON ({exc})") from None
+    error_file = folder.child("error.txt")
+    error = error_file.read_bytes()[:MAX_STATE_BYTES].decode("utf-8", "replace") if error_file.exists() else None
+    checkpoints = [sub for sub in folder.subfolders() if CHECKPOINT_DIR.match(posixpath.basename(sub.path))]
+    return SavedTrial(trial, result if isinstance(result, dict) else {}, error or None,
+                      checkpoints[-1] if checkpoints else None)
+
+
 def collect_experiment(experiment: Location) -> dict[str, Any]:
-    """Rebuild every finished trial's outputs from Tune's saved results."""
-    from ray import tune
-
-    from orchestrator.trainable import tune_trainable
-
+    """Rebuild every finished trial's outputs from Tune's saved results (its JSON, not its pickles)."""
     run = tune_run_location(experiment)
-    if not tune.Tuner.can_restore(run.uri):
-        raise UserInputError(f"{run.uri} holds no Tune sweep state (expected <storage>/<experiment>/tune)")
-    grid = tune.Tuner.restore(run.uri, tune_trainable).get_results()
-    return write_results(experiment, grid)
+    trials = [t for sub in run.subfolders() if (t := saved_trial(sub)) is not None]
+    if not trials:
+        raise UserInputError(f"{run.uri} holds no trial of a sweep (expected <storage>/<experiment>/tune/<trial>/"
+                             "params.json and result.json, as `mgas run` writes)")
+    return write_results(experiment, trials)
 
 
-def write_results(experiment: Location, grid: Any) -> dict[str, Any]:
-    """Write the outputs of every trial of a ``ResultGrid`` that ended (finished or errored);
-    trials still pending or running when the sweep stopped get no row until they end."""
-    counts = {"ok": 0, "failed": 0, "unfinished": 0}
-    trial_ids = []
+def saved_from_grid(grid: Any) -> list[SavedTrial]:
+    """The trials of a live ``ResultGrid`` (after ``Tuner.fit``) as :class:`SavedTrial`."""
+    out = []
     for result in grid:
         trial = (result.config or {}).get("trial")
-        if trial is None:
-            continue
-        metrics = result.metrics or {}
-        if result.error is None and not metrics.get("done_trial"):
+        if trial is not None:
+            out.append(SavedTrial(trial, result.metrics or {}, result.error, result.checkpoint))
+    return out
+
+
+def write_results(experiment: Location, trials: list[SavedTrial]) -> dict[str, Any]:
+    """Write the outputs of every trial that ended (finished or errored); trials still pending or
+    running when the sweep stopped get no row until they end."""
+    counts = {"ok": 0, "failed": 0, "unfinished": 0}
+    trial_ids = []
+    for saved in trials:
+        if saved.error is None and not saved.result.get("done_trial"):
             counts["unfinished"] += 1
             continue
-        row = write_trial_outputs(experiment, trial, metrics, result.error, result.checkpoint)
+        row = write_trial_outputs(experiment, saved.trial, saved.result, saved.error, saved.checkpoint)
         counts["ok" if row["status"] == "ok" else "failed"] += 1
-        trial_ids.append(trial["trial_id"])
+        trial_ids.append(saved.trial["trial_id"])
     return {"experiment": experiment.uri, "rows": len(trial_ids), **counts, "trial_ids": sorted(trial_ids)}
 
 

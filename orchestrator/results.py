@@ -229,7 +229,8 @@ def row_from_result(trial: dict[str, Any], result: dict[str, Any] | None, error:
         "dataset": settings["data"]["name"], "seed": settings["seed"],
         "target_params_m": search.get("target_params"),
         **result_values(settings),
-        "config_json": json.dumps(settings, sort_keys=True), "axes_json": json.dumps(trial["axes"], default=str),
+        "config_json": json.dumps(settings, sort_keys=True),
+        "axes_json": json.dumps(trial["axes"], sort_keys=True, default=str),
         "deterministic": settings.get("deterministic", False),
         "git_sha": provenance.get("git_sha"), "versions": json.dumps(provenance.get("versions", {}), sort_keys=True),
     }

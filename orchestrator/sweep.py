@@ -124,7 +124,7 @@ def run_sweep(spec: ExperimentSpec, trials: list[dict[str, Any]], uri: str, addr
     from ray import tune
 
     from orchestrator.callbacks import MlflowCallback, ResultsWriter, SweepProgress
-    from orchestrator.collect import write_results
+    from orchestrator.collect import saved_from_grid, write_results
     from orchestrator.preflight import check_capacity, check_local_compile, cluster_nodes, local_node
     from orchestrator.ray_runtime import (
         callbacks_untagged,
@@ -183,7 +183,7 @@ def run_sweep(spec: ExperimentSpec, trials: list[dict[str, Any]], uri: str, addr
         with callbacks_untagged(), trials_in_driver_environment(embedded):
             grid = tuner.fit()
         # every ended trial's row again, from the result grid: a restored sweep's earlier trials too
-        written = write_results(experiment, grid)
+        written = write_results(experiment, saved_from_grid(grid))
     finally:
         if embedded:
             import ray
