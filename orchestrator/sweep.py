@@ -191,6 +191,12 @@ def run_sweep(spec: ExperimentSpec, trials: list[dict[str, Any]], uri: str, addr
             ray.shutdown()
     ok = written["ok"]
     results_dir = join(uri, "results")
+    if written["unfinished"]:  # Tune stopped on a Ctrl-C (or SIGTERM) and saved its state first
+        left = len(trials) - ok - written["failed"]
+        print(f"sweep {spec.name} interrupted: {ok}/{len(trials)} trials ok, {left} not finished (no row yet); "
+              "the same `mgas run` with --resume continues it", file=sys.stderr)
+        raise KeyboardInterrupt
+
     summary = {"experiment": spec.name, "trials": len(trials), "ok": ok, "failed": len(trials) - ok,
                "rows": written["rows"], "resumed": restored, "results_dir": results_dir,
                "wall_time_s": time.time() - started}

@@ -60,7 +60,7 @@ def _inject(monkeypatch, error: type[BaseException], at_calls: set[int]) -> dict
 def test_one_device_oom_is_retried_from_the_last_checkpoint_and_recorded(tmp_path, monkeypatch):
     trial = _trial(tmp_path)
     undisturbed = run_trial_pipeline(trial, None, lambda metrics, state_fn: None)
-    _inject(monkeypatch, torch.OutOfMemoryError, {5})  # in search epoch 1 (3 steps per epoch)
+    _inject(monkeypatch, torch.OutOfMemoryError, {3})  # in search epoch 1 (2 steps per epoch)
     final = run_trial(trial, None, MemoryReporter(tmp_path))
     events = json.loads(final["events_json"])
     retries = [e for e in events if e["type"] == "oom_retry"]
