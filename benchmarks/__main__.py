@@ -39,15 +39,17 @@ DIAGNOSTICS: dict[str, list[str]] = {
 
 OFFICIAL: dict[str, list[str]] = {
     "step": ["python -m benchmarks.official.step --repo PATH --kind darts|mgas --json   # what --official-* runs"],
+    "counts": ["python -m benchmarks.official.counts --repo PATH --kind mg_darts --arch MG_DARTS_small --channels 24 "
+               "--ours --json   # vs mgas import-arch"],
 }
-"""The official code's step alone (module under ``benchmarks/official/`` -> commands)."""
+"""The official code alone (module under ``benchmarks/official/`` -> commands)."""
 
 SECTIONS = (
     ("benchmarks", "Benchmarks", "", BENCHMARKS),
     ("diagnostics", "Diagnostics (benchmarks.diagnostics: where a benchmark's figure comes from)", "diagnostics",
      DIAGNOSTICS),
-    ("official", "The official code's step alone (benchmarks.official; run by supernet --official-*)", "official",
-     OFFICIAL),
+    ("official", "The official code alone (benchmarks.official: its step, run by supernet --official-*; its "
+                 "evaluation network's size)", "official", OFFICIAL),
 )
 
 

@@ -4,7 +4,10 @@ Structure and parameter counts follow the official DARTS ``NetworkCIFAR`` / ``Ne
 (auxiliary head after cell 2L//3, drop-path on non-identity ops, ImageNet stem of three stride-2
 convs). Per-cell architectures (GOLD-NAS, MGAS) add per-op channel widths and fixed weight masks;
 removed filters are gone for real: every state keeps only the channels some op writes
-(:mod:`mgas_core.space.channels`) and the convs reading it have only those input columns.
+(:mod:`mgas_core.space.channels`) and the convs reading it have only those input columns. An
+imported architecture's ``style`` (:class:`~mgas_core.space.architecture.NetworkStyle`) switches
+on what its own ``model.py`` builds differently (affine-free BN, BN after pools and the identity,
+pre-processing of an unread input), so its parameter count is the official one to the integer.
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ from torch import Tensor, nn
 from mgas_core.metrics import ParamCount, count_params
 from mgas_core.nn.maskable_conv import MaskableConv2d
 from mgas_core.nn.ops import (
-    EVALUATION,
     FactorizedReduce,
     Identity,
     OpWidths,
@@ -29,7 +31,7 @@ from mgas_core.nn.ops import (
     writes_input_channels,
 )
 from mgas_core.nn.stem import Stem
-from mgas_core.space.architecture import Architecture, ArchitectureError, CellArch
+from mgas_core.space.architecture import DEFAULT_STYLE, Architecture, ArchitectureError, CellArch, NetworkStyle
 from mgas_core.space.channels import CellChannels, OpChannels, plan_cell
 from mgas_core.space.topology import CellShape, network_cells
 
@@ -71,11 +73,11 @@ class ModuleSpec:
 
     def build(self) -> nn.Module:
         if self.kind == "op":
-            name, channels, stride, widths, in_channels = self.args
-            return build_op(name, channels, stride, EVALUATION, _unfreeze(widths), in_channels)
-        c_in, c_out, kept = self.args
+            name, channels, stride, widths, in_channels, style = self.args
+            return build_op(name, channels, stride, style, _unfreeze(widths), in_channels)
+        c_in, c_out, kept, affine = self.args
         cls = FactorizedReduce if self.kind == "factorized_reduce" else ReLUConvBN
-        return cls(c_in, c_out, True, list(kept) if kept is not None else None)
+        return cls(c_in, c_out, affine, list(kept) if kept is not None else None)
 
     def params(self) -> int:
         return _spec_params(self)
@@ -108,9 +110,9 @@ class CellSpecs:
 
 
 def cell_specs(cell: CellArch, c_prev_prev: int, c_prev: int, channels: int, reduction: bool,
-               reduction_prev: bool) -> CellSpecs:
-    """The modules of an evaluation cell: pre-processing of the inputs it reads, and its ops, each
-    reading the channels its state keeps."""
+               reduction_prev: bool, style: NetworkStyle = DEFAULT_STYLE) -> CellSpecs:
+    """The modules of an evaluation cell: pre-processing of the inputs it reads (of both with
+    ``style.unused_preprocess``), and its ops, each reading the channels its state keeps."""
     for k, o in enumerate(cell.ops):
         mid = (o.widths or {}).get("mid")
         if isinstance(mid, int) and not 1 <= mid <= channels:
@@ -118,15 +120,16 @@ def cell_specs(cell: CellArch, c_prev_prev: int, c_prev: int, channels: int, red
     plan = cell_channel_plan(cell, channels, reduction)
     pre0, pre1 = cell.preprocess
     spec0 = spec1 = None
-    if cell.uses_input(0):
+    affine, op_style = style.bn_affine, style.op_style
+    if cell.uses_input(0) or style.unused_preprocess:
         kept0 = (pre0 or {}).get("out")
         spec0 = ModuleSpec("factorized_reduce" if reduction_prev else "relu_conv_bn",
-                           (c_prev_prev, channels, tuple(kept0) if kept0 is not None else None))
-    if cell.uses_input(1):
+                           (c_prev_prev, channels, tuple(kept0) if kept0 is not None else None, affine))
+    if cell.uses_input(1) or style.unused_preprocess:
         kept1 = (pre1 or {}).get("out")
-        spec1 = ModuleSpec("relu_conv_bn", (c_prev, channels, tuple(kept1) if kept1 is not None else None))
+        spec1 = ModuleSpec("relu_conv_bn", (c_prev, channels, tuple(kept1) if kept1 is not None else None, affine))
     ops = tuple(ModuleSpec("op", (o.op, channels, 2 if reduction and o.input < 2 else 1, _freeze(o.widths),
-                                  len(plan.states[o.input]))) for o in cell.ops)
+                                  len(plan.states[o.input]), op_style)) for o in cell.ops)
     return CellSpecs(plan, spec0, spec1, ops)
 
 
@@ -138,7 +141,7 @@ def network_specs(arch: Architecture, channels: int, layers: int, stem_channels:
     c_pp, c_p = stem_channels, stem_channels
     for shape, cell in zip(shapes, cells):
         try:
-            specs = cell_specs(cell, c_pp, c_p, shape.channels, shape.reduction, shape.reduction_prev)
+            specs = cell_specs(cell, c_pp, c_p, shape.channels, shape.reduction, shape.reduction_prev, arch.style)
         except ValueError as exc:
             raise ArchitectureError(f"cell {shape.index} of {arch.name!r}: {exc}") from exc
         yield shape, specs
@@ -153,6 +156,7 @@ class EvalCell(nn.Module):
         self.plan = specs.plan
         self.preprocess0: nn.Module | None = specs.preprocess0.build() if specs.preprocess0 else None
         self.preprocess1: nn.Module | None = specs.preprocess1.build() if specs.preprocess1 else None
+        self.reads = (cell.uses_input(0), cell.uses_input(1))  # an unread pre-processing is not run
         self.ops = nn.ModuleList(spec.build() for spec in specs.ops)
         self.inputs = [o.input for o in cell.ops]
         self.positions = list(self.plan.positions)
@@ -168,9 +172,9 @@ class EvalCell(nn.Module):
 
     def forward(self, s0: Tensor, s1: Tensor, drop_prob: float) -> Tensor:
         states: list[Tensor | None] = [None] * self.num_states
-        if self.preprocess0 is not None:
+        if self.preprocess0 is not None and self.reads[0]:
             states[0] = self.preprocess0(s0)
-        if self.preprocess1 is not None:
+        if self.preprocess1 is not None and self.reads[1]:
             states[1] = self.preprocess1(s1)
         relus: dict[int, Tensor] = {}
         for node_state in range(2, self.num_states):

@@ -1,4 +1,5 @@
-"""The ``mgas`` command line: info, search, train (single process) and run, collect, report (sweeps).
+"""The ``mgas`` command line: info, search, train (single process), run, collect, report (sweeps) and
+import-arch (a published architecture into the project's format).
 
 Every user error (unknown name, bad or non-finite value, missing or malformed file, settings
 that cannot run together) is a :class:`~mgas_common.errors.UserInputError`, printed as one line
@@ -33,6 +34,7 @@ from mgas_core.methods.registry import (
     preset_names,
 )
 from mgas_core.settings.run import DATASETS, RunSettings
+from mgas_core.space.importers import DEFAULT_DARTS_LAYERS, FORMATS, import_architecture
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
@@ -148,6 +150,20 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", type=Path, help="where to write the report (default RESULTS/report)")
     report.add_argument("--published", type=Path,
                         help="published reference numbers (default experiments/reference/published.yaml)")
+
+    imp = sub.add_parser("import-arch", help="bring in a published architecture: its genotypes file, read as data")
+    imp.add_argument("--format", required=True, choices=FORMATS,
+                     help="darts (quark0/darts cnn/genotypes.py), gold_nas (sunsmarterjie/GOLD_NAS "
+                          "cifar_train/genotypes.py), mg_darts (lxy12357/MG_DARTS cifar_train/genotypes)")
+    imp.add_argument("file", type=Path, help="the genotypes source file (parsed, never run)")
+    imp.add_argument("name", help="the Genotype(...) assigned to this name in it, e.g. DARTS_V2, s1, MG_DARTS_small")
+    imp.add_argument("--channels", type=int, required=True,
+                     help="initial channels it was trained with (MG_DARTS 44, MG_DARTS_small 24, DARTS 36)")
+    imp.add_argument("--layers", type=int, help=f"cells (darts: default {DEFAULT_DARTS_LAYERS}; gold_nas, mg_darts: "
+                                               "the genotype's own count, the only one allowed)")
+    imp.add_argument("--masks", type=Path, help="mg_darts weight masks (masks/*.npy: a torch.save'd nested list)")
+    imp.add_argument("--out", type=Path, required=True, help="folder for arch.json (and arch.masks.safetensors)")
+    imp.add_argument("--json", action="store_true", help="print one JSON summary object")
     return parser
 
 
@@ -314,13 +330,31 @@ def _cmd_report(args: argparse.Namespace) -> None:
         raise UserInputError(str(exc)) from exc
 
 
+def _cmd_import_arch(args: argparse.Namespace) -> None:
+    from mgas_core.evaluation_network import count_architecture_params
+
+    check_output_dir(args.out, "--out")
+    arch = import_architecture(args.format, args.file, args.name, args.channels, args.layers, args.masks)
+    path = arch.save(args.out / "arch.json")
+    counted = count_architecture_params(arch, 10, channels=arch.channels, layers=arch.layers)
+    cells = [arch.normal, arch.reduce] if arch.cells is None else arch.cells
+    _emit({"arch": arch.name, "format": args.format, "out": str(path), "channels": arch.channels,
+           "layers": arch.layers, "ops": sum(len(c.ops) for c in cells if c is not None),
+           "masked_convs": len(arch.masks or {}), "style": arch.style.to_json(), "cifar10_params": counted.dense,
+           "cifar10_nonzero_params": counted.nonzero}, args.json, args.json_stream)
+
+
 COMMANDS = {"info": _cmd_info, "search": _cmd_search, "train": _cmd_train, "run": _cmd_run, "collect": _cmd_collect,
-            "report": _cmd_report}
+            "report": _cmd_report, "import-arch": _cmd_import_arch}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        parser = build_parser()  # imports every registered method: seconds a Ctrl-C may fall into
+        args = parser.parse_args(argv)
+    except KeyboardInterrupt:
+        print("mgas: interrupted", file=sys.stderr)
+        return 130
     args.json_stream = None
     try:
         if getattr(args, "json", False):  # stdout holds the JSON object and nothing else

@@ -213,11 +213,11 @@ def train_command(arch: Architecture, settings: RunSettings, out_dir: Path, prog
 
 def eval_shape(arch: Architecture, info: DatasetInfo, channels: int | None,
                layers: int | None) -> tuple[int, int]:
-    """(channels, layers) ``mgas info`` counts: a genotype at the given or the paper's width and
-    depth; a per-cell architecture only at its own."""
+    """(channels, layers) ``mgas info`` counts: a genotype at the given, else its recorded (an
+    imported one), else the paper's width and depth; a per-cell architecture only at its own."""
     if arch.is_genotype:
-        channels = channels if channels is not None else (48 if info.variant == "imagenet" else 36)
-        layers = layers if layers is not None else (14 if info.variant == "imagenet" else 20)
+        channels = channels if channels is not None else (arch.channels or (48 if info.variant == "imagenet" else 36))
+        layers = layers if layers is not None else (arch.layers or (14 if info.variant == "imagenet" else 20))
     else:
         assert arch.channels is not None and arch.cells is not None
         for flag, given, own in (("--channels", channels, arch.channels), ("--layers", layers, len(arch.cells))):

@@ -41,10 +41,12 @@ OpWidths = dict[str, object]
 
 @dataclass(frozen=True)
 class OpStyle:
-    """How an op uses BatchNorm: ``affine`` BN after its convs; ``pool_bn``: BN after a pool."""
+    """How an op uses BatchNorm: ``affine`` BN after its convs; ``pool_bn``: BN after a pool (affine
+    when ``affine``); ``identity_bn``: the stride-1 skip is a BN (the public GOLD-NAS code's)."""
 
     affine: bool
     pool_bn: bool
+    identity_bn: bool = False
 
 
 DARTS_SEARCH = OpStyle(affine=False, pool_bn=True)
@@ -317,11 +319,11 @@ class DilConv(ChannelOutput):
 
 
 class Pool(nn.Module):
-    """3x3 max or average pool (count_include_pad=False); optionally followed by affine-free BN."""
+    """3x3 max or average pool (count_include_pad=False); optionally followed by BN (``affine``)."""
 
     needs_relu = False
 
-    def __init__(self, kind: str, channels: int, stride: int, with_bn: bool) -> None:
+    def __init__(self, kind: str, channels: int, stride: int, with_bn: bool, affine: bool = False) -> None:
         super().__init__()
         self.kind = kind
         self.stride = stride
@@ -331,7 +333,7 @@ class Pool(nn.Module):
             self.pool = nn.AvgPool2d(3, stride=stride, padding=1, count_include_pad=False)
         else:
             raise ValueError(f"pool kind must be 'max' or 'avg', got {kind!r}")
-        self.bn = nn.BatchNorm2d(channels, affine=False) if with_bn else None
+        self.bn = nn.BatchNorm2d(channels, affine=affine) if with_bn else None
 
     def pooled(self, x: Tensor) -> Tensor:
         """The pool of ``x`` (a max pool keeps no argmax map for backward: recomputed)."""
@@ -350,9 +352,17 @@ class Pool(nn.Module):
 
 
 class Identity(nn.Module):
+    """The stride-1 skip; with ``bn`` (the public GOLD-NAS code's evaluation network) a BN of its input."""
+
     needs_relu = False
 
+    def __init__(self, bn: nn.BatchNorm2d | None = None) -> None:
+        super().__init__()
+        self.bn = bn
+
     def forward(self, x: Tensor, x_relu: Tensor | None = None, scale: Tensor | None = None) -> Tensor:
+        if self.bn is not None:
+            return batch_norm(x, self.bn, scale)
         return x if scale is None else x * scale
 
 
@@ -410,9 +420,11 @@ def build_op(
     if name == "none":
         return Zero(stride)
     if name in ("max_pool_3x3", "avg_pool_3x3"):
-        return Pool(name[:3], c_in, stride, with_bn=style.pool_bn)
+        return Pool(name[:3], c_in, stride, with_bn=style.pool_bn, affine=affine)
     if name == "skip_connect":
-        return Identity() if stride == 1 else FactorizedReduce(c_in, channels, affine, kept)  # type: ignore[arg-type]
+        if stride == 1:
+            return Identity(nn.BatchNorm2d(c_in, affine=affine) if style.identity_bn else None)
+        return FactorizedReduce(c_in, channels, affine, kept)  # type: ignore[arg-type]
     if name in ("sep_conv_3x3", "sep_conv_5x5", "sep_conv_7x7"):
         k = int(name[-1])
         return SepConv(c_in, channels, k, stride, k // 2, affine, mid, kept)  # type: ignore[arg-type]

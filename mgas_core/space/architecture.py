@@ -8,13 +8,17 @@ Two forms share one schema:
   widths (``{"mid": int, "out": [kept channel ids]}``) and pre-processing widths, at a fixed
   ``channels`` and ``layers``. Weight masks live beside the JSON in a safetensors file, keyed by
   the module path in the evaluation network (``cells.3.ops.5.pw1``).
+
+An optional ``style`` (:class:`NetworkStyle`) records where a published architecture's own
+``model.py`` builds the evaluation network differently from DARTS's (``mgas import-arch``,
+:mod:`mgas_core.space.importers`); the project's own architectures use the defaults.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -25,7 +29,7 @@ from mgas_common.errors import UserInputError, format_validation_error
 from mgas_common.user_files import load_json, path_exists, read_input_text
 from mgas_core.files.atomic import atomic_write_text
 from mgas_core.files.checkpoints import load_tensor_file, save_tensor_file
-from mgas_core.nn.ops import KNOWN_OPS, OpWidths
+from mgas_core.nn.ops import KNOWN_OPS, OpStyle, OpWidths
 from mgas_core.settings.strict import MAX_CHANNELS, MAX_LAYERS, MAX_NODES
 from mgas_core.space.topology import reduction_cells
 
@@ -35,6 +39,33 @@ FORMAT_VERSION = 1
 
 class ArchitectureError(UserInputError):
     """An architecture description that cannot be built."""
+
+
+@dataclass(frozen=True)
+class NetworkStyle:
+    """How the evaluation network builds what a published ``model.py`` builds differently from
+    DARTS's ``NetworkCIFAR`` (the defaults, used by every architecture the project derives)."""
+
+    bn_affine: bool = True
+    """BN of the pre-processing and of the ops has a weight and a bias (the GOLD-NAS code's: not)."""
+    pool_bn: bool = False
+    """A pool is followed by a BN (MG-DARTS's and the GOLD-NAS code's ``cifar_train/model.py``)."""
+    identity_bn: bool = False
+    """The stride-1 skip is a BN of its input (the GOLD-NAS code's ``Identity``)."""
+    unused_preprocess: bool = False
+    """Both pre-processing convs exist even where the cell reads only one input (every official
+    ``Cell``; the project drops an unused one). Unread, they change the parameter count only."""
+
+    @property
+    def op_style(self) -> OpStyle:
+        return OpStyle(affine=self.bn_affine, pool_bn=self.pool_bn, identity_bn=self.identity_bn)
+
+    def to_json(self) -> dict[str, bool]:
+        """The fields that differ from the defaults."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) != f.default}
+
+
+DEFAULT_STYLE = NetworkStyle()
 
 
 @dataclass
@@ -85,6 +116,7 @@ class Architecture:
     layers: int | None = None
     masks: dict[str, Tensor] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    style: NetworkStyle = DEFAULT_STYLE
 
     def __post_init__(self) -> None:
         validate(self)
@@ -119,6 +151,8 @@ class Architecture:
             out["channels"] = self.channels
         if self.layers is not None:
             out["layers"] = self.layers
+        if self.style != DEFAULT_STYLE:
+            out["style"] = self.style.to_json()
         if self.meta:
             out["meta"] = self.meta
         return out
@@ -157,6 +191,13 @@ class _OpFile(_FileModel):
     widths: _WidthsFile | None = None
 
 
+class _StyleFile(_FileModel):
+    bn_affine: bool = True
+    pool_bn: bool = False
+    identity_bn: bool = False
+    unused_preprocess: bool = False
+
+
 class _CellFile(_FileModel):
     ops: list[_OpFile] = Field(max_length=MAX_CELL_OPS)
     concat: list[Annotated[int, Field(ge=0, le=MAX_NODES + 1)]] = Field(max_length=MAX_NODES)
@@ -176,6 +217,7 @@ class _ArchFile(_FileModel):
     layers: int | None = Field(None, ge=1, le=MAX_LAYERS)
     masks: str | None = Field(None, min_length=1, max_length=255)
     meta: dict[str, Any] = {}
+    style: _StyleFile | None = None
 
 
 def _widths(raw: _WidthsFile | None) -> OpWidths | None:
@@ -223,17 +265,18 @@ def architecture_from_json(data: Any, base_dir: Path | None = None, where: str =
 
 
 def _architecture(raw: _ArchFile, masks: dict[str, Tensor] | None) -> Architecture:
+    style = NetworkStyle(**raw.style.model_dump()) if raw.style is not None else DEFAULT_STYLE
     if raw.cells is not None:
         if raw.normal is not None or raw.reduce is not None:
             raise ArchitectureError("give either 'cells' or 'normal' and 'reduce', not both")
         if raw.layers is not None and raw.layers != len(raw.cells):
             raise ArchitectureError(f"layers={raw.layers} but 'cells' lists {len(raw.cells)} cells")
         return Architecture(name=raw.name, nodes=raw.nodes, cells=[_cell(c) for c in raw.cells],
-                            channels=raw.channels, layers=len(raw.cells), masks=masks, meta=raw.meta)
+                            channels=raw.channels, layers=len(raw.cells), masks=masks, meta=raw.meta, style=style)
     if raw.normal is None or raw.reduce is None:
         raise ArchitectureError("an architecture needs either 'cells' or both 'normal' and 'reduce'")
     return Architecture(name=raw.name, nodes=raw.nodes, normal=_cell(raw.normal), reduce=_cell(raw.reduce),
-                        channels=raw.channels, layers=raw.layers, masks=masks, meta=raw.meta)
+                        channels=raw.channels, layers=raw.layers, masks=masks, meta=raw.meta, style=style)
 
 
 def load_architecture(path: str | os.PathLike[str]) -> Architecture:
