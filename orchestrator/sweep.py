@@ -15,6 +15,7 @@ from typing import Any
 
 from mgas_common.errors import UserInputError
 from orchestrator.progress import search_plan
+from orchestrator.reachability import check_ray_address, check_tracking_server
 from orchestrator.spec import ExperimentSpec, expand_trials, load_runtime_env, load_spec
 from orchestrator.storage import Location, is_uri, join, normalize, resolve
 from orchestrator.tracking import MlflowSpec, MlflowTracker, TrackingSpec, mlflow_target
@@ -85,20 +86,22 @@ def run_command(experiment: Path, out: Path | str | None = None, address: str | 
     uri = experiment_uri(spec, folder, out)
     if dry_run:
         return print_plan(spec, trials, uri)
+    address = address if address is not None else os.environ.get("RAY_ADDRESS")
+    check_ray_address(address)  # within seconds, before anything is written or Ray starts
     try:
         location = resolve(uri)
     except (OSError, ValueError) as exc:  # unknown scheme, malformed URI, unreachable store
         raise UserInputError(f"results location {uri}: {' '.join(str(exc).split())[:300]}") from exc
     tracker = None
     if spec.tracking.mlflow is not None:
+        check_tracking_server(spec.tracking.mlflow.uri)
         tracking_uri, artifacts = mlflow_target(spec.tracking.mlflow, location.path, location.local)
         tracker = MlflowTracker(tracking_uri, artifacts, spec.tracking.mlflow.experiment or spec.name, uri)
     provenance = {"git_sha": git_revision(), "versions": library_versions()}
     for t in trials:
         t.update({"experiment": spec.name, "provenance": provenance,
                   "checkpoint_interval_s": spec.checkpoint_interval_s})
-    return run_sweep(spec, trials, uri, address or os.environ.get("RAY_ADDRESS"), resume, dashboard, dashboard_host,
-                     runtime_env, tracker)
+    return run_sweep(spec, trials, uri, address, resume, dashboard, dashboard_host, runtime_env, tracker)
 
 
 def trial_placement(config: dict[str, Any]) -> Any:

@@ -198,3 +198,35 @@ def test_settings_that_contradict_each_other_are_refused():
                  (["run", str(spec), "--dry-run"], ("'stages' and 'search.mgas.stages' both sweep",), "run")]
         for argv, names, kind in cases:
             assert_refused(argv, folder, names, kind)
+
+
+def _closed_port() -> int:
+    """A loopback port where nothing listens (bound, then released)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_outside_services_that_do_not_answer_are_refused_within_seconds():
+    """A Ray address or an MLflow server where nothing listens (loopback only), an out-of-range
+    port, an empty address: one line within the bound (5 s to connect), before anything is
+    written and before Ray starts (the run would otherwise retry for minutes)."""
+    import ray
+
+    port = _closed_port()
+    with tempfile.TemporaryDirectory() as d:
+        folder = Path(d)
+        spec = folder / "x.yaml"
+        spec.write_text("name: x\ndataset: digits\npreset: tiny\n")
+        run = ["run", str(spec)]
+        cases = [([*run, "--address", f"127.0.0.1:{port}"], ("nothing answers at 127.0.0.1",)),
+                 ([*run, "--address", f"ray://127.0.0.1:{port}"], ("nothing answers at 127.0.0.1",)),
+                 ([*run, "--address", "127.0.0.1:99999"], ("port in 1..65535",)),
+                 ([*run, "--address", "nohost"], ("expected HOST:PORT",)),
+                 ([*run, "--address", ""], ("--address is empty",)),
+                 ([*run, "--mlflow", f"http://127.0.0.1:{port}"], ("no MLflow server answers at 127.0.0.1",))]
+        for argv, names in cases:
+            assert_refused(argv, folder, names, "run")
+            assert not ray.is_initialized()
