@@ -48,6 +48,7 @@ import itertools
 import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,7 @@ COMMON_AXES = {"method": "search.method", "seed": "seed", "target_params": "sear
 MAX_TRIALS = 10_000
 MAX_AXIS_VALUES = 1_000
 PATH_TEXT = r"^[^\x00]*$"
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,255}$")
 
 
 def method_axes() -> dict[str, dict[str, str]]:
@@ -159,6 +161,35 @@ class RuntimeSpec(Strict):
     pip: list[str] = Field([], max_length=1000)
     env_vars: dict[str, str | int | float | bool] = {}  # values become strings
     excludes: list[str] = Field([], max_length=1000)
+
+    @field_validator("env_vars")
+    @classmethod
+    def _env_names(cls, v: dict[str, Any]) -> dict[str, Any]:
+        """A name the environment can hold (a worker given ``A=B`` or a NUL dies before it starts,
+        and the trial waits forever); no NUL in a value either."""
+        for name, value in v.items():
+            if not ENV_NAME.match(name):
+                raise ValueError(f"env_vars name {name[:60]!r}: letters, digits and _ only, not starting with a digit")
+            if "\x00" in str(value):
+                raise ValueError(f"env_vars {name}: the value holds a NUL character")
+        return v
+
+    @field_validator("pip")
+    @classmethod
+    def _requirements(cls, v: list[str]) -> list[str]:
+        """Each entry a requirement pip understands (``torch>=2.4``, ``name @ URL``) or a path or URL
+        of a package; anything else would fail on every node only once the workers start."""
+        from packaging.requirements import InvalidRequirement, Requirement
+
+        for entry in v:
+            if re.match(r"^(\.{0,2}/|[a-z+]+://)", entry) and "\x00" not in entry:
+                continue
+            try:
+                Requirement(entry)
+            except InvalidRequirement as exc:
+                reason = str(exc).splitlines()[0][:120]
+                raise ValueError(f"pip entry {entry[:80]!r} is not a requirement ({reason})") from None
+        return v
 
     def to_ray(self, base: Path) -> dict[str, Any]:
         env: dict[str, Any] = {}

@@ -230,3 +230,22 @@ def test_outside_services_that_do_not_answer_are_refused_within_seconds():
         for argv, names in cases:
             assert_refused(argv, folder, names, "run")
             assert not ray.is_initialized()
+
+
+def test_runtime_envs_a_worker_would_die_on_are_refused_before_ray_starts():
+    """An env var name with ``=`` or a NUL, a NUL in a value, a pip entry that is not a requirement:
+    a worker given them dies at start and its trial waits forever, so they are refused up front."""
+    with tempfile.TemporaryDirectory() as d:
+        folder = Path(d)
+        spec = folder / "x.yaml"
+        spec.write_text("name: x\ndataset: digits\npreset: tiny\n")
+        for text, names in [('env_vars: {"A=B": "1"}', ("env_vars name 'A=B'",)),
+                            ('env_vars: {"A\\0B": "1"}', ("env_vars name",)),
+                            ('env_vars: {"A": "x\\0y"}', ("NUL",)),
+                            ('env_vars: {"1A": "1"}', ("env_vars name '1A'",)),
+                            ('pip: ["!!!junk"]', ("pip entry '!!!junk'",)),
+                            ('pip: ["torch>=2.4", "==1.0"]', ("pip entry '==1.0'",))]:
+            runtime = folder / "runtime.yaml"
+            runtime.write_text(text + "\n")
+            assert_refused(["run", str(spec), "--runtime-env", str(runtime), "--dry-run"], folder, names, "run")
+            runtime.unlink()
