@@ -25,6 +25,8 @@ from mgas_core.settings.strict import (
 
 DATASETS = ("digits", "cifar10", "cifar100", "imagenet", "synthetic")
 GRANULARITIES = ("op", "filter", "weight")
+MAX_SYNTHETIC_BYTES = 16 * 2**30
+"""The most memory the synthetic data set's images may take."""
 DEFAULT_METHOD = "darts"
 """The method of settings that name none (``mgas train`` retrains without searching)."""
 
@@ -34,6 +36,15 @@ class SyntheticShape(Strict):
     size: int = Field(32, ge=4, le=1024)
     classes: int = Field(10, ge=2, le=100_000)
     samples: int = Field(512, ge=8, le=10_000_000)
+
+    @model_validator(mode="after")
+    def _fits_in_memory(self) -> SyntheticShape:
+        """Each size within its bound can still multiply to petabytes: the float32 tensor is bounded."""
+        size = 4 * self.samples * self.channels * self.size * self.size
+        if size > MAX_SYNTHETIC_BYTES:
+            raise ValueError(f"samples x channels x size x size is {size / 2**30:,.0f} GiB of float32; at most "
+                             f"{MAX_SYNTHETIC_BYTES / 2**30:g} GiB (lower samples or size)")
+        return self
 
 
 class DataSettings(Strict):

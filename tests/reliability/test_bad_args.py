@@ -249,3 +249,12 @@ def test_runtime_envs_a_worker_would_die_on_are_refused_before_ray_starts():
             runtime.write_text(text + "\n")
             assert_refused(["run", str(spec), "--runtime-env", str(runtime), "--dry-run"], folder, names, "run")
             runtime.unlink()
+
+
+def test_synthetic_data_whose_sizes_multiply_past_the_memory_bound_is_refused():
+    with tempfile.TemporaryDirectory() as d:
+        folder = Path(d)
+        argv = ["search", "--method", "darts", "--dataset", "synthetic", "--no-progress",
+                "--set", "data.synthetic.samples=10000000", "--set", "data.synthetic.size=1024",
+                "--set", "data.synthetic.channels=64"]
+        assert_refused(argv, folder, ("data.synthetic", "GiB of float32"), "search")
