@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
@@ -146,3 +147,26 @@ def test_ctrl_c_mid_sweep_saves_the_state_and_resume_completes_it(tmp_path):
     assert rc == 0 and "resuming sweep" in err, err[-3000:]
     rows = read_rows(tmp_path / "out" / "cc")
     assert sorted((r["trial_id"], r["status"]) for r in rows) == [("darts_seed0", "ok"), ("darts_seed1", "ok")]
+
+
+def files_of(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_copied_sweep_folder_resumes_in_the_copy_and_leaves_the_original_alone(tmp_path):
+    spec = write_spec(tmp_path, 16)
+    command = Command(["run", str(spec)])
+    wait_for(command.said(": started"), 180, "a trial starting")
+    command.ctrl_c()
+    assert_interrupted(*command.finish())
+    original = tmp_path / "out" / "cc"
+    copy = tmp_path / "elsewhere"
+    shutil.copytree(original, copy / "cc")
+    before = files_of(original)
+    resumed = Command(["run", str(spec), "--out", str(copy), "--resume"])
+    rc, err = resumed.finish()
+    assert rc == 0 and "resuming sweep" in err, err[-3000:]
+    assert files_of(original) == before  # no row, progress line or state written back into the original
+    rows = read_rows(copy / "cc")
+    assert sorted((r["trial_id"], r["status"]) for r in rows) == [("darts_seed0", "ok"), ("darts_seed1", "ok")]
+    assert "darts_seed0: done" in (copy / "cc" / "progress.log").read_text()
