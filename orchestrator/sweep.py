@@ -16,7 +16,8 @@ from typing import Any
 from mgas_common.errors import UserInputError
 from orchestrator.progress import search_plan
 from orchestrator.reachability import check_ray_address, check_tracking_server
-from orchestrator.spec import ExperimentSpec, expand_trials, load_runtime_env, load_spec
+from orchestrator.runtime_env import load_runtime_env
+from orchestrator.spec import ExperimentSpec, expand_trials, load_spec
 from orchestrator.storage import Location, is_uri, join, normalize, resolve
 from orchestrator.tracking import MlflowSpec, MlflowTracker, TrackingSpec, mlflow_target
 

@@ -19,6 +19,7 @@ from mgas_core.settings.strict import (
     MAX_NODES,
     MAX_SEED,
     MAX_TARGET_M,
+    PATH_TEXT,
     Strict,
     field_error,
 )
@@ -29,6 +30,14 @@ MAX_SYNTHETIC_BYTES = 16 * 2**30
 """The most memory the synthetic data set's images may take."""
 DEFAULT_METHOD = "darts"
 """The method of settings that name none (``mgas train`` retrains without searching)."""
+
+
+def check_lr_floor(settings: Strict, lr: str, floor: str) -> None:
+    """A cosine schedule decays from ``lr`` down to ``floor``: a floor above the rate is refused."""
+    high, low = getattr(settings, lr), getattr(settings, floor)
+    if low > high:
+        raise field_error(floor, f"{floor} ({low:g}) is above {lr} ({high:g}); the cosine schedule decays from "
+                                 f"{lr} down to {floor}", low, type(settings).__name__)
 
 
 class SyntheticShape(Strict):
@@ -49,7 +58,7 @@ class SyntheticShape(Strict):
 
 class DataSettings(Strict):
     name: Literal["digits", "cifar10", "cifar100", "imagenet", "synthetic"] = "cifar10"
-    root: str | None = Field(None, min_length=1, max_length=4096, pattern=r"^[^\x00]*$")
+    root: str | None = Field(None, min_length=1, max_length=4096, pattern=PATH_TEXT)
     download: bool = False
     val_fraction: float = Field(0.1, gt=0.0, lt=0.5)
     workers: int | None = Field(None, ge=0, le=256,
@@ -91,10 +100,7 @@ class SearchSettings(Strict):
 
     @model_validator(mode="after")
     def _lr_range(self) -> SearchSettings:
-        if self.w_lr_min > self.w_lr:
-            raise field_error("w_lr_min", f"w_lr_min ({self.w_lr_min:g}) is above w_lr ({self.w_lr:g}); the cosine "
-                                          "schedule decays from w_lr down to w_lr_min", self.w_lr_min,
-                              type(self).__name__)
+        check_lr_floor(self, "w_lr", "w_lr_min")
         return self
 
 
@@ -136,9 +142,7 @@ class RetrainSettings(Strict):
 
     @model_validator(mode="after")
     def _lr_range(self) -> RetrainSettings:
-        if self.lr_min > self.lr:
-            raise field_error("lr_min", f"lr_min ({self.lr_min:g}) is above lr ({self.lr:g}); the cosine schedule "
-                                        "decays from lr down to lr_min", self.lr_min, type(self).__name__)
+        check_lr_floor(self, "lr", "lr_min")
         return self
 
 

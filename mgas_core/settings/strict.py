@@ -27,6 +27,8 @@ MAX_CHANNELS = 2048
 MAX_NODES = 16
 MAX_BATCH = 65_536
 MAX_TARGET_M = 100_000.0
+PATH_TEXT = r"^[^\x00]*$"
+"""The pattern of a path or any text handed to the OS: no NUL character."""
 
 
 def _scalar_kinds(annotation: Any) -> set[type]:

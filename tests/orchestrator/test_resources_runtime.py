@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from orchestrator.cli import main
-from orchestrator.spec import expand_trials, load_runtime_env, load_spec
+from orchestrator.runtime_env import load_runtime_env
+from orchestrator.spec import expand_trials, load_spec
 from orchestrator.sweep import experiment_uri, trial_placement
 from tests.orchestrator.helpers import write_spec
 
