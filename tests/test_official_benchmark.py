@@ -301,3 +301,26 @@ def test_a_side_killed_by_the_out_of_memory_killer_is_named_as_such():
     code = f"import os; os.kill(os.getpid(), {int(signal.SIGKILL)})"
     with pytest.raises(SystemExit, match=r"killed by signal 9.*out-of-memory"):
         run_json([sys.executable, "-c", code])
+
+
+def test_a_fallback_the_official_code_logs_at_info_is_caught():
+    """Provoked on purpose: the official script configures logging after the watch is attached
+    (``basicConfig`` then does nothing) and logs a fallback at INFO, as its ``except`` branches do."""
+    import logging
+
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    try:
+        for handler in handlers:
+            root.removeHandler(handler)
+        root.setLevel(logging.WARNING)  # a fresh interpreter's root logger
+        watch = official_step.FallbackWatch.install()
+        logging.basicConfig(level=logging.INFO, format="%(message)s")  # what train_search.py does on import
+        logging.info("batch: fell back to the slow path")  # its fallback line
+        logging.info("train_acc 0.1")  # an ordinary line
+        assert watch.hits == ["batch: fell back to the slow path"]
+    finally:
+        root.removeHandler(watch)
+        root.setLevel(level)
+        for handler in handlers:
+            root.addHandler(handler)

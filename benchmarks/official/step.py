@@ -206,6 +206,19 @@ class FallbackWatch(logging.Handler):
         if message.startswith(FALLBACK_MARKERS):
             self.hits.append(message)
 
+    @classmethod
+    def install(cls) -> FallbackWatch:
+        """A watch on the root logger that sees the official code's INFO lines. The official scripts
+        call ``logging.basicConfig(level=INFO)`` on import, which does nothing once the root logger
+        has a handler (this one), so the root's level is set to INFO here: at the default WARNING,
+        the fallbacks' ``logging.info`` lines were dropped before any handler saw them."""
+        watch = cls()
+        root = logging.getLogger()
+        root.addHandler(watch)
+        if root.getEffectiveLevel() > logging.INFO:
+            root.setLevel(logging.INFO)
+        return watch
+
 
 def patch_for_cpu() -> None:
     torch.Tensor.cuda = lambda self, *a, **k: self  # type: ignore[method-assign]
@@ -288,8 +301,7 @@ def measure(args: argparse.Namespace, sources: OfficialSources) -> dict[str, Any
         torch.backends.cudnn.benchmark = True  # as the official main()
     else:
         patch_for_cpu()
-    watch = FallbackWatch()
-    logging.getLogger().addHandler(watch)
+    watch = FallbackWatch.install()
     with tempfile.TemporaryDirectory(prefix="official_step_") as scratch:
         mods = import_official(sources, Path(scratch))
         torch.manual_seed(0)
