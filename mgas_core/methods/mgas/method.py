@@ -320,9 +320,10 @@ class Mgas(SearchMethod):
 
     def _final_mask_epoch(self, epoch: int) -> list[dict[str, Any]]:
         """Store the masks, then prune the ops whose mask is off one at a time until the derived
-        network is within the target, the op furthest below its threshold first (the official
-        code goes in (cell, edge, op) order, which keeps the last ops of the network when more are
-        off than the target needs, whatever their scores); remove filters."""
+        network is within the target, the op furthest below its threshold first; remove filters.
+        (The official loop removes either one op, once below the target, or every masked op still
+        standing: a masked op already costs nothing in its size, so its order decides nothing.
+        docs/fidelity.md, "final phase".)"""
         off = self._store_masks(range(len(self.net.cells)))
         with torch.no_grad():
             margin = torch.sigmoid(self.model.alpha) - self.model.t_op

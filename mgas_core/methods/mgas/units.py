@@ -276,8 +276,10 @@ def _kept(gate: FilterGate | None, n: int) -> float:
 
 
 def op_size(op: nn.Module) -> float:
-    """The official size of one op (``current_flops``): its conv weights through the stored filter
-    masks; pools and identity are free; the stride-2 skip counts its two convs."""
+    """The size of one op as ``current_flops`` counts a SepConv or DilConv: its conv weights through
+    the stored filter masks; pools and identity are free. The stride-2 skip counts its two convs
+    here, where the official size charges skips in the cell before a reduction instead (a
+    deviation: docs/fidelity.md, "stage exit")."""
     if isinstance(op, SepConv):
         mid = _kept(op.mid_gate, op.pw1.out_channels)
         out = _kept(op.out_gate, op.pw2.out_channels)
