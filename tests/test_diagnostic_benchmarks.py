@@ -72,7 +72,10 @@ def test_sweep_start_orders_the_driver_phases_workers_and_trials():
         if e["event"].startswith("process "):
             titles.setdefault(e["event"].split(": ", 1)[1], e["t_s"])
     # Tune's trial worker: idle once Python and Ray are up, then loading the trainable, before the trial
-    assert titles["ray::IDLE"] < titles["ray::ImplicitFunc.__init__"] <= starts
+    # (the loading title lasts a fraction of a second: the sampler can fall between its polls)
+    assert titles["ray::IDLE"] < starts
+    if "ray::ImplicitFunc.__init__" in titles:
+        assert titles["ray::IDLE"] < titles["ray::ImplicitFunc.__init__"] <= starts
     assert any("gcs_server" in t for t in titles) and any("raylet" in t for t in titles)
     assert all(e["cpu_s"] >= 0 for e in events if "cpu_s" in e)
 
