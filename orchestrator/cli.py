@@ -301,6 +301,10 @@ def _cmd_train(args: argparse.Namespace) -> None:
 def _cmd_run(args: argparse.Namespace) -> None:
     from orchestrator.sweep import run_command
 
+    if args.out is not None and args.out.startswith("file://"):  # a local folder, checked as one
+        if not args.out[len("file://"):].strip("/"):
+            raise UserInputError(f"--out {args.out!r} names no folder; give file:///PATH or a path")
+        args.out = args.out[len("file://"):]
     if args.out is not None and "://" not in args.out:  # an object store is checked when it is opened
         check_output_dir(Path(args.out), "--out")
     summary = run_command(args.experiment, out=args.out, address=args.address, resume=args.resume,

@@ -183,6 +183,13 @@ def test_local_output_paths_that_are_uris_loops_or_over_long_names_are_refused_i
             for argv, kind in [([*SEARCH, "--out", out], "search"), ([*TRAIN, "--out", out], "train"),
                                (["report", str(results), "--out", out], "report")]:
                 assert_refused(argv, folder, names, kind)
+        spec = folder / "x.yaml"
+        spec.write_text("name: x\ndataset: digits\npreset: tiny\n")
+        a_file = folder / "a_file"
+        a_file.write_text("x")
+        for out, names in [("file://", ("names no folder",)), (f"file://{a_file}", ("is a file",)),
+                           (f"file://{loop}", ("symlink loop",))]:  # mgas run: file:// is a local folder
+            assert_refused(["run", str(spec), "--out", out], folder, names, "run")
 
 
 def test_settings_that_contradict_each_other_are_refused():
