@@ -58,6 +58,7 @@ from mgas_common.user_files import read_input_text
 from mgas_core.methods.registry import build_settings, known_paths, load_methods, preset_names
 from mgas_core.settings.run import DATASETS, DEFAULT_METHOD, RunSettings
 from mgas_core.settings.strict import PATH_TEXT, Strict, field_error
+from orchestrator.exclude_rules import RuleIndex
 from orchestrator.runtime_env import RuntimeSpec
 from orchestrator.tracking import TrackingSpec
 
@@ -310,35 +311,6 @@ def _applies(axis: str, method: str) -> bool:
         return method in owners
     parts = axis.split(".")
     return not (len(parts) > 2 and parts[0] == "search" and parts[1] in load_methods() and parts[1] != method)
-
-
-def _canonical(value: Any) -> str:
-    """A text equal for values that compare equal (1, 1.0 and True as Python's ``==`` has them)."""
-    def plain(v: Any) -> Any:
-        if isinstance(v, bool | int | float):
-            return float(v)
-        if isinstance(v, list | tuple):
-            return [plain(x) for x in v]
-        if isinstance(v, dict):
-            return {str(k): plain(x) for k, x in v.items()}
-        return v
-    return json.dumps(plain(value), sort_keys=True, default=str)
-
-
-class RuleIndex:
-    """Rules (``exclude``) grouped by the axes they name: a trial is checked with one set lookup per
-    group, so thousands of rules over thousands of trials cost seconds, not their product."""
-
-    def __init__(self, rules: list[dict[str, Any]]) -> None:
-        self.groups: dict[tuple[str, ...], set[str]] = {}
-        for rule in rules:
-            keys = tuple(sorted(rule))
-            self.groups.setdefault(keys, set()).add(_canonical([rule[k] for k in keys]))
-
-    def matches(self, axes: dict[str, Any]) -> bool:
-        """True when some rule names only axes the trial has, each with the trial's value."""
-        return any(all(k in axes for k in keys) and _canonical([axes[k] for k in keys]) in values
-                   for keys, values in self.groups.items())
 
 
 def trial_key(axes: dict[str, Any]) -> str:

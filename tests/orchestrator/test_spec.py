@@ -129,7 +129,7 @@ def test_a_compiled_retraining_this_machine_cannot_build_is_refused_before_ray_s
 
 
 def test_exclude_rules_match_as_python_equality_does():
-    from orchestrator.spec import RuleIndex
+    from orchestrator.exclude_rules import RuleIndex
 
     index = RuleIndex([{"seed": 1}, {"method": "mgas", "granularities": ["op", "filter"]}])
     assert index.matches({"method": "darts", "seed": 1.0}) and index.matches({"method": "darts", "seed": True})
