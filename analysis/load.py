@@ -24,6 +24,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from mgas_common.errors import UserInputError
+from mgas_common.object_stores import probe_store
 from mgas_common.partitions import with_partition_column
 
 SUPPORTED_SCHEMAS = (1, 2)
@@ -102,7 +104,7 @@ class Folder:
 def open_folder(root: str | Path) -> Folder:
     text = str(root)
     if "://" in text and not text.startswith("file://"):
-        fs, path = pafs.FileSystem.from_uri(text)
+        fs, path = probe_store(text, "results location")  # answers within seconds, or one line
         return Folder(fs, path.rstrip("/"), text.rstrip("/"))
     local = Path(text.removeprefix("file://")).expanduser().resolve()
     return Folder(pafs.LocalFileSystem(), str(local), str(local))
@@ -212,6 +214,8 @@ def load_results(root: str | Path) -> Results:
     try:
         folder = open_folder(root)
         exists = folder.is_dir()
+    except UserInputError as exc:  # an object store that did not answer
+        raise AnalysisError(str(exc)) from None
     except (OSError, ValueError, pa.ArrowInvalid) as exc:
         raise AnalysisError(f"cannot open results location {root}: {' '.join(str(exc).split())[:300]}") from exc
     if not exists:

@@ -7,38 +7,21 @@ head node (``ray://`` clients); the writer puts the files on the sweep's storage
 from __future__ import annotations
 
 import os
-import posixpath
 import sys
 import time
 from typing import Any, TextIO
 
-import pyarrow.fs as pafs
 from ray.tune import Callback
 
 from orchestrator.collect import write_trial_outputs
 from orchestrator.progress import SweepStatus
 from orchestrator.results import error_text
-from orchestrator.storage import Location, resolve
+from orchestrator.storage import resolve
 from orchestrator.tracking import MlflowTracker
 
 
 def _trial_spec(trial: Any) -> dict[str, Any]:
     return trial.config["trial"]
-
-
-def experiment_of(trial: Any, built_for: Location) -> Location:
-    """The experiment folder the trial's sweep runs in now: Tune's storage of the trial, which a
-    restored sweep takes from where it was restored (a copied folder resumes in the copy), not the
-    location this callback was built for and pickled with; that one where Tune does not say."""
-    storage = getattr(trial, "storage", None)
-    fs = getattr(storage, "storage_filesystem", None)
-    tune_path = getattr(storage, "experiment_fs_path", None)
-    if fs is None or not tune_path:
-        return built_for
-    folder = posixpath.dirname(str(tune_path).rstrip("/"))
-    if folder == built_for.path and type(fs) is type(built_for.fs):
-        return built_for
-    return Location(fs, folder, folder if isinstance(fs, pafs.LocalFileSystem) else f"{fs.type_name}://{folder}")
 
 
 def _trial_error(trial: Any) -> object:
@@ -58,12 +41,12 @@ class ResultsWriter(Callback):
         self.written: list[str] = []
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        write_trial_outputs(experiment_of(trial, resolve(self.experiment_uri)), _trial_spec(trial),
+        write_trial_outputs(resolve(self.experiment_uri), _trial_spec(trial),
                             dict(trial.last_result or {}), None, getattr(trial, "checkpoint", None))
         self.written.append(_trial_spec(trial)["trial_id"])
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        write_trial_outputs(experiment_of(trial, resolve(self.experiment_uri)), _trial_spec(trial),
+        write_trial_outputs(resolve(self.experiment_uri), _trial_spec(trial),
                             dict(trial.last_result or {}), _trial_error(trial))
         self.written.append(_trial_spec(trial)["trial_id"])
 
@@ -116,14 +99,6 @@ class SweepProgress(Callback):
         except (AttributeError, ValueError):
             return False
 
-    def _follow(self, trial: Any) -> None:
-        """The log of the folder the sweep runs in now (a copied folder resumed: the copy's)."""
-        if self.log_path is None:
-            return
-        folder = experiment_of(trial, resolve(os.path.dirname(self.log_path)))
-        if folder.local:
-            self.log_path = posixpath.join(folder.path, os.path.basename(self.log_path))
-
     def _log(self, text: str) -> None:
         if self.log_path is not None:
             os.makedirs(os.path.dirname(self.log_path), exist_ok=True)
@@ -151,7 +126,6 @@ class SweepProgress(Callback):
         self.stream.flush()
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._follow(trial)
         tid = _trial_spec(trial)["trial_id"]
         self.status.start(tid, time.time())
         self._event(f"{tid}: started")
@@ -167,7 +141,6 @@ class SweepProgress(Callback):
         self._redraw()
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._follow(trial)
         tid = _trial_spec(trial)["trial_id"]
         result = trial.last_result or {}
         ok = result.get("status") == "ok"
@@ -179,11 +152,9 @@ class SweepProgress(Callback):
             self._event(f"{tid}: FAILED {result.get('error')}")
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._follow(trial)
         self._event(f"{_trial_spec(trial)['trial_id']}: errored, restarting from its last checkpoint")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._follow(trial)
         tid = _trial_spec(trial)["trial_id"]
         self.status.finish(tid, False)
         self._event(f"{tid}: FAILED {error_text(_trial_error(trial))}")

@@ -128,7 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--runtime-env", type=Path, metavar="FILE",
                      help="YAML/JSON with Ray runtime_env keys working_dir, pip, env_vars, excludes (replacing "
                           "the spec's runtime keys it names): the code and its requirements on every node")
-    run.add_argument("--resume", action="store_true", help="continue an interrupted sweep (Tuner.restore)")
+    run.add_argument("--resume", action="store_true",
+                     help="continue an interrupted sweep: finished trials kept, the others from their newest "
+                          "checkpoint (reads the folder's JSON and checkpoints, never a pickle)")
     run.add_argument("--dry-run", action="store_true", help="print the trial table and resources; start nothing")
     run.add_argument("--json", action="store_true", help="print a JSON summary at the end")
     run.add_argument("--mlflow", nargs="?", const="", metavar="URI",

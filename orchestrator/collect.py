@@ -22,7 +22,7 @@ from typing import Any
 
 from mgas_common.errors import UserInputError
 from orchestrator.results import arch_location, rows_from_result, write_trial
-from orchestrator.storage import Location, copy_file, resolve
+from orchestrator.storage import Location, copy_file, reach
 
 TUNE_DIR = "tune"
 CHECKPOINT_DIR = re.compile(r"^checkpoint_\d+$")
@@ -113,10 +113,26 @@ def saved_trial(folder: Location) -> SavedTrial | None:
                       checkpoints[-1] if checkpoints else None)
 
 
+def latest_saved_trials(run: Location) -> dict[str, SavedTrial]:
+    """Each trial of a sweep's Tune folder by id: the state of its newest attempt that has a result
+    (a resumed sweep writes ``<trial_id>-resume<k>`` beside the earlier attempts' folders)."""
+    latest: dict[str, tuple[int, SavedTrial]] = {}
+    for sub in run.subfolders():
+        saved = saved_trial(sub)
+        if saved is None or not isinstance(saved.trial.get("trial_id"), str):
+            continue
+        attempt = saved.trial.get("attempt", 0)
+        attempt = attempt if isinstance(attempt, int) else 0
+        known = latest.get(saved.trial["trial_id"])
+        if known is None or attempt >= known[0]:
+            latest[saved.trial["trial_id"]] = (attempt, saved)
+    return {trial_id: saved for trial_id, (_, saved) in sorted(latest.items())}
+
+
 def collect_experiment(experiment: Location) -> dict[str, Any]:
     """Rebuild every finished trial's outputs from Tune's saved results (its JSON, not its pickles)."""
     run = tune_run_location(experiment)
-    trials = [t for sub in run.subfolders() if (t := saved_trial(sub)) is not None]
+    trials = list(latest_saved_trials(run).values())
     if not trials:
         raise UserInputError(f"{run.uri} holds no trial of a sweep (expected <storage>/<experiment>/tune/<trial>/"
                              "params.json and result.json, as `mgas run` writes)")
@@ -150,10 +166,10 @@ def write_results(experiment: Location, trials: list[SavedTrial]) -> dict[str, A
 
 def collect_command(storage: str) -> list[dict[str, Any]]:
     """``mgas collect STORAGE``: one experiment folder, or a folder of them."""
+    root = reach(storage)  # an object store answers within seconds, or one line
     try:
-        root = resolve(storage)
         experiments = experiment_locations(root)
-    except (OSError, ValueError) as exc:  # unknown scheme, unreachable store, no credentials
+    except (OSError, ValueError) as exc:  # a store that answered the probe and then failed
         raise UserInputError(f"cannot read {storage}: {' '.join(str(exc).split())[:300]}") from exc
     if not experiments:
         raise UserInputError(f"{root.uri} holds no sweep: expected {TUNE_DIR}/ (Tune's state) in it or in its "

@@ -1,15 +1,14 @@
 """Outside services answer, or the command stops in one line, within a stated bound.
 
 Before a sweep starts (before anything is written or Ray starts) a Ray address given as
-``HOST:PORT`` or ``ray://HOST:PORT`` and an MLflow tracking server (``http(s)://``) must accept a
-TCP connection within :data:`CONNECT_TIMEOUT_S`; otherwise Ray and MLflow retry for minutes
-against a port where nothing listens.
+``HOST:PORT`` or ``ray://HOST:PORT`` and a server of the MLflow tracking URI
+(:mod:`orchestrator.tracking_store`) must accept a TCP connection within :data:`CONNECT_TIMEOUT_S`;
+otherwise Ray and MLflow retry for minutes against a port where nothing listens.
 """
 
 from __future__ import annotations
 
 import socket
-from urllib.parse import urlsplit
 
 from mgas_common.errors import UserInputError
 
@@ -51,19 +50,3 @@ def check_ray_address(address: str | None) -> None:
     bare = text.removeprefix("ray://")
     host, port = _endpoint(bare, "--address")
     check_answers(host, port, "--address: nothing answers at")
-
-
-def check_tracking_server(uri: str | None) -> None:
-    """An ``http(s)://`` MLflow tracking URI must answer; other schemes are MLflow's to check."""
-    if not uri:
-        return
-    parts = urlsplit(uri)
-    if parts.scheme not in ("http", "https"):
-        return
-    if not parts.hostname:
-        raise UserInputError(f"tracking.mlflow.uri {uri!r}: no host")
-    try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-    except ValueError:
-        raise UserInputError(f"tracking.mlflow.uri {uri!r}: the port is not in 1..65535") from None
-    check_answers(parts.hostname, port, "tracking.mlflow.uri: no MLflow server answers at")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
+from mgas_common.object_stores import probe_store
 from mgas_core.files.atomic import atomic_write_bytes
 
 
@@ -96,6 +97,16 @@ class Location:
     def delete_dir(self) -> None:
         if self.is_dir():
             self.fs.delete_dir(self.path)
+
+
+def reach(location: str | Path, what: str = "results location") -> Location:
+    """:func:`resolve`, for a command's entry: an object store must answer within
+    :data:`~mgas_common.object_stores.STORE_TIMEOUT_S` (else one line naming ``what``)."""
+    uri = normalize(location)
+    if not is_uri(uri):
+        return Location(pafs.LocalFileSystem(), uri, uri)
+    fs, path = probe_store(uri, what)
+    return Location(fs, path.rstrip("/"), uri)
 
 
 def resolve(location: str | Path) -> Location:

@@ -13,13 +13,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mgas_common.errors import UserInputError
 from orchestrator.progress import search_plan
-from orchestrator.reachability import check_ray_address, check_tracking_server
+from orchestrator.reachability import check_ray_address
 from orchestrator.runtime_env import load_runtime_env
 from orchestrator.spec import ExperimentSpec, expand_trials, load_spec
-from orchestrator.storage import Location, is_uri, join, normalize, resolve
+from orchestrator.storage import Location, is_uri, join, normalize, reach, resolve
 from orchestrator.tracking import MlflowSpec, MlflowTracker, TrackingSpec, mlflow_target
+from orchestrator.tracking_store import check_tracking_store
 
 TUNE_DIR = "tune"
 PROGRESS_LOG = "progress.log"  # every epoch of every trial, appended
@@ -89,13 +89,10 @@ def run_command(experiment: Path, out: Path | str | None = None, address: str | 
         return print_plan(spec, trials, uri)
     address = address if address is not None else os.environ.get("RAY_ADDRESS")
     check_ray_address(address)  # within seconds, before anything is written or Ray starts
-    try:
-        location = resolve(uri)
-    except (OSError, ValueError) as exc:  # unknown scheme, malformed URI, unreachable store
-        raise UserInputError(f"results location {uri}: {' '.join(str(exc).split())[:300]}") from exc
+    location = reach(uri)  # an object store answers within seconds (credentials, endpoint), or one line
     tracker = None
     if spec.tracking.mlflow is not None:
-        check_tracking_server(spec.tracking.mlflow.uri)
+        check_tracking_store(spec.tracking.mlflow.uri, spec.tracking.mlflow.experiment or spec.name)
         tracking_uri, artifacts = mlflow_target(spec.tracking.mlflow, location.path, location.local)
         tracker = MlflowTracker(tracking_uri, artifacts, spec.tracking.mlflow.experiment or spec.name, uri)
     provenance = {"git_sha": git_revision(), "versions": library_versions()}
@@ -118,6 +115,38 @@ def trial_placement(config: dict[str, Any]) -> Any:
     return PlacementGroupFactory([bundle])
 
 
+def trial_name(trial: Any) -> str:
+    return trial.config["trial"]["trial_id"]
+
+
+def _tuner(spec: ExperimentSpec, trainable: Any, trials: list[dict[str, Any]], uri: str, callbacks: list[Any]) -> Any:
+    """A fresh Tune run of ``trials`` in ``<uri>/tune`` (a resumed sweep's attempt too: no Tune restore)."""
+    from ray import tune
+
+    from orchestrator.resume import trial_folder_name
+
+    return tune.Tuner(
+        trainable,
+        param_space={"trial": tune.grid_search(trials)},
+        tune_config=tune.TuneConfig(
+            max_concurrent_trials=spec.max_concurrent_trials,
+            # a finished trial's worker runs the next trial of the same resources: torch and
+            # the package stay imported (benchmarks/orchestration.py)
+            reuse_actors=True,
+            trial_dirname_creator=trial_folder_name,
+            trial_name_creator=trial_name,
+        ),
+        run_config=tune.RunConfig(
+            name=TUNE_DIR,
+            storage_path=uri,
+            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
+            callbacks=callbacks,
+            verbose=0,
+        ),
+    )
+
+
 def run_sweep(spec: ExperimentSpec, trials: list[dict[str, Any]], uri: str, address: str | None, resume: bool,
               dashboard: bool = False, dashboard_host: str | None = None,
               runtime_env: dict[str, Any] | None = None, tracker: MlflowTracker | None = None) -> dict[str, Any]:
@@ -137,11 +166,14 @@ def run_sweep(spec: ExperimentSpec, trials: list[dict[str, Any]], uri: str, addr
         ray_is_running,
         trials_in_driver_environment,
     )
+    from orchestrator.resume import SweepRecord, plan_resume
     from orchestrator.trainable import tune_trainable
 
     started = time.time()
     experiment = resolve(uri)
     methods = [t["settings"]["search"]["method"] for t in trials]
+    run = experiment.child(TUNE_DIR)
+    plan = plan_resume(run, trials) if resume else None  # a changed spec is refused before Ray starts
     if not address and not ray_is_running():  # before Ray starts
         check_capacity(spec.resources, methods, [local_node()], "this machine (embedded Ray)")
         check_local_compile(trials)
@@ -153,41 +185,30 @@ def run_sweep(spec: ExperimentSpec, trials: list[dict[str, Any]], uri: str, addr
             check_cluster(uri, spec.shared_storage, address, trials)
         trainable = tune.with_resources(tune_trainable, trial_placement)
         progress = SweepProgress(trials, join(uri, PROGRESS_LOG) if experiment.local else None)
-        run_path = join(uri, TUNE_DIR)
-        restored = resume and tune.Tuner.can_restore(run_path)
-        param_space = {"trial": tune.grid_search(trials)}
-        if restored:
-            print(f"resuming sweep from {run_path}", file=sys.stderr)
-            tuner = tune.Tuner.restore(run_path, trainable, resume_unfinished=True, resume_errored=True,
-                                       param_space=param_space)
+        restored = plan is not None
+        if plan is not None:
+            print(f"resuming sweep from {run.uri}: {plan.describe()}", file=sys.stderr)
+            record, to_run, finished = plan.record, plan.to_run, plan.finished
         else:
             if resume:
-                print(f"nothing to resume at {run_path}; starting the sweep", file=sys.stderr)
+                print(f"nothing to resume at {run.uri}; starting the sweep", file=sys.stderr)
             _move_previous(experiment)
-            tuner = tune.Tuner(
-                trainable,
-                param_space=param_space,
-                tune_config=tune.TuneConfig(
-                    max_concurrent_trials=spec.max_concurrent_trials,
-                    # a finished trial's worker runs the next trial of the same resources: torch and
-                    # the package stay imported (benchmarks/orchestration.py)
-                    reuse_actors=True,
-                    trial_dirname_creator=lambda t: t.config["trial"]["trial_id"],
-                    trial_name_creator=lambda t: t.config["trial"]["trial_id"],
-                ),
-                run_config=tune.RunConfig(
-                    name=TUNE_DIR,
-                    storage_path=uri,
-                    failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
-                    callbacks=[ResultsWriter(uri), *([MlflowCallback(tracker)] if tracker else []), progress],
-                    verbose=0,
-                ),
-            )
-        with callbacks_untagged(), trials_in_driver_environment(embedded):
-            grid = tuner.fit()
-        # every ended trial's row again, from the result grid: a restored sweep's earlier trials too
-        written = write_results(experiment, saved_from_grid(grid))
+            record, to_run, finished = SweepRecord.new(), trials, []
+        for saved in finished:
+            progress.status.finish(saved.trial["trial_id"], saved.result.get("status") == "ok")
+        if tracker is not None:
+            tracker.sweep_id = record.sweep_id  # a resumed sweep logs into its trials' runs again
+        record.write(run)
+        if not to_run:
+            written = write_results(experiment, finished)
+        else:
+            tuner = _tuner(spec, trainable, to_run, uri, [ResultsWriter(uri), *([MlflowCallback(tracker)] if tracker
+                                                                                else []), progress])
+            with callbacks_untagged(), trials_in_driver_environment(embedded):
+                grid = tuner.fit()
+            # every ended trial's row again: this run's from the result grid, a resumed sweep's earlier
+            # ones from their saved results
+            written = write_results(experiment, [*finished, *saved_from_grid(grid)])
     finally:
         if embedded:
             import ray

@@ -66,6 +66,31 @@ def local_store(experiment_path: str) -> tuple[str, str]:
     return f"sqlite:///{root / 'mlflow.db'}", (root / "artifacts").as_uri()
 
 
+def adopt_copied_store(tracking_uri: str, artifact_root: str | None, experiment: str) -> bool:
+    """Point a copied local store at its own artifacts. MLflow records absolute artifact locations
+    (the experiment's and each run's); in a sweep folder copied elsewhere they still name the
+    original's ``mlruns/artifacts``, so a resumed copy would log its artifacts into the original.
+    Only the default store under an experiment folder (ours) is rewritten; True if it was."""
+    db = Path(tracking_uri.removeprefix("sqlite:///"))
+    if not tracking_uri.startswith("sqlite:///") or artifact_root is None or not db.is_file():
+        return False
+    import contextlib
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(db)) as connection, connection:
+        found = connection.execute("SELECT experiment_id, artifact_location FROM experiments WHERE name = ?",
+                                   (experiment,)).fetchone()
+        if found is None or found[1] == artifact_root:
+            return False
+        old = str(found[1]).rstrip("/")
+        connection.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?",
+                           (artifact_root, found[0]))
+        connection.execute("UPDATE runs SET artifact_uri = ? || substr(artifact_uri, ?) WHERE experiment_id = ? "
+                           "AND substr(artifact_uri, 1, ?) = ?", (artifact_root.rstrip("/"), len(old) + 1, found[0],
+                                                                 len(old), old))
+    return True
+
+
 def mlflow_target(spec: MlflowSpec, experiment_uri: str, is_local: bool) -> tuple[str, str | None]:
     """(tracking URI, artifact root or None for the server's default), checked before Ray starts."""
     try:
@@ -124,6 +149,9 @@ class MlflowTracker:
 
             if self.tracking_uri.startswith("sqlite:///"):
                 Path(self.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+            experiment = resolve(self.experiment_uri)
+            if experiment.local and (self.tracking_uri, self.artifact_root) == local_store(experiment.path):
+                adopt_copied_store(self.tracking_uri, self.artifact_root, self.experiment)
             self._client = MlflowClient(tracking_uri=self.tracking_uri)
             found = self._client.get_experiment_by_name(self.experiment)
             self._experiment_id = found.experiment_id if found is not None else self._client.create_experiment(

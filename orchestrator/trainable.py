@@ -363,14 +363,24 @@ class TuneReporter:
 def tune_trainable(config: dict[str, Any]) -> None:
     """The function trainable: restore from ``tune.get_checkpoint()``, report every epoch, and end
     with one report of the final metrics and a small ``done`` checkpoint (final metrics and the
-    architecture files): a trial restored after it finished re-reports them without running."""
+    architecture files): a trial restored after it finished re-reports them, and that checkpoint,
+    without running."""
     from ray import tune
 
+    from orchestrator.resume import resume_checkpoint
+
     trial = config["trial"]
-    checkpoint = tune.get_checkpoint()
+    # Tune's checkpoint of this attempt (a worker restarted after a failure), else the newest one
+    # of the attempt a resumed sweep continues
+    checkpoint = tune.get_checkpoint() or resume_checkpoint(trial)
     state = restore_trial_state(checkpoint) if checkpoint is not None else None
     if state is not None and state.get("phase") == "done":
-        tune.report({**state["final"], "trial_id": trial["trial_id"], "done_trial": True})
+        # the done checkpoint again, in this attempt's folder too (its architecture files with it)
+        again = TuneReporter(trial["trial_id"], 0.0)
+        try:
+            again(state["final"], lambda: state, final=True)
+        finally:
+            again.close()
         return
     placement = _placement()
     cpus = placement.pop("cpus", None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -40,3 +41,26 @@ def write_spec(folder: Path, name: str = "tiny", **fields: Any) -> Path:
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
+
+
+class Payload:
+    """A pickle that, once loaded, creates a file: what a crafted Tune state file would do."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path(self.marker).touch, ())
+
+
+def plant_payloads(tune_dir: Path, marker: Path) -> list[Path]:
+    """Replace every pickle Tune keeps in a sweep's folder (``tuner.pkl``, the experiment and search
+    states, each trial's ``params.pkl`` and ``error.pkl``) with a :class:`Payload`; the planted files."""
+    payload = pickle.dumps(Payload(str(marker)))
+    planted = [tune_dir / "tuner.pkl", *tune_dir.glob("experiment_state-*.json"), *tune_dir.glob("*-state-*.json"),
+               *tune_dir.glob("*.pkl"), *tune_dir.glob("*/params.pkl"),
+               *(d / "error.pkl" for d in tune_dir.iterdir() if d.is_dir())]
+    planted = sorted(set(planted))
+    for path in planted:
+        path.write_bytes(payload)
+    return planted

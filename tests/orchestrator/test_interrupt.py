@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from orchestrator.results import read_rows
+from tests.orchestrator.helpers import plant_payloads
 from tests.processes import kill_process_tree, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
@@ -155,18 +156,29 @@ def files_of(folder: Path) -> dict[str, bytes]:
 
 def test_a_copied_sweep_folder_resumes_in_the_copy_and_leaves_the_original_alone(tmp_path):
     spec = write_spec(tmp_path, 16)
-    command = Command(["run", str(spec)])
+    command = Command(["run", str(spec), "--mlflow"])
     wait_for(command.said(": started"), 180, "a trial starting")
     command.ctrl_c()
     assert_interrupted(*command.finish())
     original = tmp_path / "out" / "cc"
     copy = tmp_path / "elsewhere"
     shutil.copytree(original, copy / "cc")
+    marker = tmp_path / "payload_ran"
+    plant_payloads(copy / "cc" / "tune", marker)  # the copy came from someone else: data, never code
     before = files_of(original)
-    resumed = Command(["run", str(spec), "--out", str(copy), "--resume"])
+    resumed = Command(["run", str(spec), "--out", str(copy), "--resume", "--mlflow"])
     rc, err = resumed.finish()
     assert rc == 0 and "resuming sweep" in err, err[-3000:]
-    assert files_of(original) == before  # no row, progress line or state written back into the original
+    assert not marker.exists()
+    assert files_of(original) == before  # no row, progress line, MLflow run or state written into the original
     rows = read_rows(copy / "cc")
     assert sorted((r["trial_id"], r["status"]) for r in rows) == [("darts_seed0", "ok"), ("darts_seed1", "ok")]
     assert "darts_seed0: done" in (copy / "cc" / "progress.log").read_text()
+    from mlflow import MlflowClient  # the copy's own tracking store: one finished run per trial
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{copy / 'cc' / 'mlruns' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("cc").experiment_id])
+    assert sorted((r.data.tags["mgas.trial_id"], r.info.status) for r in runs) == [
+        ("darts_seed0", "FINISHED"), ("darts_seed1", "FINISHED")]
+    assert all(r.info.artifact_uri.startswith((copy / "cc" / "mlruns" / "artifacts").as_uri()) for r in runs)
+    assert len(list((copy / "cc" / "mlruns" / "artifacts").rglob("arch.json"))) == 2

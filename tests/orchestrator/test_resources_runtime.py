@@ -116,9 +116,9 @@ def test_local_storage_is_refused_for_ray_client_and_submitted_jobs(tmp_path, mo
 
 
 @pytest.mark.parametrize("argv,fragment", [
-    (["collect", "nosuch://bucket/x"], "cannot read nosuch://bucket/x"),
+    (["collect", "nosuch://bucket/x"], "results location nosuch://bucket/x: cannot be read"),
     (["collect", "{tmp}/empty"], "holds no sweep"),
-    (["report", "nosuch://bucket/x"], "cannot open results location"),
+    (["report", "nosuch://bucket/x"], "results location nosuch://bucket/x: cannot be read"),
     (["run", "{spec}", "--out", "nosuch://bucket"], "results location nosuch://bucket/tiny"),
 ])
 def test_bad_storage_locations_are_one_line(tmp_path, capsys, monkeypatch, argv, fragment):

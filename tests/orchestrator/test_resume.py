@@ -1,5 +1,6 @@
 """A sweep whose driver process is killed is resumed with --resume: only unfinished trials run, and
-the rows of the trials that had finished are rewritten from Tune's state.
+the rows of the trials that had finished are rewritten from their saved results; the unfinished one
+continues from its newest checkpoint, and no pickle of the folder is loaded.
 
 Safe beside real work: the driver runs with a Ray temp folder of its own (so it shares nothing
 with a `mgas run` of the same user), and the test ends exactly the processes it started: the
@@ -18,28 +19,25 @@ from pathlib import Path
 
 import pytest
 
+from mgas_common.errors import UserInputError
+from orchestrator.collect import latest_saved_trials
 from orchestrator.results import read_rows
-from tests.orchestrator.helpers import write_spec
+from orchestrator.storage import resolve
+from tests.orchestrator.helpers import plant_payloads, write_spec
 from tests.processes import kill_process_tree, private_ray_env, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]  # Ray tests run one after another (tests/conftest.py)
 
 
-def terminated_in_saved_state(run_dir: Path) -> set[str]:
-    """Trial ids Tune's newest saved sweep state records as finished (what `--resume` will skip)."""
-    states = sorted(run_dir.glob("experiment_state-*.json"))
-    if not states:
-        return set()
+def saved_state(run_dir: Path) -> dict[str, str]:
+    """Each trial of the sweep's saved state as `--resume` reads it: "finished", "checkpoint" (it
+    continues from one) or "none" (it starts again)."""
     try:
-        data = json.loads(states[-1].read_text())
-    except (json.JSONDecodeError, OSError):  # being rewritten right now
-        return set()
-    done = set()
-    for trial_state, _ in data.get("trial_data", []):
-        state = json.loads(trial_state) if isinstance(trial_state, str) else trial_state
-        if state.get("status") == "TERMINATED":
-            done.add(state.get("trial_id"))
-    return done
+        saved = latest_saved_trials(resolve(run_dir)) if run_dir.is_dir() else {}
+    except UserInputError:  # a result line being written right now
+        return {}
+    return {tid: "finished" if s.result.get("done_trial") and s.error is None else
+            "checkpoint" if s.checkpoint is not None else "none" for tid, s in saved.items()}
 
 
 def test_killed_driver_then_resume_runs_only_unfinished_trials(tmp_path):
@@ -55,8 +53,9 @@ def test_killed_driver_then_resume_runs_only_unfinished_trials(tmp_path):
         try:
             wait_for(lambda: len(read_rows(experiment_dir)) >= 1 or proc.poll() is not None, 300,
                      "the first trial's result row")
-            wait_for(lambda: terminated_in_saved_state(experiment_dir / "tune") or proc.poll() is not None,
-                     60, "Tune's saved sweep state to record the finished trial")
+            wait_for(lambda: sorted(saved_state(experiment_dir / "tune").values()) == ["checkpoint", "finished"]
+                     or proc.poll() is not None, 120,
+                     "the saved state: one trial finished, the other with a checkpoint")
         finally:
             ended = kill_process_tree(proc.pid)
             proc.wait(timeout=30)
@@ -65,10 +64,14 @@ def test_killed_driver_then_resume_runs_only_unfinished_trials(tmp_path):
         assert len(before) == 1, before
 
         shutil.rmtree(experiment_dir / "results")  # as if the head's disk was lost: the restore rewrites the row
+        marker = tmp_path / "payload_ran"
+        assert len(plant_payloads(experiment_dir / "tune", marker)) >= 4  # --resume reads no pickle
         done = subprocess.run([*cmd, "--mlflow", "--resume", "--json"], env=env, capture_output=True, text=True,
                               timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "resuming sweep" in done.stderr
+    assert "1 trial(s) finished, 1 continue from a checkpoint, 0 start from the beginning" in done.stderr
+    assert not marker.exists()
     summary = json.loads(done.stdout)  # --json: the summary object is all there is on stdout
     assert summary["resumed"] is True and summary["ok"] == 2
     rows = read_rows(experiment_dir)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import pickle
 import re
 import shutil
 import signal
@@ -27,7 +26,7 @@ from orchestrator.spec import expand_trials, load_spec
 from orchestrator.sweep import run_command
 from orchestrator.trainable import run_trial_pipeline
 from tests.conftest import PLUGIN
-from tests.orchestrator.helpers import MGAS_TINY, write_spec
+from tests.orchestrator.helpers import MGAS_TINY, plant_payloads, write_spec
 from tests.orchestrator.test_results_readers import assert_every_reader_reads
 from tests.processes import private_ray_env
 
@@ -165,12 +164,7 @@ def test_sweep_writes_exactly_one_filled_row_per_trial(tmp_path, capsys):
         shutil.rmtree(experiment_dir / folder)
     # ... from its JSON alone: Tune's pickles are never loaded (someone else's results folder is data)
     marker = tmp_path / "payload_ran"
-    payload = pickle.dumps(Payload(str(marker)))
-    tune_dir = experiment_dir / "tune"
-    planted = [tune_dir / "tuner.pkl", *tune_dir.glob("*/params.pkl"), *(d / "error.pkl" for d in tune_dir.iterdir()
-                                                                         if d.is_dir())]
-    for path in planted:
-        path.write_bytes(payload)
+    planted = plant_payloads(experiment_dir / "tune", marker)
     assert collect_command(str(experiment_dir))[0]["rows"] == 5  # trials; GOLD-NAS's file holds its series
     assert not marker.exists() and len(planted) > 5
     assert files() == written
@@ -182,16 +176,6 @@ def test_sweep_writes_exactly_one_filled_row_per_trial(tmp_path, capsys):
     rerun = {r["trial_id"]: r["finished_at"] for r in read_rows(experiment_dir)}
     assert len(rerun) == 5 and sum(rerun[k] != first[k] for k in first) == 1
     assert len(list((experiment_dir / "results").glob("method=*/*.parquet"))) == 5
-
-
-class Payload:
-    """A pickle that, once loaded, creates a file: what a crafted Tune state file would do."""
-
-    def __init__(self, marker: str) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (Path(self.marker).touch, ())
 
 
 def _watch_and_kill(trial_dir: Path, after_epoch: int, killed: dict) -> None:

@@ -4,7 +4,13 @@ that cannot run together, paths that are files, folders or missing). See bad_inp
 
 from __future__ import annotations
 
+import contextlib
+import http.server
+import importlib.util
+import json
 import tempfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -236,6 +242,98 @@ def test_outside_services_that_do_not_answer_are_refused_within_seconds():
                  ([*run, "--mlflow", f"http://127.0.0.1:{port}"], ("no MLflow server answers at 127.0.0.1",))]
         for argv, names in cases:
             assert_refused(argv, folder, names, "run")
+            assert not ray.is_initialized()
+
+
+@contextlib.contextmanager
+def http_server(status: int, body: bytes) -> Iterator[str]:
+    """A loopback HTTP server answering every GET with ``status`` and ``body``; its base URL."""
+    class Answer(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Answer)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def test_mlflow_stores_it_could_not_log_to_are_refused_before_ray_starts():
+    """An unknown scheme, a plain folder (MLflow 3's refused file store), SQLite in memory, in a
+    folder, under a file or not a database, a database without its driver, a server that is not
+    MLflow or refuses the user: one line naming tracking.mlflow.uri, nothing written, no Ray."""
+    import ray
+
+    missing = {driver: importlib.util.find_spec(module) is None for driver, module in [("mysqldb", "MySQLdb")]}
+    with tempfile.TemporaryDirectory() as d:
+        folder = Path(d)
+        spec = folder / "x.yaml"
+        spec.write_text("name: x\ndataset: digits\npreset: tiny\n")
+        run = ["run", str(spec), "--mlflow"]
+        cases = [("ftp://x", "cannot store runs at a ftp://"), (str(folder / "store"), "MLflow's file store"),
+                 ((folder / "store").as_uri(), "MLflow's file store"), ("mlruns", "MLflow's file store"),
+                 ("sqlite://", "in memory"), (f"sqlite:///{folder}", "is a folder"),
+                 (f"sqlite:///{spec}/m.db", "is a file, so"), (f"sqlite:///{spec}", "is not a SQLite database"),
+                 ("postgresql+nosuchdriver://127.0.0.1/db", "tracking.mlflow.uri"),
+                 ("databricksx://h", "cannot store runs at")]
+        if missing["mysqldb"]:
+            cases.append(("mysql://127.0.0.1/db", "driver 'mysqldb' is not installed"))
+        for uri, said in cases:
+            assert_refused([*run, uri], folder, (said,), "run")
+            assert not ray.is_initialized()
+        for status, body, said in [(404, b"<html>not here</html>", "not an MLflow tracking server (HTTP 404"),
+                                   (401, b"{}", "refuses this user (HTTP 401)"),
+                                   (200, b"<html>a web page</html>", "not an MLflow tracking server")]:
+            with http_server(status, body) as url:
+                assert_refused([*run, url], folder, (said,), "run")
+
+
+def test_an_mlflow_server_without_the_experiment_yet_passes_the_check():
+    from orchestrator.tracking_store import check_tracking_store
+
+    missing = json.dumps({"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "no experiment"}).encode()
+    with http_server(404, missing) as url:
+        check_tracking_store(url, "x")
+    with http_server(200, json.dumps({"experiment": {"experiment_id": "1"}}).encode()) as url:
+        check_tracking_store(url, "x")
+
+
+@pytest.mark.slow
+def test_object_stores_without_credentials_or_answer_are_refused_within_the_bound(monkeypatch):
+    """A gs:// results root on a machine without Google credentials (its metadata server a loopback
+    port that accepts and never answers) and an s3:// endpoint where nothing listens: one line
+    within the store bound (10 s), before anything is written or Ray starts."""
+    import socket
+
+    import ray
+
+    with tempfile.TemporaryDirectory() as d, socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(0)  # connections queue, nothing is ever read or answered
+        folder = Path(d)
+        monkeypatch.setenv("HOME", str(folder))  # no gcloud configuration
+        monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+        monkeypatch.setenv("GCE_METADATA_ROOT", f"127.0.0.1:{silent.getsockname()[1]}")
+        for name, value in [("AWS_ACCESS_KEY_ID", "x"), ("AWS_SECRET_ACCESS_KEY", "y"), ("AWS_REGION", "us-east-1")]:
+            monkeypatch.setenv(name, value)
+        spec = folder / "x.yaml"
+        spec.write_text("name: x\ndataset: digits\npreset: tiny\n")
+        closed = f"s3://bucket/x?endpoint_override=127.0.0.1:{_closed_port()}&scheme=http"
+        for argv in (["run", str(spec), "--out", "gs://bucket/sweeps"], ["collect", closed]):
+            outcome = assert_refused(argv, folder, ("results location",), argv[0])
+            assert "check " in outcome.err and outcome.seconds < 15
             assert not ray.is_initialized()
 
 
