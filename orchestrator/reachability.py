@@ -8,7 +8,10 @@ otherwise Ray and MLflow retry for minutes against a port where nothing listens.
 
 from __future__ import annotations
 
+import getpass
+import os
 import socket
+import sys
 
 from mgas_common.errors import UserInputError
 
@@ -36,17 +39,68 @@ def check_answers(host: str, port: int, what: str, timeout_s: float = CONNECT_TI
     raise UserInputError(f"{what} {host}:{port}: {reason}")
 
 
-def check_ray_address(address: str | None) -> None:
-    """``None`` is embedded Ray; ``auto`` and ``local`` are Ray's to resolve; an empty address is
-    refused (it would silently mean embedded); ``HOST:PORT`` and ``ray://HOST:PORT`` must answer."""
+def check_ray_address(address: str | None) -> str | None:
+    """``None`` is embedded Ray; ``local`` is Ray's to resolve; ``auto`` must find a cluster of this
+    user's (:func:`resolve_auto_address`); an empty address is refused (it would silently mean
+    embedded); ``HOST:PORT`` and ``ray://HOST:PORT`` (and what ``auto`` found) must answer.
+    Returns the address to join (``auto`` resolved, so Ray cannot pick another cluster later)."""
     if address is None:
-        return
+        return None
     text = address.strip()
     if not text:
         raise UserInputError("--address is empty; give HOST:PORT, ray://HOST:PORT or auto (or leave it out: "
                              "embedded Ray on this machine)")
-    if text in ("auto", "local"):
-        return
+    if text == "local":
+        return text
+    if text == "auto":
+        text = resolve_auto_address()
+        print(f"--address auto: the Ray cluster at {text}", file=sys.stderr)
     bare = text.removeprefix("ray://")
     host, port = _endpoint(bare, "--address")
     check_answers(host, port, "--address: nothing answers at")
+    return text
+
+
+def local_cluster_owners(address: str) -> set[str]:
+    """The users whose raylet on this machine belongs to the Ray cluster whose GCS is at ``address``
+    (``--gcs-address=`` on the raylet's command line, as Ray's own ``auto`` lookup reads it)."""
+    import psutil
+
+    owners = set()
+    for proc in psutil.process_iter(["cmdline", "username"]):
+        cmdline = proc.info.get("cmdline") or []
+        if not cmdline or os.path.basename(cmdline[0].split(" ", 1)[0]) != "raylet":
+            continue
+        args = [part for arg in cmdline for part in arg.split(" ")]
+        if f"--gcs-address={address}" in args and proc.info.get("username"):
+            owners.add(proc.info["username"])
+    return owners
+
+
+def auto_address_problem(address: str, owners: set[str], me: str) -> str | None:
+    """Why ``--address auto`` must not join the cluster at ``address`` (None when it may): it is
+    someone else's (every raylet of it here runs as another user)."""
+    if owners and me not in owners:
+        return (f"--address auto found the Ray cluster at {address}, started by {', '.join(sorted(owners))}, not "
+                f"by you ({me}); give --address {address} to join it on purpose, or start your own (ray start --head)")
+    return None
+
+
+def resolve_auto_address() -> str:
+    """The cluster ``--address auto`` means, as Ray resolves it (the last ``ray start`` on this
+    machine, else any Ray cluster running here), refused when another user started it."""
+    from ray._private.services import get_ray_address_from_environment
+
+    saved = os.environ.pop("RAY_ADDRESS", None)  # "auto" itself may have come from it
+    try:
+        address = get_ray_address_from_environment("auto", None)
+    except ConnectionError:
+        raise UserInputError("--address auto: no Ray cluster runs on this machine; start one (ray start --head) or "
+                             "give HOST:PORT") from None
+    finally:
+        if saved is not None:
+            os.environ["RAY_ADDRESS"] = saved
+    problem = auto_address_problem(address, local_cluster_owners(address), getpass.getuser())
+    if problem is not None:
+        raise UserInputError(problem)
+    return address

@@ -88,7 +88,7 @@ def run_command(experiment: Path, out: Path | str | None = None, address: str | 
     if dry_run:
         return print_plan(spec, trials, uri)
     address = address if address is not None else os.environ.get("RAY_ADDRESS")
-    check_ray_address(address)  # within seconds, before anything is written or Ray starts
+    address = check_ray_address(address)  # within seconds, before anything is written or Ray starts
     location = reach(uri)  # an object store answers within seconds (credentials, endpoint), or one line
     tracker = None
     if spec.tracking.mlflow is not None:
@@ -162,6 +162,7 @@ def run_sweep(spec: ExperimentSpec, trials: list[dict[str, Any]], uri: str, addr
     from orchestrator.ray_runtime import (
         callbacks_untagged,
         check_cluster,
+        check_nodes_import,
         init_ray,
         ray_is_running,
         trials_in_driver_environment,
@@ -183,6 +184,8 @@ def run_sweep(spec: ExperimentSpec, trials: list[dict[str, Any]], uri: str, addr
                        else f"the Ray cluster at {address or 'this process'}")
         if not embedded:
             check_cluster(uri, spec.shared_storage, address, trials)
+        elif runtime_env:  # the runtime env set up on this machine's workers, as the trials will get it
+            check_nodes_import()
         trainable = tune.with_resources(tune_trainable, trial_placement)
         progress = SweepProgress(trials, join(uri, PROGRESS_LOG) if experiment.local else None)
         restored = plan is not None

@@ -17,10 +17,14 @@ compile of a found network takes minutes and pays off after a few hundred steps
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
 import os
 import shutil
+import subprocess
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -37,10 +41,47 @@ def inductor_cxx_candidates() -> list[str]:
     return [c for c in inductor_config.cpp.cxx if c]
 
 
+CXX_PROBE_TIMEOUT_S = 10.0
+PROBE_KERNEL = 'extern "C" float mgas_probe_kernel(float x) { return x + 1.0f; }\n'
+
+
+def cxx_problem(compiler: str) -> str | None:
+    """Why ``compiler`` cannot build a kernel the way Inductor does on CPU (None when it can): a
+    one-function C++ file built into a shared library (``-shared -fPIC``) within
+    :data:`CXX_PROBE_TIMEOUT_S`, loaded, and called. A compiler that is on PATH but broken (a
+    wrapper that fails, a missing linker, no standard headers) would otherwise fail the first
+    retraining minutes in, after its search."""
+    with tempfile.TemporaryDirectory(prefix="mgas-cxx-probe-") as tmp:
+        source, library = Path(tmp, "kernel.cpp"), Path(tmp, "kernel.so")
+        source.write_text(PROBE_KERNEL)
+        command = [compiler, "-shared", "-fPIC", "-O1", str(source), "-o", str(library)]
+        try:
+            built = subprocess.run(command, capture_output=True, text=True, timeout=CXX_PROBE_TIMEOUT_S,
+                                   stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            return f"the C++ compiler {compiler} did not build a one-line kernel within {CXX_PROBE_TIMEOUT_S:g} s"
+        except OSError as exc:
+            return f"the C++ compiler {compiler} cannot be run ({exc.strerror or exc})"
+        if built.returncode != 0:
+            said = next((line.strip() for line in (built.stderr + built.stdout).splitlines() if line.strip()), "")
+            return (f"the C++ compiler {compiler} cannot build a kernel (exit {built.returncode}"
+                    + (f": {said[:200]}" if said else "") + ")")
+        try:
+            kernel = ctypes.CDLL(str(library)).mgas_probe_kernel
+        except (OSError, AttributeError) as exc:
+            reason = " ".join(str(exc).split())[:200]
+            return f"the C++ compiler {compiler} built a kernel that cannot be loaded ({reason})"
+        kernel.restype, kernel.argtypes = ctypes.c_float, [ctypes.c_float]
+        if kernel(1.0) != 2.0:
+            return f"the C++ compiler {compiler} built a kernel that computes the wrong result"
+    return None
+
+
 def compile_toolchain_problem(backend: str, device: torch.device) -> str | None:
     """Why ``backend`` cannot compile for ``device`` on this machine (None when it can): Inductor
-    builds C++ kernels on CPU (one of :func:`inductor_cxx_candidates` on PATH) and Triton kernels
-    on CUDA (the ``triton`` package)."""
+    builds C++ kernels on CPU (with the first of :func:`inductor_cxx_candidates` on PATH, which
+    must build and load a test kernel: :func:`cxx_problem`) and Triton kernels on CUDA (the
+    ``triton`` package)."""
     if backend != "inductor":
         return None
     if device.type == "cuda":
@@ -48,10 +89,11 @@ def compile_toolchain_problem(backend: str, device: torch.device) -> str | None:
             return "Inductor on CUDA needs the triton package (pip install triton)"
         return None
     candidates = inductor_cxx_candidates()
-    if not any(shutil.which(c) for c in candidates):
+    found = next((path for c in candidates if (path := shutil.which(c))), None)
+    if found is None:
         return (f"Inductor on CPU builds C++ kernels with {' or '.join(candidates)} (set by $CXX), "
                 "and none is on PATH")
-    return None
+    return cxx_problem(found)
 
 
 def check_compile(enabled: bool, backend: str, device: torch.device) -> None:

@@ -10,6 +10,7 @@ CI runs the captured graphs with torch's debugging backends, ``eager`` (dynamo's
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 import torch
@@ -175,6 +176,26 @@ def test_a_backend_the_machine_cannot_build_is_refused_naming_the_setting(monkey
     with (inductor_config.patch({"cpp.cxx": (None, "no-such-compiler")}),
           pytest.raises(UserInputError, match="with no-such-compiler")):
         check_compile(True, "inductor", cpu)
+
+
+def test_a_compiler_that_is_on_path_but_cannot_build_a_kernel_is_refused(tmp_path):
+    """Found is not enough: the compiler must build, and the library load and run, a test kernel."""
+    import torch._inductor.config as inductor_config
+
+    cpu = torch.device("cpu")
+    failing = tmp_path / "failing-c++"
+    failing.write_text("#!/bin/sh\necho 'broken on purpose' >&2\nexit 1\n")
+    silent = tmp_path / "silent-c++"  # says it worked and builds nothing
+    silent.write_text("#!/bin/sh\nexit 0\n")
+    for script in (failing, silent):
+        script.chmod(0o755)
+    for compiler, said in [(failing, r"cannot build a kernel \(exit 1: broken on purpose\)"),
+                           (silent, "built a kernel that cannot be loaded")]:
+        with (inductor_config.patch({"cpp.cxx": (None, str(compiler))}),
+              pytest.raises(UserInputError, match=rf"retrain\.compile: the C\+\+ compiler .*{said}.*allowed here")):
+            check_compile(True, "inductor", cpu)
+    if shutil.which("g++"):
+        check_compile(True, "inductor", cpu)  # this machine's compiler builds and runs the test kernel
 
 
 def test_inductor_compiles_its_kernels_in_the_trials_threads_only(monkeypatch):

@@ -189,3 +189,13 @@ def test_unimportable_code_local_storage_and_impossible_resources_are_refused_in
         assert fragment in line and refused.stderr.count("mgas: error") == 1, refused.stderr[-2000:]
         assert not (tmp_path / "out" / "too-big").exists()  # nothing written
 
+
+
+def test_auto_resolves_to_this_users_cluster_and_says_which(cluster, tmp_path):
+    env = {k: v for k, v in cluster.env.items() if k != "RAY_ADDRESS"}
+    code = "from orchestrator.reachability import check_ray_address; print(check_ray_address('auto'))"
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == cluster.address  # the cluster Ray's own `auto` finds, its owner this user
+    assert f"--address auto: the Ray cluster at {cluster.address}" in done.stderr

@@ -337,6 +337,26 @@ def test_object_stores_without_credentials_or_answer_are_refused_within_the_boun
             assert not ray.is_initialized()
 
 
+def test_a_compiler_that_exists_but_does_not_work_is_refused_before_ray_starts():
+    """`retrain.compile: true` with a C++ compiler on PATH that fails: one line within seconds, before
+    anything is written or Ray starts (it used to fail the first retraining, 110 s in)."""
+    import ray
+    import torch._inductor.config as inductor_config
+
+    with tempfile.TemporaryDirectory() as d:
+        folder = Path(d)
+        broken = folder / "bin" / "c++"
+        broken.parent.mkdir()
+        broken.write_text("#!/bin/sh\necho 'cannot find crt1.o' >&2\nexit 1\n")
+        broken.chmod(0o755)
+        spec = folder / "x.yaml"
+        spec.write_text("name: x\ndataset: digits\npreset: tiny\nbase: {retrain.compile: true}\n")
+        with inductor_config.patch({"cpp.cxx": (None, str(broken))}):
+            outcome = assert_refused(["run", str(spec)], folder, ("retrain.compile: the C++ compiler",), "run")
+        assert "cannot find crt1.o" in outcome.err and outcome.seconds < 15
+        assert not ray.is_initialized()
+
+
 def test_runtime_envs_a_worker_would_die_on_are_refused_before_ray_starts():
     """An env var name with ``=`` or a NUL, a NUL in a value, a pip entry that is not a requirement:
     a worker given them dies at start and its trial waits forever, so they are refused up front."""
