@@ -64,6 +64,7 @@ class RuntimeSpec(Strict):
             folder = folder if folder.is_absolute() else (base / folder).resolve()
             if not folder.is_dir():
                 raise UserInputError(f"runtime.working_dir {folder} is not a folder")
+            check_readable(folder, list(self.excludes or []))
             env["working_dir"] = str(folder)
         if self.pip:
             env["pip"] = list(self.pip)
@@ -72,6 +73,28 @@ class RuntimeSpec(Strict):
         if self.excludes:
             env["excludes"] = list(self.excludes)
         return env
+
+
+def check_readable(folder: Path, excludes: list[str]) -> None:
+    """Every file and folder Ray will pack from ``working_dir`` (those ``excludes`` leave out are
+    skipped, matched as Ray matches them: gitignore patterns) must be readable by this user; Ray
+    would stop with a traceback halfway through packing it."""
+    import pathspec
+
+    skip = pathspec.PathSpec.from_lines("gitwildmatch", excludes)
+    for root, dirs, files in os.walk(folder, onerror=None):
+        base = Path(root)
+        for name in [*dirs, *files]:
+            path = base / name
+            relative = path.relative_to(folder).as_posix() + ("/" if name in dirs else "")
+            if skip.match_file(relative):
+                if name in dirs:
+                    dirs.remove(name)
+                continue
+            wanted = os.R_OK | (os.X_OK if name in dirs else 0)
+            if not path.is_symlink() and not os.access(path, wanted):
+                raise UserInputError(f"runtime.working_dir: {path} cannot be read by this user, and Ray packs every "
+                                     "file of the folder; make it readable or leave it out with runtime.excludes")
 
 
 def load_runtime_env(path: str | Path) -> dict[str, Any]:

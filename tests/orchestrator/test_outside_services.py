@@ -4,6 +4,7 @@ trials get it, embedded Ray included."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -62,3 +63,18 @@ def test_a_runtime_env_the_workers_cannot_use_is_refused_before_a_trial_starts(t
     assert line.startswith("mgas: error: node ") and "cannot import the mgas package" in line, done.stderr[-3000:]
     assert "a stale copy of mgas_core" in line and "Traceback" not in done.stderr
     assert not list((tmp_path / "out").rglob("*.parquet"))
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads every file")
+def test_a_working_dir_with_a_file_ray_cannot_pack_is_one_line(tmp_path):
+    code = tmp_path / "code"
+    (code / "data").mkdir(parents=True)
+    (code / "data" / "secret.bin").write_bytes(b"x")
+    (code / "data" / "secret.bin").chmod(0)
+    runtime = tmp_path / "runtime.yaml"
+    runtime.write_text(yaml.safe_dump({"working_dir": str(code)}))
+    spec = write_spec(tmp_path, sweep={"method": ["darts"], "seed": [0]})
+    done = run(["run", str(spec), "--runtime-env", str(runtime), "--dry-run"], tmp_path)
+    assert done.returncode == 2 and "secret.bin cannot be read by this user" in done.stderr, done.stderr[-2000:]
+    runtime.write_text(yaml.safe_dump({"working_dir": str(code), "excludes": ["data/"]}))
+    assert run(["run", str(spec), "--runtime-env", str(runtime), "--dry-run"], tmp_path).returncode == 0
