@@ -12,6 +12,7 @@ import getpass
 import os
 import socket
 import sys
+from pathlib import Path
 
 from mgas_common.errors import UserInputError
 
@@ -87,20 +88,29 @@ def auto_address_problem(address: str, owners: set[str], me: str) -> str | None:
 
 
 def resolve_auto_address() -> str:
-    """The cluster ``--address auto`` means, as Ray resolves it (the last ``ray start`` on this
-    machine, else any Ray cluster running here), refused when another user started it."""
-    from ray._private.services import get_ray_address_from_environment
+    """The cluster ``--address auto`` means: the one the last ``ray start`` on this machine joined
+    (the address file Ray keeps in its temp folder), refused when another user started it. Ray's own
+    ``auto`` falls back to any Ray running here, an embedded Ray of another process included; a
+    sweep never joins one of those silently."""
+    from ray._common.utils import get_ray_address_file
 
-    saved = os.environ.pop("RAY_ADDRESS", None)  # "auto" itself may have come from it
+    where = Path(get_ray_address_file(None))
     try:
-        address = get_ray_address_from_environment("auto", None)
-    except ConnectionError:
-        raise UserInputError("--address auto: no Ray cluster runs on this machine; start one (ray start --head) or "
-                             "give HOST:PORT") from None
-    finally:
-        if saved is not None:
-            os.environ["RAY_ADDRESS"] = saved
-    problem = auto_address_problem(address, local_cluster_owners(address), getpass.getuser())
+        address = where.read_text().strip() if where.is_file() else ""
+    except OSError as exc:
+        raise UserInputError(f"--address auto: {where} cannot be read ({exc.strerror})") from None
+    if not address:
+        raise UserInputError(f"--address auto: no `ray start` on this machine left a cluster address ({where}); "
+                             "start one (ray start --head) or give HOST:PORT")
+    owners = local_cluster_owners(address)
+    if not owners:  # no raylet of it here (this machine is not a node of it): who wrote the file
+        import pwd
+
+        try:
+            owners = {pwd.getpwuid(where.stat().st_uid).pw_name}
+        except (KeyError, OSError):
+            owners = set()
+    problem = auto_address_problem(address, owners, getpass.getuser())
     if problem is not None:
         raise UserInputError(problem)
     return address

@@ -192,7 +192,10 @@ def test_unimportable_code_local_storage_and_impossible_resources_are_refused_in
 
 
 def test_auto_resolves_to_this_users_cluster_and_says_which(cluster, tmp_path):
-    env = {k: v for k, v in cluster.env.items() if k != "RAY_ADDRESS"}
+    # the address file of the last `ray start` (others may run beside it: the suite's embedded Rays)
+    (tmp_path / "ray").mkdir()
+    (tmp_path / "ray" / "ray_current_cluster").write_text(cluster.address)
+    env = {**{k: v for k, v in cluster.env.items() if k != "RAY_ADDRESS"}, "RAY_TMPDIR": str(tmp_path)}
     code = "from orchestrator.reachability import check_ray_address; print(check_ray_address('auto'))"
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=60)
