@@ -8,6 +8,7 @@ import contextlib
 import http.server
 import importlib.util
 import json
+import os
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -243,6 +244,14 @@ def test_outside_services_that_do_not_answer_are_refused_within_seconds():
         for argv, names in cases:
             assert_refused(argv, folder, names, "run")
             assert not ray.is_initialized()
+        saved = os.environ.get("RAY_ADDRESS")
+        os.environ["RAY_ADDRESS"] = f"127.0.0.1:{port}"  # the address from the environment, as Ray reads it
+        try:
+            assert_refused(run, folder, ("nothing answers at 127.0.0.1",), "run")
+        finally:
+            os.environ.pop("RAY_ADDRESS")
+            if saved is not None:
+                os.environ["RAY_ADDRESS"] = saved
 
 
 @contextlib.contextmanager
