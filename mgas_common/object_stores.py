@@ -33,9 +33,15 @@ def _bounded(uri: str) -> str:
 
 
 def look(uri: str) -> str:
-    """Open the store and ask for the path (what the probe's child process runs): "" or why not."""
+    """Open the store, see its bucket, ask for the path (what the probe's child process runs): ""
+    or why not."""
     try:
         fs, path = pafs.FileSystem.from_uri(_bounded(uri))
+        bucket = path.strip("/").split("/", 1)[0]
+        if not bucket:
+            return "no bucket named"
+        if fs.get_file_info(bucket).type == pafs.FileType.NotFound:
+            return f"bucket {bucket!r} does not exist, or these credentials cannot see it"
         fs.get_file_info(path)
     except Exception as exc:  # any failure of the store is the user's to fix: reported by the parent
         return " ".join(str(exc).split())[:300] or type(exc).__name__

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
+from mgas_common.errors import UserInputError
 from mgas_common.object_stores import probe_store
 from mgas_core.files.atomic import atomic_write_bytes
 
@@ -29,6 +30,9 @@ def normalize(location: str | Path) -> str:
     if text.startswith("file://"):
         text = text[len("file://"):]
     if is_uri(text):
+        scheme, rest = text.split("://", 1)
+        if not rest.split("?", 1)[0].split("/", 1)[0]:
+            raise UserInputError(f"{text}: no bucket named (expected {scheme}://BUCKET/PATH)")
         return text.rstrip("/")
     return str(Path(text).expanduser().resolve())
 

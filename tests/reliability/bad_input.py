@@ -4,7 +4,8 @@
 Every case must end with exit code 2 and exactly one line ``mgas: error: ...`` on stderr that
 names the field or the path at fault, with no traceback, no file written or changed anywhere
 under the case's folder (the command runs with that folder as its working directory, so its
-default outputs would land there too), and within :data:`TIME_LIMIT_S` (enforced with a timer
+default outputs would land there too), no Ray left running (``ray.init`` or a Ray process below
+this one), and within :data:`TIME_LIMIT_S` (enforced with a timer
 signal, so a hang fails the case instead of the suite). Cases are counted per command; the
 counts are printed at the end of the test run (tests/conftest.py).
 """
@@ -118,4 +119,23 @@ def assert_refused(argv: Sequence[str], cwd: Path, names: Sequence[str], kind: s
     assert result.seconds < TIME_LIMIT_S
     after = snapshot(cwd)
     assert after == before, f"files changed for {shown!r}: {set(after.items()) ^ set(before.items())}"
+    assert ray_left_running() == [], f"Ray left running after {shown!r}: {ray_left_running()}"
     return result
+
+
+RAY_PROCESSES = {"raylet", "gcs_server", "plasma_store", "dashboard", "log_monitor", "monitor"}
+
+
+def ray_left_running() -> list[str]:
+    """Ray started by this process and still up: ``ray.init`` in effect, or a Ray process below it."""
+    import sys
+
+    import psutil
+
+    ray = sys.modules.get("ray")
+    left = ["ray.init"] if ray is not None and ray.is_initialized() else []
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if child.name() in RAY_PROCESSES or "ray" in os.path.basename((child.cmdline() or [""])[0]):
+                left.append(f"{child.name()} (pid {child.pid})")
+    return left

@@ -366,6 +366,38 @@ def test_a_compiler_that_exists_but_does_not_work_is_refused_before_ray_starts()
         assert not ray.is_initialized()
 
 
+@pytest.mark.slow
+def test_storage_paths_on_a_local_s3_are_refused_in_one_line(monkeypatch):
+    """Against a local S3 (moto, loopback): no bucket, a bucket that does not exist, an experiment
+    folder with no sweep or no results; `run`, `collect` and `report` each refuse in one line,
+    before anything is written and with no Ray left running."""
+    from tests.orchestrator.multinode import BUCKET, LocalS3
+
+    with tempfile.TemporaryDirectory() as d, tempfile.TemporaryDirectory() as server:
+        folder = Path(d)
+        s3 = LocalS3(Path(server)).start()  # its log outside the cases' folder
+        try:
+            for name, value in s3.env().items():
+                monkeypatch.setenv(name, value)
+            spec = folder / "x.yaml"
+            spec.write_text("name: x\ndataset: digits\npreset: tiny\n")
+            missing = ("bucket 'no-such-bucket' does not exist",)
+            cases = [
+                (["run", str(spec), "--out", "s3://"], ("no bucket named",)),
+                (["collect", "s3:///x"], ("no bucket named",)),
+                (["report", "s3://"], ("no bucket named",)),
+                (["run", str(spec), "--out", "s3://no-such-bucket/sweeps"], missing),
+                (["collect", "s3://no-such-bucket/x"], missing),
+                (["report", "s3://no-such-bucket/x"], missing),
+                (["collect", f"s3://{BUCKET}/nothing"], ("holds no sweep",)),
+                (["report", f"s3://{BUCKET}/nothing"], ("does not exist", "holds no results")),
+            ]
+            for argv, names in cases:
+                assert_refused(argv, folder, names, argv[0])
+        finally:
+            s3.stop()
+
+
 def test_runtime_envs_a_worker_would_die_on_are_refused_before_ray_starts():
     """An env var name with ``=`` or a NUL, a NUL in a value, a pip entry that is not a requirement:
     a worker given them dies at start and its trial waits forever, so they are refused up front."""
