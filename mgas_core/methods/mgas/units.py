@@ -29,6 +29,11 @@ from mgas_core.nn.step import FilterGate, binary_step
 from mgas_core.supernet.cell_alphas import PerCellAlphaModel
 from mgas_core.supernet.fast import SuperNetwork
 
+KEPT_OP_ORDER = ("none", "skip_connect", "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5",
+                 "avg_pool_3x3", "max_pool_3x3")
+"""The official ``PRIMITIVES`` order (``cifar_search/genotypes.py``; ``none`` first where a space has
+it): the order in which a node's last alive op is found (:meth:`MgasModel.protected`)."""
+
 
 class MgasModel(PerCellAlphaModel):
     """Supernet + alphas + every threshold (state_dict carries all of it)."""
@@ -62,19 +67,22 @@ class MgasModel(PerCellAlphaModel):
         self._protect = None
 
     def protected(self) -> Tensor:
-        """[cells, edges, ops]: 1 at the last alive op of every node (the op a node keeps when
-        every alive op's mask is off: the official forward keeps the last one standing)."""
+        """[cells, edges, ops]: 1 at the op every node keeps when all its alive ops' masks are off:
+        the last alive one in (edge, official ``PRIMITIVES``) order, as the official forward keeps
+        the op it reaches with every other alive op of the node off (``MixedOp.forward``'s
+        ``node_sum - w`` test, ``model_search.py``): ``max_pool_3x3`` of the node's last edge while
+        that op is alive."""
         if self._protect is None:
-            layers, edges, ops = self.alive.shape
+            _, edges, ops = self.alive.shape
+            rank = torch.tensor([KEPT_OP_ORDER.index(p) for p in self.net.primitives], device=self.alive.device)
+            key = torch.arange(edges, device=rank.device).view(edges, 1) * len(KEPT_OP_ORDER) + rank.view(1, ops)
             last = torch.zeros_like(self.alive, dtype=self.alpha.dtype)
-            flat = self.alive.view(layers, edges * ops)
             for sl in self.net.topology.node_edges:
-                block = flat[:, sl.start * ops:sl.stop * ops]
-                idx = torch.arange(block.shape[1], device=block.device)
-                pos = torch.where(block, idx, torch.full_like(idx, -1)).max(dim=1).values
-                for ci, p in enumerate(pos.tolist()):
-                    if p >= 0:
-                        last.view(layers, edges * ops)[ci, sl.start * ops + p] = 1.0
+                block = torch.where(self.alive[:, sl], key[sl], torch.full_like(key[sl], -1)).flatten(1)
+                best, where = block.max(dim=1)
+                for ci in torch.nonzero(best >= 0).flatten().tolist():
+                    e, o = divmod(int(where[ci]), ops)
+                    last[ci, sl.start + e, o] = 1.0
             self._protect = last
         return self._protect
 
