@@ -36,3 +36,36 @@ def test_a_node_whose_ops_are_all_off_keeps_the_last_alive_op_in_the_official_or
     model.alive[0, nodes[0].start, model.net.primitives.index("skip_connect")] = True
     model.refresh_active()
     assert kept_ops(model, 0)[0] == (nodes[0].start, "skip_connect")
+
+
+def test_the_final_phase_hands_the_lambda_controller_the_official_count(monkeypatch):
+    """Official final loop (``prune_op(..., max=1)`` until ``current_flops < min_flops``): a masked
+    op is already out of the official size, so the loop removes one op when the size without the
+    masked ops is within the target, else every masked op; that count is ``pruning_epoch``. Ours
+    used to hand over the ops it actually removed to reach the target."""
+    method = make(mgas_settings(search__target_params=0.02))[0]
+    model, primitives = method.model, method.model.net.primitives
+    convs = [(0, e, primitives.index("sep_conv_3x3")) for e in range(3)]
+    with torch.no_grad():
+        for k in convs:
+            model.t_op[k] = 2.0  # these three ops' live masks are off at the mask epoch
+    alive = model.alive.clone()
+    for k in convs:
+        model.alive[k] = False
+    without_all = method.derived_count()[1]
+    model.alive.copy_(alive)
+    method.target = without_all + 1  # within the target once all three are gone, not before
+    seen = []
+    monkeypatch.setattr(method.lam, "update", lambda count, *rest: seen.append(count))
+    method._final_mask_epoch(epoch=0)
+    assert sum(not bool(model.alive[k]) for k in convs) == 3  # ours removed all three to reach the target
+    assert seen == [1]  # the official loop: the size without them was within already, so one removal
+    method = make(mgas_settings(search__target_params=0.02))[0]
+    with torch.no_grad():
+        for k in convs:
+            method.model.t_op[k] = 2.0
+    method.target = without_all - 1  # not even without them: the official loop removes every one
+    seen.clear()
+    monkeypatch.setattr(method.lam, "update", lambda count, *rest: seen.append(count))
+    method._final_mask_epoch(epoch=0)
+    assert seen == [3]

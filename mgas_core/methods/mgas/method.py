@@ -321,6 +321,7 @@ class Mgas(SearchMethod):
     def _final_mask_epoch(self, epoch: int) -> list[dict[str, Any]]:
         """Store the masks, then prune the ops whose mask is off one at a time until the derived
         network is within the target, the op furthest below its threshold first; remove filters.
+        The lambda controller gets the official count (:meth:`_official_prune_count`).
         (The official loop removes either one op, once below the target, or every masked op still
         standing: a masked op already costs nothing in its size, so its order decides nothing.
         docs/fidelity.md, "final phase".)"""
@@ -328,6 +329,7 @@ class Mgas(SearchMethod):
         with torch.no_grad():
             margin = torch.sigmoid(self.model.alpha) - self.model.t_op
         off.sort(key=lambda k: float(margin[k]))
+        counted = self._official_prune_count(off)
         pruned = 0
         for ci, e, o in off:
             if self.derived_count()[1] <= self.target:
@@ -335,7 +337,7 @@ class Mgas(SearchMethod):
             self.model.alive[ci, e, o] = False
             pruned += 1
         ce, cost = self._means()
-        self.lam.update(pruned, ce, cost, self.cfg.control.final_cap_ratio)
+        self.lam.update(counted, ce, cost, self.cfg.control.final_cap_ratio)
         removed = remove_filters(self.net, self.model.alive, self.model.planned, range(len(self.net.cells)))
         self._structure_changed()
         events = [{"type": "mask", "epoch": epoch, "stage": "final", "pruned_ops": pruned,
@@ -343,6 +345,20 @@ class Mgas(SearchMethod):
         if self.derived_count()[1] <= self.target:
             self.result = self._outcome(epoch, reached=True)
         return events
+
+    def _official_prune_count(self, off: list[tuple[int, int, int]]) -> int:
+        """What the official final loop hands the lambda controller (``pruning_epoch``): its size
+        leaves masked ops out already, so removing them changes nothing and the loop removes every
+        masked op still standing, or only one when the size without them is already within the
+        target (``train_search.py``, the ``prune_op(..., max=1)`` loop)."""
+        if not off:
+            return 0
+        alive = self.model.alive.clone()
+        for ci, e, o in off:
+            self.model.alive[ci, e, o] = False
+        within = self.derived_count()[1] <= self.target
+        self.model.alive.copy_(alive)
+        return 1 if within else len(off)
 
     def _store_masks(self, cells: range) -> list[tuple[int, int, int]]:
         return store_live_masks(self.model, cells, self.cfg.min_width_fraction)
