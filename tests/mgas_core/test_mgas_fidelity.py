@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from tests.mgas_core.test_mgas import make, mgas_settings
@@ -69,3 +71,34 @@ def test_the_final_phase_hands_the_lambda_controller_the_official_count(monkeypa
     monkeypatch.setattr(method.lam, "update", lambda count, *rest: seen.append(count))
     method._final_mask_epoch(epoch=0)
     assert seen == [3]
+
+
+def first_sep_conv(model):
+    sep = model.net.primitives.index("sep_conv_3x3")
+    return next(edge.ops[sep] for edge in model.net.cells[0].edges)
+
+
+def test_the_stage_exit_is_measured_on_the_stored_masks_before_the_width_floor():
+    """Official: ``current_flops`` reads the stored filter masks as the mask epoch left them; the
+    half-width floor exists only in ``prune_kernel``, at the stage's end. A stage whose filters all
+    switch off measures that size (ours used to measure the floored masks, so a stage had to prune
+    more ops before it could exit); the floor then holds at filter removal."""
+    from mgas_core.methods.mgas.units import apply_width_floor, stage_size
+
+    method = make(mgas_settings(search__mgas__granularities=["filter"]))[0]
+    model = method.model
+    before = stage_size(model, range(method.upto))
+    with torch.no_grad():
+        model.t_filter.fill_(2.0)  # every op's filters off at this mask epoch
+        model.t_pre.fill_(2.0)
+    method._stage_mask_epoch(epoch=0)
+    after = stage_size(model, range(method.upto))
+    sep = first_sep_conv(model)
+    assert float(sep.mid_gate.stored.sum()) == 0 and float(sep.out_gate.stored.sum()) == 0
+    floored = copy.deepcopy(model)
+    apply_width_floor(floored, range(method.upto), method.cfg.min_width_fraction)
+    assert after < stage_size(floored, range(method.upto)) < before  # the exit sees the masks, not the floor
+    floor = int(method.cfg.min_width_fraction * model.net.cells[0].channels)
+    method._close_stage(epoch=0, stage=method.stage)
+    sep = first_sep_conv(model)
+    assert sep.mid_gate.stored.numel() == floor and float(sep.mid_gate.stored.sum()) == floor  # the floor held

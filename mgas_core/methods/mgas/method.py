@@ -43,10 +43,12 @@ from mgas_core.methods.mgas.settings import MGAS_PRESETS, MgasSettings
 from mgas_core.methods.mgas.units import (
     LiveMasks,
     MgasModel,
+    apply_width_floor,
     attach_units,
     remaining_ratios,
     stage_size,
     store_live_masks,
+    width_floor_applied,
 )
 from mgas_core.methods.protocol import MethodStyle, SearchMethod, accuracy, frozen
 from mgas_core.methods.registry import register_method
@@ -298,7 +300,9 @@ class Mgas(SearchMethod):
 
     def _close_stage(self, epoch: int, stage: int) -> list[dict[str, Any]]:
         """Remove the stage's pruned filters (official ``prune_kernel``) and open the next phase."""
-        removed = remove_filters(self.net, self.model.alive, self.model.planned, range(self.cuts[stage - 1]))
+        covered = range(self.cuts[stage - 1])
+        apply_width_floor(self.model, covered, self.cfg.min_width_fraction)
+        removed = remove_filters(self.net, self.model.alive, self.model.planned, covered)
         self._begin_stage()
         return [{"type": "filters_removed", "epoch": epoch, "stage": stage, "filters": removed},
                 {"type": "phase", "epoch": epoch + 1, "phase": self.schedule.record()["phase"], "cells": self.upto}]
@@ -308,7 +312,7 @@ class Mgas(SearchMethod):
         return self._epoch_stats["ce"] / n, self._epoch_stats["cost"] / n
 
     def _stage_mask_epoch(self, epoch: int) -> list[dict[str, Any]]:
-        pruned = self._store_masks(range(self.upto))
+        pruned = store_live_masks(self.model, range(self.upto))  # the exit is measured on these (no floor)
         for ci, e, o in pruned:
             self.model.alive[ci, e, o] = False
         self.pruned_in_stage += len(pruned)
@@ -325,7 +329,9 @@ class Mgas(SearchMethod):
         (The official loop removes either one op, once below the target, or every masked op still
         standing: a masked op already costs nothing in its size, so its order decides nothing.
         docs/fidelity.md, "final phase".)"""
-        off = self._store_masks(range(len(self.net.cells)))
+        everything = range(len(self.net.cells))
+        off = store_live_masks(self.model, everything)
+        apply_width_floor(self.model, everything, self.cfg.min_width_fraction)  # the target counts what stays
         with torch.no_grad():
             margin = torch.sigmoid(self.model.alpha) - self.model.t_op
         off.sort(key=lambda k: float(margin[k]))
@@ -338,7 +344,7 @@ class Mgas(SearchMethod):
             pruned += 1
         ce, cost = self._means()
         self.lam.update(counted, ce, cost, self.cfg.control.final_cap_ratio)
-        removed = remove_filters(self.net, self.model.alive, self.model.planned, range(len(self.net.cells)))
+        removed = remove_filters(self.net, self.model.alive, self.model.planned, everything)
         self._structure_changed()
         events = [{"type": "mask", "epoch": epoch, "stage": "final", "pruned_ops": pruned,
                    "filters_removed": removed, "lambda": self.lam.value}]
@@ -360,9 +366,6 @@ class Mgas(SearchMethod):
         self.model.alive.copy_(alive)
         return 1 if within else len(off)
 
-    def _store_masks(self, cells: range) -> list[tuple[int, int, int]]:
-        return store_live_masks(self.model, cells, self.cfg.min_width_fraction)
-
     def _regrow(self, epoch: int) -> dict[str, Any]:
         """After the masks-frozen epoch: ``int(regrow_fraction x ops pruned in the stage)`` dead
         ops of the stage's cells come back with fresh weights (official ``regrow``)."""
@@ -381,7 +384,7 @@ class Mgas(SearchMethod):
 
     # --- results ----------------------------------------------------------------------------------
     def derive(self) -> Architecture:
-        with torch.no_grad():
+        with torch.no_grad(), width_floor_applied(self.model, range(len(self.net.cells)), self.cfg.min_width_fraction):
             cells, masks = derive_cells(self.net, self.model.alive, self.model.planned, "weight" in self.levels)
         return Architecture(name=f"mgas_seed{self.seed}", nodes=self.net.topology.nodes, cells=cells,
                             channels=self.net.channels, masks=masks or None,

@@ -246,16 +246,16 @@ class LiveMasks:
                 c.cached_mask = None
 
 
-def store_live_masks(model: MgasModel, cells: range, min_width_fraction: float) -> list[tuple[int, int, int]]:
-    """A mask epoch: the live filter and weight masks of ``cells`` become their stored masks
-    (a filter unit never below ``min_width_fraction`` of its initial width, the cell's: the
-    top-scoring filters stay); returns the alive ops whose live op mask is off, in (cell, edge,
-    op) order (the caller decides which of them die)."""
-    initial = {id(g): cell.channels for cell in model.net.cells for g in cell.modules() if isinstance(g, FilterGate)}
+def store_live_masks(model: MgasModel, cells: range) -> list[tuple[int, int, int]]:
+    """A mask epoch: the live filter and weight masks of ``cells`` become their stored masks (as
+    they are: the width floor is :func:`apply_width_floor`'s, at filter removal, as the official
+    ``prune_kernel``); returns the alive ops whose live op mask is off, in (cell, edge, op) order
+    (the caller decides which of them die)."""
     with torch.no_grad():
         live = LiveMasks(model, cells)
-        for gate, score, mask in zip(live.gates, *live.gate_masks()):
-            gate.stored = _floored(gate, score, mask, int(min_width_fraction * initial[id(gate)]))
+        for gate, mask in zip(live.gates, live.gate_masks()[1]):
+            if gate.maskable:
+                gate.stored = mask.detach().clone()
         for conv, mask in zip(live.convs, live.conv_masks()):
             conv.weight_mask = mask * (conv.weight_mask if conv.weight_mask is not None else 1.0)
         op_masks = model.op_masks()
@@ -264,16 +264,41 @@ def store_live_masks(model: MgasModel, cells: range, min_width_fraction: float) 
     return [(cells.start + ci, e, o) for ci, e, o in torch.nonzero(off).tolist()]
 
 
-def _floored(gate: FilterGate, score: Tensor, mask: Tensor, floor: int) -> Tensor:
-    if not gate.maskable:
-        return gate.stored
-    need = min(int(gate.stored.sum()), max(1, floor))
-    if int(mask.sum()) >= need:
-        return mask.detach().clone()
-    ranked = torch.where(gate.stored > 0, score, torch.full_like(score, -1.0)).argsort(descending=True)
-    kept = torch.zeros_like(mask)
-    kept[ranked[:need]] = 1.0
-    return torch.maximum(mask.detach(), kept)
+def apply_width_floor(model: MgasModel, cells: range, min_width_fraction: float) -> int:
+    """The official ``prune_kernel``'s floor, applied right before filters are removed: every filter
+    unit of the alive ops and pre-processing convs of ``cells`` keeps at least
+    ``min_width_fraction`` of its cell's initial width, topped up with its highest-scoring
+    (``sigmoid(beta)``) filters; returns how many filters came back. Until then the stored masks
+    are the live ones, and the stage size is measured on them (official ``current_flops``)."""
+    restored = 0
+    with torch.no_grad():
+        for ci in cells:
+            floor = max(1, int(min_width_fraction * model.net.cells[ci].channels))
+            for gate in LiveMasks(model, range(ci, ci + 1)).gates:
+                need = min(gate.stored.numel(), floor)
+                have = int(gate.stored.sum())
+                if not gate.maskable or have >= need:
+                    continue
+                top = torch.zeros_like(gate.stored)
+                top[torch.sigmoid(gate.beta).argsort(descending=True)[:need]] = 1.0
+                kept = torch.maximum(gate.stored, top)
+                restored += int(kept.sum()) - have
+                gate.stored = kept
+    return restored
+
+
+@contextmanager
+def width_floor_applied(model: MgasModel, cells: range, min_width_fraction: float) -> Iterator[None]:
+    """Within the block, the stored masks of ``cells`` as :func:`apply_width_floor` will leave them
+    (what a derived architecture holds: the official genotype is read after ``prune_kernel``);
+    restored after it."""
+    saved = [(gate, gate.stored.clone()) for ci in cells for gate in LiveMasks(model, range(ci, ci + 1)).gates]
+    try:
+        apply_width_floor(model, cells, min_width_fraction)
+        yield
+    finally:
+        for gate, stored in saved:
+            gate.stored = stored
 
 
 # --- sizes and ratios -----------------------------------------------------------------------------
