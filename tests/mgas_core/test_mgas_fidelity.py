@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 
 from tests.mgas_core.test_mgas import make, mgas_settings
@@ -102,3 +103,56 @@ def test_the_stage_exit_is_measured_on_the_stored_masks_before_the_width_floor()
     method._close_stage(epoch=0, stage=method.stage)
     sep = first_sep_conv(model)
     assert sep.mid_gate.stored.numel() == floor and float(sep.mid_gate.stored.sum()) == floor  # the floor held
+
+
+def test_the_stage_size_charges_skips_as_the_official_current_flops():
+    """``Network.current_flops``: the cell before each reduction is flagged as the reduction (its
+    width doubles there), a skip on one of its input edges costs ``c^2`` (c: the doubled width),
+    and every other skip costs 0 — the real stride-2 skips of the reduction cells too (ours used to
+    charge those their two convs and nothing to the cell before)."""
+    from mgas_core.methods.mgas.units import op_size, stage_size
+
+    model = make(mgas_settings())[0].model  # 3 cells: reductions at 1 and 2
+    net, skip = model.net, model.net.primitives.index("skip_connect")
+    assert [c.reduction for c in net.cells] == [False, True, True]
+    inputs = [e.index for e in net.topology.edges if e.source < 2]
+
+    def convs(ci):
+        return sum(op_size(op) for edge in net.cells[ci].edges for o, op in enumerate(edge.ops) if o != skip)
+
+    assert stage_size(model, range(1)) == convs(0) + len(inputs) * net.cells[1].channels ** 2
+    assert stage_size(model, range(1, 2)) == convs(1) + len(inputs) * net.cells[2].channels ** 2
+    assert stage_size(model, range(2, 3)) == convs(2)  # its stride-2 skips are free; no reduction after it
+    for e in inputs:
+        model.alive[0, e, skip] = False  # a dead skip costs nothing
+    assert stage_size(model, range(1)) == convs(0)
+
+
+def test_without_target_params_the_target_is_the_official_min_flops():
+    """``--min_flops 0.1`` of ``train_search.py``, in ``current_flops`` units: on the official
+    8-cell, C=16 CIFAR-10 supernet (whose official size is 1.831168 M: 1.790208 M of SepConv/DilConv
+    weights and 0.04096 M charged to skips) the default target is 0.1 M of that measure. Ours used
+    to be 0.5 x the supernet's parameters, so the final phase pruned nothing."""
+    from mgas_core.data import DatasetInfo
+    from mgas_core.methods import create_method
+    from mgas_core.methods.mgas.units import stage_size
+    from mgas_core.methods.registry import build_settings
+
+    settings = build_settings("paper", {"search.method": "mgas", "data.name": "cifar10"})
+    assert (settings.search.layers, settings.search.channels, settings.search.target_params) == (8, 16, None)
+    method = create_method(settings.search, DatasetInfo("cifar10", 10, 3, 32, "cifar"), torch.device("cpu"), 0)
+    assert stage_size(method.model, range(8)) == 1_831_168
+    assert method.target_kind == "size" and method.target == pytest.approx(100_000)
+    assert method.within_target() is False
+
+
+def test_a_search_without_a_target_ends_below_the_official_fraction_of_the_size():
+    from tests.mgas_core.test_mgas import PRUNING, run
+
+    settings = mgas_settings(search__mgas__final_epochs=12, search__mgas__default_target_size=0.6, **PRUNING)
+    result = run(settings)
+    method = result.method
+    full = method.target / 0.6
+    assert result.summary["target_kind"] == "size" and result.summary["target_params"] is None
+    assert result.summary["target_reached"] is True
+    assert method.measured() < 0.6 * full and result.summary["target_gap"] < 0

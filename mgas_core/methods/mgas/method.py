@@ -93,15 +93,20 @@ class Mgas(SearchMethod):
         attach_units(net, self.levels)
         self.model = MgasModel(net, self.levels).to(device)
         self.full_size = float(self.derived_count()[0])
-        default = cfg.default_target_ratio * self.full_size
-        self.target = settings.target_params * 1e6 if settings.target_params else default
-        fixed = sum(p.numel() for p in net.stem.parameters()) + sum(p.numel() for p in net.classifier.parameters())
-        if self.target >= self.full_size:
-            raise UserInputError(f"target_params={self.target / 1e6:.4g} M is not below the supernet's size "
-                                 f"({self.full_size / 1e6:.4g} M params); choose a smaller target")
-        if self.target <= fixed:
-            raise UserInputError(f"target_params={self.target / 1e6:.4g} M is below the unprunable stem + classifier "
-                                 f"({fixed / 1e6:.4g} M)")
+        # the target: nonzero parameters of the derived network (target_params), else the official
+        # one, a fraction of the official size measure (--min_flops, docs/fidelity.md "default target")
+        self.target_kind = "params" if settings.target_params else "size"
+        if self.target_kind == "size":
+            self.target = cfg.default_target_size * stage_size(self.model, range(len(net.cells)))
+        else:
+            self.target = settings.target_params * 1e6
+            fixed = sum(p.numel() for p in net.stem.parameters()) + sum(p.numel() for p in net.classifier.parameters())
+            if self.target >= self.full_size:
+                raise UserInputError(f"target_params={self.target / 1e6:.4g} M is not below the supernet's size "
+                                     f"({self.full_size / 1e6:.4g} M params); choose a smaller target")
+            if self.target <= fixed:
+                raise UserInputError(f"target_params={self.target / 1e6:.4g} M is below the unprunable stem + "
+                                     f"classifier ({fixed / 1e6:.4g} M)")
         control = cfg.control
         high, low = scaled_counts(control.high, control.low, control.reference_ops, self.model.alpha.numel())
         self.lam = MgasLambda(control.lambda0, control.c0, high, low, control.max_lambda)
@@ -338,7 +343,7 @@ class Mgas(SearchMethod):
         counted = self._official_prune_count(off)
         pruned = 0
         for ci, e, o in off:
-            if self.derived_count()[1] <= self.target:
+            if self.within_target():
                 break
             self.model.alive[ci, e, o] = False
             pruned += 1
@@ -348,7 +353,7 @@ class Mgas(SearchMethod):
         self._structure_changed()
         events = [{"type": "mask", "epoch": epoch, "stage": "final", "pruned_ops": pruned,
                    "filters_removed": removed, "lambda": self.lam.value}]
-        if self.derived_count()[1] <= self.target:
+        if self.within_target():
             self.result = self._outcome(epoch, reached=True)
         return events
 
@@ -362,7 +367,7 @@ class Mgas(SearchMethod):
         alive = self.model.alive.clone()
         for ci, e, o in off:
             self.model.alive[ci, e, o] = False
-        within = self.derived_count()[1] <= self.target
+        within = self.within_target()
         self.model.alive.copy_(alive)
         return 1 if within else len(off)
 
@@ -389,18 +394,37 @@ class Mgas(SearchMethod):
         return Architecture(name=f"mgas_seed{self.seed}", nodes=self.net.topology.nodes, cells=cells,
                             channels=self.net.channels, masks=masks or None,
                             meta={"granularities": self.levels, "stages": len(self.cuts),
-                                  "target_params": round(getattr(self, "target", 0))})
+                                  "target_kind": getattr(self, "target_kind", None),
+                                  "target": round(getattr(self, "target", 0))})
 
     def derived_count(self, arch: Architecture | None = None) -> tuple[int, int]:
         arch = arch or self.derive()
         count = count_architecture_params(arch, self.info.num_classes, self.info.in_channels, self.info.variant)
         return count.dense, count.nonzero
 
+    def measured(self) -> float:
+        """What the target is measured in: the derived network's nonzero parameters
+        (``target_params``), else the official size of the whole network."""
+        if self.target_kind == "params":
+            return float(self.derived_count()[1])
+        return stage_size(self.model, range(len(self.net.cells)))
+
+    def within_target(self) -> bool:
+        """The final phase's end: within ``target_params``, else below the official default (the
+        official loop's ``current_flops < min_flops``)."""
+        if self.target_kind == "params":
+            return self.measured() <= self.target
+        return self.measured() < self.target
+
+    def _target_fields(self) -> dict[str, Any]:
+        return {"target_kind": self.target_kind, "target": round(self.target),
+                "target_params": round(self.target) if self.target_kind == "params" else None,
+                "target_gap": self.measured() / self.target - 1}
+
     def _outcome(self, epoch: int, reached: bool) -> dict[str, Any]:
         dense, nonzero = self.derived_count()
         return {"type": "target_reached" if reached else "target_not_reached", "epoch": epoch,
-                "params": dense, "nonzero_params": nonzero, "target_params": round(self.target),
-                "target_gap": nonzero / self.target - 1}
+                "params": dense, "nonzero_params": nonzero, **self._target_fields()}
 
     def log_metrics(self) -> dict[str, Any]:
         """The epoch's phase, stage, lambda and whether it ended with a mask update (as it ran),
@@ -413,10 +437,8 @@ class Mgas(SearchMethod):
                 **{f"remaining_ratio_{k}": v for k, v in self.ratios.items()}}
 
     def summary(self) -> dict[str, Any]:
-        nonzero = self.derived_count()[1]
         reached = self.result is not None and self.result["type"] == "target_reached"
-        return {"supernet_params": round(self.full_size), "target_params": round(self.target),
-                "target_reached": reached, "target_gap": nonzero / self.target - 1,
+        return {"supernet_params": round(self.full_size), **self._target_fields(), "target_reached": reached,
                 "remaining_ratio": dict(self.ratios), "granularities": self.levels, "stages": len(self.cuts),
                 "stage_cells": list(self.cuts), "schedule": self.schedule.table()}
 

@@ -10,6 +10,13 @@ from pydantic import Field, field_validator
 from mgas_core.settings.run import GRANULARITIES
 from mgas_core.settings.strict import Strict
 
+OFFICIAL_MIN_FLOPS = 0.1
+"""``--min_flops`` of the official ``train_search.py``: the final phase's end, in ``current_flops``
+units (millions of weights)."""
+OFFICIAL_SUPERNET_SIZE = 1.831168
+"""``current_flops`` of the official 8-cell, C=16 CIFAR-10 supernet (M): 1.790208 M SepConv/DilConv
+weights and 0.04096 M charged to skips (``units.stage_size``, pinned by a test)."""
+
 
 class MgasLambdaControl(Strict):
     """The official MG-DARTS lambda controller, applied at every mask epoch.
@@ -61,7 +68,12 @@ class MgasSettings(Strict):
     augment: Literal["autoaugment", "standard"] = Field(
         "autoaugment", description="search-time CIFAR augmentation: crop+flip+AutoAugment (official) or crop+flip")
     cutout: int = Field(16, ge=0, description="search-time cutout length on CIFAR (0 disables it)")
-    default_target_ratio: float = Field(0.5, gt=0, lt=1, description="target = ratio * supernet size if no target")
+    default_target_size: float = Field(
+        OFFICIAL_MIN_FLOPS / OFFICIAL_SUPERNET_SIZE, gt=0, lt=1,
+        description="without target_params: the final phase ends once the official size of the whole network "
+                    "(current_flops: conv weights through the stored masks, plus skip charges) is below this "
+                    "fraction of the supernet's; the default is the official --min_flops 0.1 on the official "
+                    "8-cell C=16 CIFAR-10 supernet (whose size is 1.831168 M), about 5.5 %")
 
     @field_validator("granularities")
     @classmethod

@@ -309,10 +309,9 @@ def _kept(gate: FilterGate | None, n: int) -> float:
 
 
 def op_size(op: nn.Module) -> float:
-    """The size of one op as ``current_flops`` counts a SepConv or DilConv: its conv weights through
-    the stored filter masks; pools and identity are free. The stride-2 skip counts its two convs
-    here, where the official size charges skips in the cell before a reduction instead (a
-    deviation: docs/fidelity.md, "stage exit")."""
+    """The size of one op as ``current_flops`` counts a SepConv or DilConv (``flops_computation``,
+    ``model_search.py``): its conv weights through the stored filter masks; pools, identity and
+    the stride-2 skip are free here (skips are charged by :func:`stage_size`)."""
     if isinstance(op, SepConv):
         mid = _kept(op.mid_gate, op.pw1.out_channels)
         out = _kept(op.out_gate, op.pw2.out_channels)
@@ -320,16 +319,36 @@ def op_size(op: nn.Module) -> float:
         return float(op.dw1.weight.numel()) + op.pw1.in_channels * mid + k2 * mid + op.pw2.in_channels * out
     if isinstance(op, DilConv):
         return float(op.dw.weight.numel()) + op.pw.in_channels * _kept(op.out_gate, op.pw.out_channels)
-    if isinstance(op, FactorizedReduce):
-        return float(sum(c.weight.numel() for c in op.input_convs()))
     return 0.0
 
 
+def skip_charges(model: MgasModel) -> dict[int, int]:
+    """The cells whose skips the official size charges, and the charge: ``current_flops`` flags
+    the cell *before* each reduction as the reduction (``stage1_end``, ``stage2_end``: its width
+    doubles there, one cell early), and a skip on an input edge of a flagged cell costs ``c^2``,
+    ``c`` that doubled width (the reduction cell's); every other skip, the real stride-2 ones of
+    the reduction cells included, costs 0."""
+    cells = model.net.cells
+    return {ci - 1: cells[ci].channels ** 2 for ci in range(1, len(cells)) if cells[ci].reduction}
+
+
 def stage_size(model: MgasModel, cells: range) -> float:
-    """The official stage size: :func:`op_size` over the alive ops of ``cells``."""
+    """The official stage size (``Network.current_flops``): :func:`op_size` over the alive ops of
+    ``cells``, plus :func:`skip_charges` for the alive skips on input edges (state 0 or 1)."""
     net = model.net
-    return sum(op_size(op) for ci in cells for e, edge in enumerate(net.cells[ci].edges)
-               for o, op in enumerate(edge.ops) if bool(model.alive[ci, e, o]))
+    skip = net.primitives.index("skip_connect") if "skip_connect" in net.primitives else -1
+    charges = skip_charges(model)
+    total = 0.0
+    for ci in cells:
+        for e, edge in enumerate(net.cells[ci].edges):
+            for o, op in enumerate(edge.ops):
+                if not bool(model.alive[ci, e, o]):
+                    continue
+                if o == skip:
+                    total += charges.get(ci, 0) if net.topology.edges[e].source < 2 else 0
+                else:
+                    total += op_size(op)
+    return total
 
 
 def remaining_ratios(model: MgasModel) -> dict[str, float]:
