@@ -156,3 +156,21 @@ def test_a_search_without_a_target_ends_below_the_official_fraction_of_the_size(
     assert result.summary["target_kind"] == "size" and result.summary["target_params"] is None
     assert result.summary["target_reached"] is True
     assert method.measured() < 0.6 * full and result.summary["target_gap"] < 0
+
+
+def test_bn_reset_restarts_bn_biases_and_statistics_at_filter_removal_as_the_official_rebuild():
+    import torch.nn as nn
+
+    for reset in (False, True):
+        method = make(mgas_settings(search__mgas__bn_reset=reset))[0]
+        bns = [m for m in method.net.cells[0].modules() if isinstance(m, nn.BatchNorm2d)]
+        with torch.no_grad():
+            for bn in bns:
+                bn.bias.fill_(0.5)
+                bn.running_mean.fill_(0.25)
+                bn.running_var.fill_(4.0)
+        method._close_stage(epoch=0, stage=1)
+        bns = [m for m in method.net.cells[0].modules() if isinstance(m, nn.BatchNorm2d)]
+        restarted = [float(bn.bias.abs().sum() + bn.running_mean.abs().sum()) == 0 and bool((bn.running_var == 1).all())
+                     for bn in bns]
+        assert bns and all(restarted) == reset and any(restarted) == reset

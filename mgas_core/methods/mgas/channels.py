@@ -109,6 +109,27 @@ def remove_filters(net: SuperNetwork, alive: Tensor, planned: Tensor, cells: ran
     return removed
 
 
+def reset_batch_norms(net: SuperNetwork, alive: Tensor, cells: range) -> int:
+    """The official ``prune_kernel``'s side effect, reproduced on request (``search.mgas.bn_reset``):
+    it rebuilds every alive op and pre-processing module of the cells it covers and copies only the
+    conv and BN weights, so every BN's bias and running statistics restart (0; mean 0, variance 1).
+    Returns how many BN layers were reset."""
+    count = 0
+    with torch.no_grad():
+        for ci in cells:
+            cell = net.cells[ci]
+            modules: list[nn.Module] = [cell.preprocess0, cell.preprocess1]
+            modules += [cell.edges[e].ops[o] for e, o in cell_plan(net, alive, ci)[1]]
+            for bn in (m for module in modules for m in module.modules() if isinstance(m, nn.BatchNorm2d)):
+                if bn.bias is not None:
+                    bn.bias.zero_()
+                if bn.running_mean is not None:
+                    bn.running_mean.zero_()
+                    bn.running_var.fill_(1.0)
+                count += 1
+    return count
+
+
 def install_plans(net: SuperNetwork, planned: Tensor) -> None:
     """Install every cell's plan over the ops it was laid out for (after loading a saved supernet)."""
     for ci, cell in enumerate(net.cells):

@@ -27,7 +27,14 @@ from torch import Tensor, nn
 from mgas_common.errors import UserInputError
 from mgas_core.data import Batch, DatasetInfo, SearchAugment
 from mgas_core.evaluation_network import count_architecture_params
-from mgas_core.methods.mgas.channels import derive_cells, install_plans, regrow_op, remove_filters, reshape_like_saved
+from mgas_core.methods.mgas.channels import (
+    derive_cells,
+    install_plans,
+    regrow_op,
+    remove_filters,
+    reset_batch_norms,
+    reshape_like_saved,
+)
 from mgas_core.methods.mgas.regrow import draw_regrowth, regrow_importance
 from mgas_core.methods.mgas.schedule import (
     REGROW,
@@ -308,6 +315,8 @@ class Mgas(SearchMethod):
         covered = range(self.cuts[stage - 1])
         apply_width_floor(self.model, covered, self.cfg.min_width_fraction)
         removed = remove_filters(self.net, self.model.alive, self.model.planned, covered)
+        if self.cfg.bn_reset:
+            reset_batch_norms(self.net, self.model.alive, covered)
         self._begin_stage()
         return [{"type": "filters_removed", "epoch": epoch, "stage": stage, "filters": removed},
                 {"type": "phase", "epoch": epoch + 1, "phase": self.schedule.record()["phase"], "cells": self.upto}]
@@ -350,6 +359,8 @@ class Mgas(SearchMethod):
         ce, cost = self._means()
         self.lam.update(counted, ce, cost, self.cfg.control.final_cap_ratio)
         removed = remove_filters(self.net, self.model.alive, self.model.planned, everything)
+        if self.cfg.bn_reset:
+            reset_batch_norms(self.net, self.model.alive, everything)
         self._structure_changed()
         events = [{"type": "mask", "epoch": epoch, "stage": "final", "pruned_ops": pruned,
                    "filters_removed": removed, "lambda": self.lam.value}]

@@ -68,6 +68,9 @@ class MgasSettings(Strict):
     augment: Literal["autoaugment", "standard"] = Field(
         "autoaugment", description="search-time CIFAR augmentation: crop+flip+AutoAugment (official) or crop+flip")
     cutout: int = Field(16, ge=0, description="search-time cutout length on CIFAR (0 disables it)")
+    bn_reset: bool = Field(False, description="reset BN biases and running statistics of every alive op and "
+                                              "pre-processing module at each filter removal, as the official "
+                                              "prune_kernel's rebuild does (docs/fidelity.md, filter removal)")
     default_target_size: float = Field(
         OFFICIAL_MIN_FLOPS / OFFICIAL_SUPERNET_SIZE, gt=0, lt=1,
         description="without target_params: the final phase ends once the official size of the whole network "
