@@ -37,7 +37,7 @@ def aggregate(ok: pd.DataFrame) -> pd.DataFrame:
         out[f"{metric}_mean"] = grouped[metric].mean()
         out[f"{metric}_std"] = grouped[metric].std(ddof=1)  # NaN for one seed: no spread to state
     for extra in ("target_params_m", "granularities", "stages", "subgraphs", "device", "target_missed",
-                  "search_peak_mem_kind", "config_json"):
+                  "search_peak_mem_kind", "config_json", "reference", "arch_name"):
         if extra in ok:
             out[extra] = grouped[extra].first()
     return out.reset_index()

@@ -248,7 +248,23 @@ def load_results(root: str | Path) -> Results:
     reached = rows["target_reached"] if "target_reached" in rows else pd.Series(None, index=rows.index, dtype=object)
     rows["target_missed"] = reached.map(lambda v: v is False or v is np.False_)
     rows["group"] = rows.apply(group_label, axis=1)
+    rows["arch_name"] = rows["arch_json"].map(arch_name) if "arch_json" in rows else None
+    rows["reference"] = rows["method"] == REFERENCE_METHOD
     return Results(rows=rows, curves=curves, experiments=sorted(rows["experiment"].unique()), skipped=skipped)
+
+
+REFERENCE_METHOD = "published"
+"""Rows of this method are published architectures retrained here: references, not searches."""
+
+
+def arch_name(text: object) -> str | None:
+    """The ``name`` of a row's architecture JSON (None where it has none or is not JSON)."""
+    try:
+        value = json.loads(text) if isinstance(text, str) else None
+    except (json.JSONDecodeError, RecursionError):
+        return None
+    name = value.get("name") if isinstance(value, dict) else None
+    return str(name)[:200] if name is not None else None
 
 
 def group_label(row: pd.Series) -> str:

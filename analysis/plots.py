@@ -97,6 +97,11 @@ def pareto_figure(agg: pd.DataFrame, cost: str = "nonzero_params_m", xlabel: str
                                 xerr=_error(pts[f"{cost}_std"], pts["n"]), fmt=marker, color=colour, alpha=alpha,
                                 markersize=7, capsize=3, linestyle="none", zorder=2, mfc="none" if miss else colour,
                                 label=(f"{label} (target missed)" if miss else label) if first else None)
+            if "reference" in m and m["reference"].fillna(False).astype(bool).all() and "arch_name" in m:
+                for row in m.itertuples():  # reference rows: the published architecture's name beside it
+                    ax.annotate(f"{row.arch_name} (published)", (getattr(row, f"{cost}_mean"), row.acc_pct),
+                                textcoords="offset points", xytext=(5, -10), fontsize=7, color=colour)
+                continue
             if "target_params_m" in m:  # searches for a target size: the target beside each point
                 for row in m.itertuples():
                     if row.target_params_m == row.target_params_m and row.target_params_m is not None:

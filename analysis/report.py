@@ -77,6 +77,10 @@ def build_report(results: Results, out: Path, published_path: Path | None = None
          "search memory with what it measures). A published row stands beside a configuration only when "
          "method, dataset, search space, evaluation protocol and the entry's extra settings all match "
          "(experiments/reference/published.yaml); otherwise —. Published values marked `?` are not confirmed."),
+        ("Reference rows: published architectures retrained here", reference_table(results.ok),
+         "Each a published architecture (search.method published: search.published.arch) retrained under this "
+         "report's protocol, no search: what the searches above are measured against. Drawn as the grey stars, "
+         "labelled with the architecture's name."),
         *[(f"Ablation: {m} over {f}", t, "") for m, f, t in ablations],
         ("Snapshot series (GOLD-NAS)", series_table(series),
          "Every snapshot of a search that yields a series, retrained from scratch: one row each, largest first; "
@@ -101,6 +105,16 @@ def build_report(results: Results, out: Path, published_path: Path | None = None
     html_path = out / "report.html"
     html_path.write_text(_html_report(results, figures, sections))
     return {"report_md": md_path, "report_html": html_path, **figures}
+
+
+def reference_table(ok: pd.DataFrame) -> pd.DataFrame:
+    """The reference rows (published architectures retrained here), one per trial."""
+    if "reference" not in ok or not ok["reference"].any():
+        return pd.DataFrame()
+    cols = ["experiment", "dataset", "arch_name", "seed", "test_acc", "params_m", "nonzero_params_m", "flops_m",
+            "retrain_time_s"]
+    refs = ok[ok["reference"]]
+    return refs[[c for c in cols if c in refs]].sort_values(["experiment", "dataset", "arch_name"])
 
 
 def series_table(series: pd.DataFrame) -> pd.DataFrame:
@@ -154,6 +168,10 @@ def counts_text(results: Results) -> str:
         per_method = extra.groupby("method").size()
         text += ": " + ", ".join(f"{n} more {'is a' if n == 1 else 'are'} retrained {m} snapshot{'s' * (n != 1)}"
                                  for m, n in per_method.items())
+    if "reference" in own and own["reference"].any():
+        refs = int(own["reference"].sum())
+        text += f"; {refs} of the trials {'is a reference row' if refs == 1 else 'are reference rows'} " \
+                "(published architectures retrained here)"
     return text + "."
 
 
