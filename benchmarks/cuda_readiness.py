@@ -249,7 +249,7 @@ def plan_and_run(args: argparse.Namespace) -> dict[str, Any]:
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda", choices=("cpu", "cuda"))
-    methods = method_names()
+    methods = method_names(searching_only=True)
     p.add_argument("--methods", default=",".join(methods), help=f"comma-separated, of {', '.join(methods)} "
                                                                 "(default all)")
     p.add_argument("--epoch-method", default=DEFAULT_METHOD, choices=methods,
@@ -270,9 +270,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in method_names()]
+    searching = method_names(searching_only=True)
+    unknown = [m for m in methods if m not in searching]
     if unknown or not methods:
-        p.error(f"--methods: unknown {', '.join(unknown) or '(none given)'}; allowed: {', '.join(method_names())}")
+        p.error(f"--methods: unknown {', '.join(unknown) or '(none given)'}; allowed: {', '.join(searching)}")
     args.methods = tuple(dict.fromkeys(methods))
     args.default_variant = default_variant()
     if args.steps < 1 or args.warmup < 0 or args.epoch_images < 0 or args.epoch_count < 1:

@@ -75,7 +75,7 @@ def add_method_arguments(p: argparse.ArgumentParser, *, method_default: str | No
     """``--method`` (any registered method), every registered method's own flags (as ``mgas
     search`` offers them; left None unless given) and, with ``stage``, ``--stage`` (alias
     ``--mgas-stage``): the stage whose step is timed (:meth:`SearchMethod.prepare_benchmark`)."""
-    p.add_argument("--method", default=method_default, choices=method_names(),
+    p.add_argument("--method", default=method_default, choices=method_names(searching_only=True),
                    help=f"the method benchmarked (default {method_default or DEFAULT_METHOD})")
     for dest, (path, kind, choices, help_text) in method_flags().items():
         flag = "--" + dest.replace("_", "-")  # one the benchmark has too is argparse's "conflicting option string"

@@ -62,6 +62,9 @@ class SearchMethod(ABC):
     name: ClassVar[str]
     primitives: ClassVar[tuple[str, ...]]
     bilevel: ClassVar[bool] = False
+    searches: ClassVar[bool] = True
+    """False for a method that only names an architecture to retrain (``published``): no search
+    step to benchmark or test."""
     """True when ``train_step`` needs a batch from the architecture half of the training set."""
     settings_model: ClassVar[type[BaseModel] | None] = None
     """The method's own settings group, validated as ``search.<name>.*`` (None: it has none)."""

@@ -59,6 +59,7 @@ def published_architecture(settings: SearchSettings) -> Architecture:
 class Published(SearchMethod):
     primitives = NO_NONE_PRIMITIVES
     settings_model = PublishedSettings
+    searches = False
     style = MethodStyle("Published (retrained here)", "#4d4d4d", "*")
 
     @classmethod

@@ -69,8 +69,9 @@ def load_methods() -> dict[str, type[SearchMethod]]:
     return METHOD_REGISTRY
 
 
-def method_names() -> tuple[str, ...]:
-    return tuple(load_methods())
+def method_names(searching_only: bool = False) -> tuple[str, ...]:
+    """Every registered method; ``searching_only``: those with a search step (benchmarks)."""
+    return tuple(name for name, m in load_methods().items() if m.searches or not searching_only)
 
 
 def result_columns() -> dict[str, type]:

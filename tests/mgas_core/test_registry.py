@@ -8,6 +8,7 @@ import torch
 from mgas_core.evaluation_network import build_eval_network
 from mgas_core.files.checkpoints import load_checkpoint, save_checkpoint
 from mgas_core.methods import METHOD_REGISTRY
+from mgas_core.methods.registry import method_names
 from tests.conftest import search_until, tiny
 
 EXTRA = {
@@ -23,12 +24,13 @@ def settings_for(method, **kw):
 _run = search_until
 
 
-def test_registry_has_the_four_methods():
-    assert set(METHOD_REGISTRY) == {"darts", "gold_nas", "msg_das", "mgas"}
+def test_registry_has_the_four_search_methods_and_published():
+    assert set(method_names(searching_only=True)) == {"darts", "gold_nas", "msg_das", "mgas"}
+    assert set(METHOD_REGISTRY) == {"darts", "gold_nas", "msg_das", "mgas", "published"}  # published: retrain only
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", sorted(METHOD_REGISTRY))
+@pytest.mark.parametrize("method", method_names(searching_only=True))
 def test_search_derives_a_buildable_architecture(method):
     result = _run(settings_for(method))
     assert result.arch.meta["method"] == method
@@ -40,7 +42,7 @@ def test_search_derives_a_buildable_architecture(method):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", sorted(METHOD_REGISTRY))
+@pytest.mark.parametrize("method", method_names(searching_only=True))
 def test_resume_from_checkpoint_is_bitwise_identical(method, tmp_path):
     settings = settings_for(method)
     full = _run(settings)

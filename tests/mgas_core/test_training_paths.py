@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from mgas_core.data import load_splits
 from mgas_core.engine.retrain import run_retrain
 from mgas_core.files.checkpoints import load_checkpoint, save_checkpoint
-from mgas_core.methods import METHOD_REGISTRY, create_method
+from mgas_core.methods.registry import create_method, method_names
 from mgas_core.space.architecture import DARTS_V2
 from tests.conftest import tiny
 
@@ -82,19 +82,19 @@ def _checkpointing_matches(method_name: str, device: str) -> None:
         torch.testing.assert_close(recomputed_weights[key], value, rtol=1e-4, atol=1e-5, msg=key)
 
 
-@pytest.mark.parametrize("method_name", sorted(METHOD_REGISTRY))
+@pytest.mark.parametrize("method_name", method_names(searching_only=True))
 def test_recomputed_cells_take_the_same_step(method_name):
     _checkpointing_matches(method_name, "cpu")
 
 
 @CUDA
-@pytest.mark.parametrize("method_name", sorted(METHOD_REGISTRY))
+@pytest.mark.parametrize("method_name", method_names(searching_only=True))
 def test_recomputed_cells_take_the_same_step_on_cuda(method_name):
     _checkpointing_matches(method_name, "cuda")
 
 
 @CUDA
-@pytest.mark.parametrize("method_name", sorted(METHOD_REGISTRY))
+@pytest.mark.parametrize("method_name", method_names(searching_only=True))
 def test_bf16_autocast_search_step_is_close_to_fp32(method_name):
     fp32, fp32_weights = _one_step(method_name, "cuda")
     bf16, bf16_weights = _one_step(method_name, "cuda", search__precision="bf16")

@@ -11,7 +11,8 @@ One step (one level: weights, alphas, betas and thresholds on the same batch, al
 momentum): loss = CE(head of the current stage) + lambda * (log size term of the stage's own
 cells + sum exp(-t) over the thresholds of the trained cells). Stored masks change only at mask
 epochs; pruned ops never come back except by regrowth. The search stops at the first final-phase
-mask epoch whose derived network has at most ``target_params`` nonzero parameters; every phase
+mask epoch whose derived network has at most ``target_params`` nonzero parameters (without it: whose
+official size is below the official ``--min_flops`` fraction, ``default_target_size``); every phase
 has an epoch budget, and a search that spends the final one reports ``target_reached: false``
 with the gap instead of running forever.
 """
@@ -337,15 +338,16 @@ class Mgas(SearchMethod):
                  "lambda": self.lam.value}]
 
     def _final_mask_epoch(self, epoch: int) -> list[dict[str, Any]]:
-        """Store the masks, then prune the ops whose mask is off one at a time until the derived
-        network is within the target, the op furthest below its threshold first; remove filters.
-        The lambda controller gets the official count (:meth:`_official_prune_count`).
-        (The official loop removes either one op, once below the target, or every masked op still
-        standing: a masked op already costs nothing in its size, so its order decides nothing.
-        docs/fidelity.md, "final phase".)"""
+        """Store the masks, then prune the ops whose mask is off one at a time until the target is
+        met, the op furthest below its threshold first; the stop is decided on the stored masks
+        as they are (official: ``current_flops < min_flops`` before ``prune_kernel``), then the width
+        floor and the filter removal follow. The lambda controller gets the official count
+        (:meth:`_official_prune_count`). (The official loop removes either one op, once below the
+        target, or every masked op still standing: a masked op already costs nothing in its size,
+        so its order decides nothing. docs/fidelity.md, "final phase".) A ``target_params`` target
+        is counted on the derived network, which reads the masks with the floor applied."""
         everything = range(len(self.net.cells))
         off = store_live_masks(self.model, everything)
-        apply_width_floor(self.model, everything, self.cfg.min_width_fraction)  # the target counts what stays
         with torch.no_grad():
             margin = torch.sigmoid(self.model.alpha) - self.model.t_op
         off.sort(key=lambda k: float(margin[k]))
@@ -358,14 +360,16 @@ class Mgas(SearchMethod):
             pruned += 1
         ce, cost = self._means()
         self.lam.update(counted, ce, cost, self.cfg.control.final_cap_ratio)
+        outcome = self._outcome(epoch, reached=True) if self.within_target() else None
+        apply_width_floor(self.model, everything, self.cfg.min_width_fraction)
         removed = remove_filters(self.net, self.model.alive, self.model.planned, everything)
         if self.cfg.bn_reset:
             reset_batch_norms(self.net, self.model.alive, everything)
         self._structure_changed()
         events = [{"type": "mask", "epoch": epoch, "stage": "final", "pruned_ops": pruned,
                    "filters_removed": removed, "lambda": self.lam.value}]
-        if self.within_target():
-            self.result = self._outcome(epoch, reached=True)
+        if outcome is not None:
+            self.result = outcome
         return events
 
     def _official_prune_count(self, off: list[tuple[int, int, int]]) -> int:

@@ -3,8 +3,9 @@
 A search of ``S`` stages runs, for every stage ``s``: ``warmup`` epochs (weights only, lambda 0),
 then ``search`` epochs until the stage's size is below ``stage_goal`` x its size when the stage
 began, then (stages 2..S) one ``regrow`` epoch with the stored masks frozen. A ``final`` phase over
-the whole network follows: warm-up, then search epochs until the derived network's nonzero
-parameter count is at most the target. Stored masks change only at mask epochs: search epochs
+the whole network follows: warm-up, then search epochs until the target is met (the derived
+network's nonzero parameters at most ``target_params``, else the official size below the
+official default). Stored masks change only at mask epochs: search epochs
 ``e`` with ``e > 0`` and ``e % mask_interval == 0`` (official: 2, 4, 6, ...), and, here, the last
 epoch of a phase's budget (the official loops have no budget).
 """
