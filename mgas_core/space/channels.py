@@ -49,8 +49,10 @@ class CellChannels:
 
     @property
     def full(self) -> bool:
-        """True when every state has all ``channels`` channels (nothing was removed)."""
-        return all(len(s) == self.channels for s in self.states)
+        """True when nothing was removed: every state has all ``channels`` channels and every op
+        writes all of its node's (a node can keep every channel while one of its ops lost some:
+        that op's output is then placed, not summed as it is)."""
+        return all(len(s) == self.channels for s in self.states) and all(p is None for p in self.positions)
 
     def output_ids(self) -> list[int]:
         """The cell output's channels, as ids into the concatenation of full-width nodes."""

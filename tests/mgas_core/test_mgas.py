@@ -205,6 +205,23 @@ def test_filter_removal_is_exact_and_leaves_no_zero_input_column():
     assert counted.dense == counted.nonzero  # no weight masks: what is dense is what runs
 
 
+def test_an_op_that_lost_filters_in_a_node_that_kept_every_channel_is_placed_not_summed():
+    """A node keeps all its channels when another op still writes each of them; the op that lost
+    filters writes fewer and must be added at its channels (it used to be summed as it was and
+    the search crashed: "size of tensor a (8) must match the size of tensor b (4)")."""
+    method, splits = make(mgas_settings(search__layers=4, search__channels=8, search__nodes=3))
+    cell = method.net.cells[0]
+    sep = method.net.primitives.index("sep_conv_3x3")
+    cell.edges[0].ops[sep].out_gate.stored[:4] = 0.0  # one op of node 0 loses half its filters
+    method.model.eval()
+    x = splits.train.tensors[0][:16]
+    before = method.model(x).detach()
+    remove_filters(method.net, method.model.alive, method.model.planned, range(1))
+    method.model.refresh_active()
+    assert cell.edges[0].ops[sep].pw2.out_channels == 4
+    assert torch.allclose(before, method.model(x).detach(), atol=1e-5)
+
+
 # --- target ---------------------------------------------------------------------------------------
 
 
