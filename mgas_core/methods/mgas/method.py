@@ -36,6 +36,7 @@ from mgas_core.methods.mgas.channels import (
     reset_batch_norms,
     reshape_like_saved,
 )
+from mgas_core.methods.mgas.optimizers import build_optimizers
 from mgas_core.methods.mgas.regrow import draw_regrowth, regrow_importance
 from mgas_core.methods.mgas.schedule import (
     REGROW,
@@ -48,6 +49,13 @@ from mgas_core.methods.mgas.schedule import (
     stage_cuts,
 )
 from mgas_core.methods.mgas.settings import MGAS_PRESETS, MgasSettings
+from mgas_core.methods.mgas.target import (
+    official_prune_count,
+    resolve_target,
+    target_fields,
+    target_measure,
+    target_met,
+)
 from mgas_core.methods.mgas.units import (
     LiveMasks,
     MgasModel,
@@ -61,7 +69,6 @@ from mgas_core.methods.mgas.units import (
 from mgas_core.methods.protocol import MethodStyle, SearchMethod, accuracy, frozen
 from mgas_core.methods.registry import register_method
 from mgas_core.nn.ops import EVALUATION
-from mgas_core.nn.step import FilterGate
 from mgas_core.settings.run import SearchSettings
 from mgas_core.settings.strict import SettingConflict
 from mgas_core.space.architecture import Architecture
@@ -101,20 +108,8 @@ class Mgas(SearchMethod):
         attach_units(net, self.levels)
         self.model = MgasModel(net, self.levels).to(device)
         self.full_size = float(self.derived_count()[0])
-        # the target: nonzero parameters of the derived network (target_params), else the official
-        # one, a fraction of the official size measure (--min_flops, docs/fidelity.md "default target")
-        self.target_kind = "params" if settings.target_params else "size"
-        if self.target_kind == "size":
-            self.target = cfg.default_target_size * stage_size(self.model, range(len(net.cells)))
-        else:
-            self.target = settings.target_params * 1e6
-            fixed = sum(p.numel() for p in net.stem.parameters()) + sum(p.numel() for p in net.classifier.parameters())
-            if self.target >= self.full_size:
-                raise UserInputError(f"target_params={self.target / 1e6:.4g} M is not below the supernet's size "
-                                     f"({self.full_size / 1e6:.4g} M params); choose a smaller target")
-            if self.target <= fixed:
-                raise UserInputError(f"target_params={self.target / 1e6:.4g} M is below the unprunable stem + "
-                                     f"classifier ({fixed / 1e6:.4g} M)")
+        # the target: target_params, else the official --min_flops (docs/fidelity.md "default target")
+        self.target_kind, self.target = resolve_target(settings, self.model, self.full_size)
         control = cfg.control
         high, low = scaled_counts(control.high, control.low, control.reference_ops, self.model.alpha.numel())
         self.lam = MgasLambda(control.lambda0, control.c0, high, low, control.max_lambda)
@@ -186,34 +181,11 @@ class Mgas(SearchMethod):
         self.live = LiveMasks(self.model, range(self.upto))
 
     def _build_optimizers(self, alive: Tensor | None = None) -> None:
-        """SGD with momentum for every parameter group (official), over the trained cells' units;
-        ``alive`` restores a saved membership on resume."""
-        s, cfg = self.settings, self.cfg
-        alive = self.model.alive.clone() if alive is None else alive
-        self.optimizer_alive = alive
-        modules: list[nn.Module] = [self.net.stem]
-        for ci in range(self.upto):
-            cell = self.net.cells[ci]
-            modules += [cell.preprocess0, cell.preprocess1]
-            modules += [op for e, edge in enumerate(cell.edges) for o, op in enumerate(edge.ops)
-                        if bool(alive[ci, e, o])]
-        modules.append(self.head)
-        betas = [g.beta for m in modules for g in m.modules() if isinstance(g, FilterGate)]
-        skip = {id(b) for b in betas}
-        self.weight_params = [p for m in modules for p in m.parameters() if id(p) not in skip]
-        momentum = cfg.arch_momentum
-        self.opts: dict[str, torch.optim.Optimizer] = {"weights": torch.optim.SGD(
-            self.weight_params, lr=cfg.w_lr, momentum=s.w_momentum, weight_decay=s.w_weight_decay)}
-        groups = []
-        if "op" in self.levels:
-            self.opts["alpha"] = torch.optim.SGD([self.model.alpha], lr=cfg.alpha_lr, momentum=momentum)
-            groups.append({"params": [self.model.t_op], "lr": cfg.op_threshold_lr})
-        if "filter" in self.levels:
-            self.opts["beta"] = torch.optim.SGD(betas, lr=cfg.beta_lr, momentum=momentum)
-            groups.append({"params": [self.model.t_filter, self.model.t_pre], "lr": cfg.filter_threshold_lr})
-        if "weight" in self.levels:
-            groups.append({"params": [self.model.t_weight], "lr": cfg.weight_threshold_lr})
-        self.opts["thresholds"] = torch.optim.SGD(groups, lr=cfg.op_threshold_lr, momentum=momentum)
+        """The official optimiser set of the phase (:func:`optimizers.build_optimizers`), over the
+        trained cells' units; ``alive`` restores a saved membership on resume."""
+        self.optimizer_alive = self.model.alive.clone() if alive is None else alive
+        self.weight_params, self.opts = build_optimizers(self.settings, self.model, self.levels, self.upto, self.head,
+                                                         self.optimizer_alive)
 
     @property
     def head(self) -> nn.Module:
@@ -342,7 +314,7 @@ class Mgas(SearchMethod):
         met, the op furthest below its threshold first; the stop is decided on the stored masks
         as they are (official: ``current_flops < min_flops`` before ``prune_kernel``), then the width
         floor and the filter removal follow. The lambda controller gets the official count
-        (:meth:`_official_prune_count`). (The official loop removes either one op, once below the
+        (:func:`target.official_prune_count`). (The official loop removes either one op, once below the
         target, or every masked op still standing: a masked op already costs nothing in its size,
         so its order decides nothing. docs/fidelity.md, "final phase".) A ``target_params`` target
         is counted on the derived network, which reads the masks with the floor applied."""
@@ -351,7 +323,7 @@ class Mgas(SearchMethod):
         with torch.no_grad():
             margin = torch.sigmoid(self.model.alpha) - self.model.t_op
         off.sort(key=lambda k: float(margin[k]))
-        counted = self._official_prune_count(off)
+        counted = official_prune_count(self.model.alive, off, self.within_target)
         pruned = 0
         for ci, e, o in off:
             if self.within_target():
@@ -371,20 +343,6 @@ class Mgas(SearchMethod):
         if outcome is not None:
             self.result = outcome
         return events
-
-    def _official_prune_count(self, off: list[tuple[int, int, int]]) -> int:
-        """What the official final loop hands the lambda controller (``pruning_epoch``): its size
-        leaves masked ops out already, so removing them changes nothing and the loop removes every
-        masked op still standing, or only one when the size without them is already within the
-        target (``train_search.py``, the ``prune_op(..., max=1)`` loop)."""
-        if not off:
-            return 0
-        alive = self.model.alive.clone()
-        for ci, e, o in off:
-            self.model.alive[ci, e, o] = False
-        within = self.within_target()
-        self.model.alive.copy_(alive)
-        return 1 if within else len(off)
 
     def _regrow(self, epoch: int) -> dict[str, Any]:
         """After the masks-frozen epoch: ``int(regrow_fraction x ops pruned in the stage)`` dead
@@ -418,23 +376,13 @@ class Mgas(SearchMethod):
         return count.dense, count.nonzero
 
     def measured(self) -> float:
-        """What the target is measured in: the derived network's nonzero parameters
-        (``target_params``), else the official size of the whole network."""
-        if self.target_kind == "params":
-            return float(self.derived_count()[1])
-        return stage_size(self.model, range(len(self.net.cells)))
+        return target_measure(self.target_kind, self.model, lambda: self.derived_count()[1])
 
     def within_target(self) -> bool:
-        """The final phase's end: within ``target_params``, else below the official default (the
-        official loop's ``current_flops < min_flops``)."""
-        if self.target_kind == "params":
-            return self.measured() <= self.target
-        return self.measured() < self.target
+        return target_met(self.target_kind, self.target, self.measured())
 
     def _target_fields(self) -> dict[str, Any]:
-        return {"target_kind": self.target_kind, "target": round(self.target),
-                "target_params": round(self.target) if self.target_kind == "params" else None,
-                "target_gap": self.measured() / self.target - 1}
+        return target_fields(self.target_kind, self.target, self.measured())
 
     def _outcome(self, epoch: int, reached: bool) -> dict[str, Any]:
         dense, nonzero = self.derived_count()
