@@ -4,6 +4,7 @@ dies at start on it (its trial would wait forever)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from pathlib import Path
@@ -76,12 +77,18 @@ class RuntimeSpec(Strict):
 
 
 def check_readable(folder: Path, excludes: list[str]) -> None:
-    """Every file and folder Ray will pack from ``working_dir`` (those ``excludes`` leave out are
-    skipped, matched as Ray matches them: gitignore patterns) must be readable by this user; Ray
-    would stop with a traceback halfway through packing it."""
+    """Every file and folder Ray will pack from ``working_dir`` must be readable by this user; Ray
+    would stop with a traceback halfway through packing it. Skipped, as Ray skips them (gitignore
+    patterns): ``excludes`` and, unless ``RAY_RUNTIME_ENV_IGNORE_GITIGNORE`` is set, the folder's
+    top-level ``.gitignore`` (a checkout's ``.venv`` is not walked)."""
     import pathspec
 
-    skip = pathspec.PathSpec.from_lines("gitwildmatch", excludes)
+    patterns = list(excludes)
+    gitignore = folder / ".gitignore"
+    if not os.environ.get("RAY_RUNTIME_ENV_IGNORE_GITIGNORE") and gitignore.is_file():
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            patterns += gitignore.read_text().splitlines()
+    skip = pathspec.PathSpec.from_lines("gitwildmatch", patterns)
     for root, dirs, files in os.walk(folder, onerror=None):
         base = Path(root)
         for name in [*dirs, *files]:
