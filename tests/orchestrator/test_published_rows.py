@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -18,12 +19,11 @@ from tests.processes import private_ray_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
-IMPORTED = "experiments/reference/architectures/MG_DARTS_small/arch.json"
+ROOT = Path(__file__).resolve().parents[2]
+IMPORTED = "experiments/reference/architectures/MG_DARTS_small/arch.json"  # relative to ROOT, where mgas runs
 
 
 def test_published_architectures_are_retrained_as_reference_rows_and_marked_in_the_report(tmp_path):
-    from tests.orchestrator.test_interrupt import ROOT
-
     spec = write_spec(tmp_path, name="refs", dataset="digits",
                       sweep={"method": ["published"], "search.published.arch": ["darts_v2", IMPORTED], "seed": [0]},
                       include=[{"method": "darts", "seed": 0}],
