@@ -44,7 +44,12 @@ paper's search shape, 8 cells, C=16, batch 64, for both methods (MG-DARTS's scri
 batch 96, where its CPU step needs more than the 24 GB of this project's machines and is killed:
 ``--batch 96`` asks for it). It prints
 ``{"ours", "official", "speed_vs_official" (our images/s / theirs), "memory_vs_official" (our peak
-/ theirs), "activation_vs_official", "official_repo", "official_commit"}``.
+/ theirs), "activation_vs_official", "official_repo", "official_commit"}``; each side records its
+batch, threads, steps, the memory held before the first step (``baseline_mem_mb``) and seconds per
+step. ``--cross-check`` (MGAS) also times the official step composed without ``train()``
+(``benchmarks.official.step --definition explicit``) in a third fresh process, right after the
+``train()`` one, and adds ``"official_explicit"`` and ``"definitions"`` (the ratios explicit /
+train and whether they agree within 10 % time and 5 % peak memory).
 """
 
 from __future__ import annotations
@@ -77,7 +82,7 @@ from mgas_core.metrics import PeakMemory
 from mgas_core.settings.run import DEFAULT_METHOD
 
 NAMED_COMPARISONS = {"impl": [("reference", "impl=reference+memory-format=contiguous"), ("fast", "impl=fast")]}
-NOT_COMPARED = ("compare", "official-darts", "official-mgas", "json")
+NOT_COMPARED = ("compare", "official-darts", "official-mgas", "cross-check", "json")
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
@@ -189,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
     side.add_argument("--compare", nargs="+", metavar="VARIANT",
                       help="run variants side by side, each in a fresh process, and print ratios: impl, or "
                            "FLAG=VALUE[+FLAG=VALUE...] each (e.g. subgraphs=1 subgraphs=2 method=darts)")
-    add_official_arguments(side)
+    add_official_arguments(p, side)
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     for key, value in zip(("layers", "channels", "batch"), PAPER_SHAPE):

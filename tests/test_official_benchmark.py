@@ -324,3 +324,62 @@ def test_a_fallback_the_official_code_logs_at_info_is_caught():
         root.setLevel(level)
         for handler in handlers:
             root.addHandler(handler)
+
+
+class _ForwardNetwork(_Network):
+    """``_Network`` with the official forward's outputs: the logits of every head run, then the
+    size and threshold terms (one output per head up to the stage's, all three in the final phase)."""
+
+    def __init__(self, *a: float) -> None:
+        super().__init__(*a)
+        self.calls: list[tuple[int, dict]] = []
+
+    def forward(self, x: torch.Tensor, stage_index: int = 0, **flags: bool) -> tuple[torch.Tensor, ...]:
+        self.calls.append((stage_index, flags))
+        heads = (self.stem, self.auxiliary_head1, self.classifier)[: stage_index or 3]
+        logits = [head(x) * torch.ones(1, 3) for head in heads]
+        size = torch.sigmoid(self._arch_parameters[0]).sum()
+        return (*logits, size, torch.exp(-self._thresholds[0][0][0][1]).sum())
+
+
+@pytest.mark.parametrize(("stages", "stage"), [(3, 2), (1, 1)])
+def test_the_explicit_definition_composes_the_official_step_without_train(monkeypatch, stages, stage):
+    """``--definition explicit``: the forward with the stage index, the head's CE + lam x (size +
+    threshold), backward, clip and all four optimisers stepping; ``train()`` never called."""
+    monkeypatch.setattr(nn.Module, "cuda", lambda self, *a, **k: self)
+    calls: list = []
+    fake = _fake_train_search(calls)
+    fake.Network = _ForwardNetwork
+    args = argparse.Namespace(channels=4, layers=6, lam=1e-3, stages=stages, stage=stage, definition="explicit")
+    run, used = mgas_setup({"train_search": fake}, args)
+    model = run.__closure__ and next(c.cell_contents for c in run.__closure__
+                                     if isinstance(c.cell_contents, _ForwardNetwork))
+    alpha_before = model._arch_parameters[0].detach().clone()
+    threshold_before = model._thresholds[0][0][0][1].detach().clone()
+    weight_before = model.classifier.weight.detach().clone()
+    run([(torch.ones(2, 1), torch.tensor([0, 1]))] * 2)
+    k = official_stage(stages, stage)
+    assert calls == [] and used["definition"] == "explicit" and "composed here" in used["function"]
+    assert [c[0] for c in model.calls] == [k, k] and all(c[1]["update_mask"] is False for c in model.calls)
+    assert not torch.equal(model._arch_parameters[0], alpha_before)  # the size term reached the alphas
+    assert not torch.equal(model._thresholds[0][0][0][1], threshold_before)  # the threshold term, its optimiser
+    assert torch.equal(model.classifier.weight, weight_before) == (k == 2)  # stage 2's head is auxiliary_head1 here
+
+
+def test_the_two_official_definitions_agree_within_the_tolerance_only():
+    train = {"step_s": 10.0, "peak_mem_mb": 1000.0}
+    assert compare.definitions_agreement(train, {"step_s": 10.9, "peak_mem_mb": 1040.0})["agree"] is True
+    result = compare.definitions_agreement(train, {"step_s": 11.5, "peak_mem_mb": 1000.0})
+    assert result["agree"] is False and result["explicit_over_train"] == {"step_s": 1.15, "peak_mem_mb": 1.0}
+    assert compare.definitions_agreement(train, {"step_s": 10.0, "peak_mem_mb": 1100.0})["agree"] is False
+
+
+def test_cross_check_is_for_the_official_mgas_step_only(tmp_path):
+    for flags in (["--cross-check"], ["--official-darts", str(tmp_path), "--cross-check"]):
+        with pytest.raises(SystemExit) as stop:
+            supernet.main(flags)
+        assert stop.value.code == 2
+    args = argparse.Namespace(layers=3, channels=4, batch=4, resolution=8, steps=1, warmup=0, threads=1,
+                              device="cpu", stages=1, stage=1)
+    ours, official = compare.official_commands(args, ["--official-mgas", "/x", "--cross-check"], "mgas", "/x")
+    assert "--cross-check" not in ours and "--definition" not in official  # the train() side first

@@ -94,6 +94,15 @@ def stage_groups(model: Any, k: int) -> tuple[list[dict[str, Any]], list[dict[st
     return arch, kernel, thresholds, (omega if k else model.parameters())
 
 
+DEFINITIONS = {
+    "train": "the official train() / train_local() called on the batches",
+    "explicit": "the step composed from the official model and optimisers, train() not called: the network's "
+                "forward (with the stage index), cross-entropy of the phase's head + flops_lambda x (size term + "
+                "threshold term), backward, clip_grad_norm_(grad_clip), the four SGD steps",
+}
+"""The two definitions of an official MGAS step (``--definition``): they must time the same work."""
+
+
 def mgas_setup(mods: dict[str, ModuleType],
                args: argparse.Namespace) -> tuple[Callable[[Iterable[Any]], None], dict[str, Any]]:
     """Build the official network and optimisers of the phase; the step runner and what it used."""
@@ -121,11 +130,28 @@ def mgas_setup(mods: dict[str, ModuleType],
         else:
             ts.train(queue, model, criterion, *optimizers, args.lam, only_train=False, freeze_mask=True)
 
+    def run_explicit(queue: Iterable[Any]) -> None:  # the same step, composed here (DEFINITIONS)
+        model.train()
+        for inputs, target in queue:
+            outputs = model(inputs, k, update_mask=False, gradual_discretization=False)
+            logits, size_term, threshold_term = outputs[(k or 3) - 1], outputs[-2], outputs[-1]
+            ce = criterion(logits, target)
+            for opt in optimizers:
+                opt.zero_grad()
+            loss = ce + args.lam * (size_term + threshold_term)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), hp.grad_clip)
+            for opt in optimizers:
+                opt.step()
+                opt.zero_grad()
+
     cells = {1: model.stage1_end + 1, 2: model.stage2_end + 1}.get(k, model._layers)
-    used = {"phase": f"stage {k} of {OFFICIAL_STAGES}" if k else "final (whole network)",
-            "function": f"train_local(stage_index={k})" if k else "train()", "head": HEADS[k],
+    definition = getattr(args, "definition", "train")
+    used = {"definition": definition, "phase": f"stage {k} of {OFFICIAL_STAGES}" if k else "final (whole network)",
+            "function": (f"train_local(stage_index={k})" if k else "train()") if definition == "train"
+            else f"Network.forward(stage_index={k}), the loss and the steps composed here", "head": HEADS[k],
             "omega_lr": hp.learning_rate_omega[lr], "alpha_lr": hp.learning_rate_alpha[lr],
             "kernel_lr": kernel_lr, "threshold_lr": 0.1, "weight_threshold_lr": 0.001,
             "momentum": hp.momentum, "weight_decay": hp.weight_decay, "grad_clip": hp.grad_clip,
             "flops_lambda": args.lam, "granularities": "op,filter,weight", "cells_run": cells}
-    return run, used
+    return (run if definition == "train" else run_explicit), used

@@ -28,7 +28,11 @@ A step, the same on both sides, on synthetic data (fixed seed 0, the same two ba
   is stored: that happens once an epoch, at its last batch). The network (fresh, all masks on) and
   the phase's four SGD optimisers are built once before timing, as ``main()`` builds them for
   that phase: ``benchmarks.official.mgas`` says how. Hyperparameters: the checkout's argparse
-  defaults. Its ``prune.py`` (imported by ``model_search``) was deleted upstream; when the
+  defaults. ``--definition explicit`` runs the same step without calling ``train()``: the
+  official network's forward, the head's cross-entropy + ``flops_lambda`` x (size term + threshold
+  term), backward, ``clip_grad_norm_`` and the four SGD steps, composed here (a second, independent
+  reading of what a step costs; ``benchmarks.supernet --official-mgas PATH --cross-check`` runs both).
+  Its ``prune.py`` (imported by ``model_search``) was deleted upstream; when the
   checkout lacks it, it is read from the git history (the commit before the one that deleted it)
   into a temporary folder, with a line on stderr saying so.
 
@@ -72,7 +76,7 @@ import torch
 from torch import Tensor, nn
 
 from benchmarks.measure import add_shape_arguments, current_rss_mb, step_figures
-from benchmarks.official.mgas import mgas_setup, stage_problem
+from benchmarks.official.mgas import DEFINITIONS, mgas_setup, stage_problem
 from mgas_core.methods.mgas.method import BENCHMARK_LAMBDA
 from mgas_core.metrics import PeakMemory
 
@@ -351,6 +355,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--stages", type=int, default=1, help="MGAS: 3 for a stage of the official search, "
                                                         "1 for the whole network (the final phase)")
     p.add_argument("--stage", type=int, default=1, help="MGAS: the stage, 1-based (stages + 1: the final phase)")
+    p.add_argument("--definition", default="train", choices=sorted(DEFINITIONS),
+                   help="MGAS: how the step is run: " + "; ".join(f"{k}: {v}" for k, v in DEFINITIONS.items()))
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     if args.steps < 1 or args.warmup < 0:
@@ -362,8 +368,8 @@ def main(argv: list[str] | None = None) -> None:
     for key, value in default_shape(sources.folder).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    if args.kind == "darts" and (args.stages, args.stage) != (1, 1):
-        p.error("--stages/--stage are for --kind mgas")
+    if args.kind == "darts" and ((args.stages, args.stage) != (1, 1) or args.definition != "train"):
+        p.error("--stages/--stage/--definition are for --kind mgas")
     problem = stage_problem(args.stages, args.stage, args.layers, args.resolution, "--stage")
     if args.kind == "mgas" and problem:
         p.error(problem)
