@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -319,3 +321,37 @@ def test_resume_across_regrowth_and_filter_removal_is_bitwise_identical(tmp_path
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert full.arch.to_json() == resumed.arch.to_json()
     assert [h["loss"] for h in full.history] == [h["loss"] for h in resumed.history]
+
+
+def test_the_stage_goal_follows_the_target_through_the_official_pair():
+    from mgas_core.methods.mgas.settings import OFFICIAL_MIN_FLOPS, OFFICIAL_SUPERNET_SIZE, MgasSettings
+    from mgas_core.methods.mgas.target import stage_goal
+
+    official = OFFICIAL_MIN_FLOPS / OFFICIAL_SUPERNET_SIZE
+    assert stage_goal(MgasSettings(), 0.2) == 0.3  # off by default: the official constant whatever the target
+    assert stage_goal(MgasSettings(stage_goal=0.4), 0.2) == 0.4
+    scaled = MgasSettings(stage_goal_from_target=True)
+    assert stage_goal(scaled, official) == pytest.approx(0.3, abs=1e-12)  # the official target gives 0.3
+    goals = [stage_goal(scaled, f) for f in (0.05, 0.21, 0.34, 0.51, 0.9)]
+    assert goals == sorted(goals) and len(set(goals)) == 5 and 0 < goals[0] < 0.3 < goals[-1] < 1
+    assert goals[1] == pytest.approx(0.52, abs=0.01) and goals[3] == pytest.approx(0.76, abs=0.01)
+
+
+def test_a_search_whose_stage_goal_follows_the_target_ends_its_stages_at_that_goal(monkeypatch):
+    full = make(mgas_settings())[0].full_size
+    exits = []
+    for fraction in (0.3, 0.6):
+        settings = mgas_settings(search__target_params=round(fraction * full) / 1e6,
+                                 search__mgas__stage_goal_from_target=True, **PRUNING)
+        method = make(settings)[0]
+        assert method.stage_goal == pytest.approx(fraction ** (math.log(0.3) / math.log(0.1 / 1.831168)), rel=1e-3)
+        starts: dict[int, float] = {}
+        result = run(settings, lambda m, e, ev, starts=starts: starts.setdefault(m.stage, m.stage_start_size),
+                     monkeypatch)
+        stage_exits = [e for e in result.events if e["type"] in ("stage_goal_met", "stage_goal_missed")]
+        assert stage_exits and all(e["goal"] == pytest.approx(method.stage_goal * starts[e["stage"]])
+                                   for e in stage_exits)
+        assert all((e["size"] < e["goal"]) == (e["type"] == "stage_goal_met") for e in stage_exits)
+        exits.append(method.stage_goal)
+        monkeypatch.undo()
+    assert exits[0] < exits[1]

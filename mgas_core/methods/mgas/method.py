@@ -52,6 +52,7 @@ from mgas_core.methods.mgas.settings import MGAS_PRESETS, MgasSettings
 from mgas_core.methods.mgas.target import (
     official_prune_count,
     resolve_target,
+    stage_goal,
     target_fields,
     target_measure,
     target_met,
@@ -110,6 +111,8 @@ class Mgas(SearchMethod):
         self.full_size = float(self.derived_count()[0])
         # the target: target_params, else the official --min_flops (docs/fidelity.md "default target")
         self.target_kind, self.target = resolve_target(settings, self.model, self.full_size)
+        whole = self.full_size if self.target_kind == "params" else stage_size(self.model, range(len(net.cells)))
+        self.stage_goal = stage_goal(cfg, self.target / whole)
         control = cfg.control
         high, low = scaled_counts(control.high, control.low, control.reference_ops, self.model.alpha.numel())
         self.lam = MgasLambda(control.lambda0, control.c0, high, low, control.max_lambda)
@@ -264,7 +267,7 @@ class Mgas(SearchMethod):
                     events += self._final_mask_epoch(epoch)
                 else:
                     events += self._stage_mask_epoch(epoch)
-                    goal_met = stage_size(self.model, range(self.upto)) < self.cfg.stage_goal * self.stage_start_size
+                    goal_met = stage_size(self.model, range(self.upto)) < self.stage_goal * self.stage_start_size
             self.schedule.finish_epoch()
             if self.schedule.in_final:
                 if self.result is None and budget:
@@ -274,7 +277,7 @@ class Mgas(SearchMethod):
             elif goal_met or budget:
                 events.append({"type": "stage_goal_met" if goal_met else "stage_goal_missed", "epoch": epoch,
                                "stage": stage, "size": stage_size(self.model, range(self.upto)),
-                               "goal": self.cfg.stage_goal * self.stage_start_size})
+                               "goal": self.stage_goal * self.stage_start_size})
                 self.schedule.end_search()
                 if self.schedule.phase.kind != REGROW:
                     events += self._close_stage(epoch, stage)

@@ -49,6 +49,10 @@ class MgasSettings(Strict):
     mask_interval: int = Field(2, ge=1, description="stored masks are recomputed every k-th search epoch")
     stage_goal: float = Field(0.3, gt=0, lt=1, description="a stage ends once its size is below this fraction "
                                                            "of its size when it began")
+    stage_goal_from_target: bool = Field(
+        False, description="the stage goal follows the target: (target / supernet)^k, k chosen so that the official "
+                           "target (--min_flops, 5.5 %) gives the official 0.3; a larger target ends every stage "
+                           "sooner (docs/fidelity.md, presets)")
     stage_epochs: int | None = Field(None, ge=1, description="max search epochs of a stage (after warm-up); "
                                                              "default search.epochs")
     final_epochs: int | None = Field(None, ge=1, description="max search epochs of the final phase (after "
@@ -89,13 +93,16 @@ class MgasSettings(Strict):
 
 
 MGAS_PRESETS: dict[str, dict[str, Any]] = {
-    # MG-DARTS scaled to digits (docs/fidelity.md, "presets"): 1 warm-up epoch per phase, a
-    # mask update every epoch, short budgets; lambda0 for 12 steps per epoch instead of the
-    # ~520 of CIFAR; no lambda cap, since digits' CE is ~0 and the cap would freeze lambda
+    # MG-DARTS scaled to digits (docs/fidelity.md, "presets"): 1 warm-up epoch per phase, a mask
+    # update every epoch, 6-epoch stage and 12-epoch final budgets; digits has 12 steps an epoch
+    # (CIFAR ~520), so lambda0 and the architecture learning rates (alpha, beta, thresholds) are
+    # larger by what keeps their per-epoch motion; the official lambda cap; the stage goal follows
+    # the target
     "tiny": {"search.mgas.stages": 3, "search.mgas.warmup_epochs": 1, "search.mgas.mask_interval": 1,
-             "search.mgas.stage_epochs": 2, "search.mgas.final_epochs": 6, "search.mgas.w_lr": 0.05,
-             "search.mgas.control.lambda0": 0.001, "search.mgas.control.stage_cap_ratio": 0,
-             "search.mgas.control.final_cap_ratio": 0},
+             "search.mgas.stage_epochs": 6, "search.mgas.final_epochs": 12, "search.mgas.w_lr": 0.05,
+             "search.mgas.control.lambda0": 0.001, "search.mgas.alpha_lr": 6.0, "search.mgas.beta_lr": 6.0,
+             "search.mgas.op_threshold_lr": 0.6, "search.mgas.filter_threshold_lr": 0.6,
+             "search.mgas.weight_threshold_lr": 0.006, "search.mgas.stage_goal_from_target": True},
     # its smallest schedule: every phase 1 warm-up epoch, then 1-2 search epochs
     "smoke": {"search.mgas.warmup_epochs": 1, "search.mgas.mask_interval": 1, "search.mgas.stage_epochs": 1,
               "search.mgas.final_epochs": 2},

@@ -8,14 +8,19 @@ else the official one: ``--min_flops`` of ``train_search.py``, a fraction
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, Literal
 
 from torch import Tensor
 
 from mgas_common.errors import UserInputError
+from mgas_core.methods.mgas.settings import OFFICIAL_MIN_FLOPS, OFFICIAL_SUPERNET_SIZE, MgasSettings
 from mgas_core.methods.mgas.units import MgasModel, stage_size
 from mgas_core.settings.run import SearchSettings
+
+OFFICIAL_STAGE_GOAL = 0.3
+"""``min_flops_ratio`` of the official ``main()``: every stage ends below 0.3 x its size at its start."""
 
 TargetKind = Literal["params", "size"]
 
@@ -66,3 +71,15 @@ def official_prune_count(alive: Tensor, off: list[tuple[int, int, int]], within:
     met = within()
     alive.copy_(saved)
     return 1 if met else len(off)
+
+
+def stage_goal(cfg: MgasSettings, target_fraction: float) -> float:
+    """The fraction of its size at its start a stage ends below: ``cfg.stage_goal``, or, with
+    ``stage_goal_from_target``, ``target_fraction ** k`` where ``k`` makes the official pair hold
+    (the official target, ``--min_flops`` = 5.5 % of the official supernet, gives the official 0.3):
+    a target of 21 % of the supernet gives 0.52, 51 % gives 0.76. ``target_fraction`` is the
+    target over what it is measured in on the whole supernet."""
+    if not cfg.stage_goal_from_target:
+        return cfg.stage_goal
+    k = math.log(OFFICIAL_STAGE_GOAL) / math.log(OFFICIAL_MIN_FLOPS / OFFICIAL_SUPERNET_SIZE)
+    return min(max(target_fraction, 1e-9), 1.0) ** k
