@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-METRICS = ("test_acc", "val_acc", "params_m", "nonzero_params_m", "flops_m", "search_time_s",
+METRICS = ("test_acc", "val_acc", "params_m", "nonzero_params_m", "flops_m", "latency_ms", "search_time_s",
            "search_peak_mem_mb", "retrain_time_s", "target_gap")
 
 
@@ -37,7 +37,7 @@ def aggregate(ok: pd.DataFrame) -> pd.DataFrame:
         out[f"{metric}_mean"] = grouped[metric].mean()
         out[f"{metric}_std"] = grouped[metric].std(ddof=1)  # NaN for one seed: no spread to state
     for extra in ("target_params_m", "granularities", "stages", "subgraphs", "device", "target_missed",
-                  "search_peak_mem_kind", "config_json", "reference", "arch_name"):
+                  "search_peak_mem_kind", "config_json", "reference", "arch_name", "latency_device", "latency_batch"):
         if extra in ok:
             out[extra] = grouped[extra].first()
     return out.reset_index()

@@ -43,6 +43,7 @@ ROW_COLUMNS = {
 OPTIONAL_ROW_COLUMNS = {
     "error": TEXT, "axes_json": TEXT, "seed": WHOLE, "device": TEXT, "target_params_m": NUMBER,
     "granularities": TEXT, "stages": WHOLE, "subgraphs": WHOLE, "target_gap": NUMBER,
+    "latency_ms": NUMBER, "latency_device": TEXT, "latency_batch": WHOLE,
 }
 NOT_NULL = ("experiment", "trial_id", "method", "dataset", "status")
 FINITE_WHEN_OK = ("test_acc", "nonzero_params_m", "flops_m", "search_time_s", "search_peak_mem_mb")

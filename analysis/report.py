@@ -41,6 +41,19 @@ def _html_table(frame: pd.DataFrame) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def latency_axis(agg: pd.DataFrame) -> str | None:
+    """The accuracy-vs-latency figure's axis label (the devices and batches the rows were timed on),
+    or None when no row has a measured latency."""
+    if "latency_ms_mean" not in agg or not agg["latency_ms_mean"].notna().any():
+        return None
+    timed = agg[agg["latency_ms_mean"].notna()]
+    devices = sorted({str(d) for d in timed.get("latency_device", pd.Series(dtype=str)).dropna()})
+    batches = sorted({int(b) for b in timed.get("latency_batch", pd.Series(dtype=float)).dropna()})
+    where = "; ".join(devices) if len(devices) <= 2 else f"{len(devices)} devices"
+    batch = f"batch {', '.join(map(str, batches))}" if batches else ""
+    return f"measured latency (ms; {', '.join(x for x in (batch, where) if x)})"
+
+
 def build_report(results: Results, out: Path, published_path: Path | None = None,
                  styles: dict[str, Style] | None = None) -> dict[str, Path]:
     """Figures, tables and the Markdown and HTML report of ``results`` in ``out``; ``styles`` are the
@@ -55,6 +68,10 @@ def build_report(results: Results, out: Path, published_path: Path | None = None
                                     xlabel="multiply-adds (M FLOPs)", series=series, styles=styles),
         "search_cost_memory": cost_memory_plot(agg, out, styles),
     }
+    latency = latency_axis(agg)
+    if latency is not None:
+        figures["pareto_latency"] = pareto_plot(agg, out, cost="latency_ms", name="pareto_latency", xlabel=latency,
+                                                series=series, styles=styles)
     ratio = remaining_ratio_plot(results.curves, out)
     if ratio is not None:
         figures["remaining_ratio"] = ratio

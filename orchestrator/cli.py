@@ -35,6 +35,7 @@ from mgas_core.methods.registry import (
 )
 from mgas_core.settings.run import DATASETS, RunSettings
 from mgas_core.space.importers import DEFAULT_DARTS_LAYERS, FORMATS, import_architecture
+from orchestrator.latency_cli import add_latency_parser, run_latency
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
@@ -166,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--masks", type=Path, help="mg_darts weight masks (masks/*.npy: a torch.save'd nested list)")
     imp.add_argument("--out", type=Path, required=True, help="folder for arch.json (and arch.masks.safetensors)")
     imp.add_argument("--json", action="store_true", help="print one JSON summary object")
+    add_latency_parser(sub, DATASETS, sorted(preset_names()))
     return parser
 
 
@@ -350,8 +352,12 @@ def _cmd_import_arch(args: argparse.Namespace) -> None:
            "cifar10_nonzero_params": counted.nonzero}, args.json, args.json_stream)
 
 
+def _cmd_latency(args: argparse.Namespace) -> None:
+    _emit(run_latency(args), args.json, args.json_stream)
+
+
 COMMANDS = {"info": _cmd_info, "search": _cmd_search, "train": _cmd_train, "run": _cmd_run, "collect": _cmd_collect,
-            "report": _cmd_report, "import-arch": _cmd_import_arch}
+            "report": _cmd_report, "import-arch": _cmd_import_arch, "latency": _cmd_latency}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -206,6 +206,7 @@ def train_command(arch: Architecture, settings: RunSettings, out_dir: Path, prog
         "peak_mem_mb": result.peak_mem_mb,
         "peak_mem_kind": result.peak_mem_kind,
         "device": str(device),
+        **(result.latency.row_fields() if result.latency else {}),
     }
     atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=1) + "\n")
     return summary

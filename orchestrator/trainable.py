@@ -35,6 +35,7 @@ from mgas_core.engine.retrain import RetrainResult, run_retrain
 from mgas_core.engine.runtime import DivergedError, check_device, resolve_device
 from mgas_core.engine.search import run_search
 from mgas_core.files.checkpoints import CorruptFileError, load_checkpoint, load_checkpoint_bytes, save_checkpoint
+from mgas_core.latency.measure import LATENCY_FIELDS
 from mgas_core.methods.registry import get_method, search_augment_for, validate_settings
 from mgas_core.settings.run import RunSettings
 from mgas_core.space.architecture import Architecture, architecture_from_json
@@ -127,7 +128,7 @@ def run_trial_pipeline(trial: dict[str, Any], state: dict[str, Any] | None, repo
 
 
 RETRAINED_FIELDS = ("test_acc", "val_acc", "params_m", "nonzero_params_m", "flops_m", "channels", "layers",
-                    "retrain_time_s", "retrain_peak_mem_mb", "arch_json")
+                    "retrain_time_s", "retrain_peak_mem_mb", "arch_json", *LATENCY_FIELDS)
 """The fields of a row that belong to the architecture retrained (one per GOLD-NAS snapshot)."""
 
 
@@ -140,6 +141,7 @@ def _retrained_fields(retrained: RetrainResult, entry: dict[str, Any]) -> dict[s
         "flops_m": retrained.flops / 1e6, "channels": retrained.channels, "layers": retrained.layers,
         "retrain_time_s": retrained.retrain_time_s, "retrain_peak_mem_mb": retrained.peak_mem_mb,
         "arch_json": entry["arch"]["json"],
+        **(retrained.latency.row_fields() if retrained.latency else dict.fromkeys(LATENCY_FIELDS)),
         "history": [{**rec, "snapshot_index": entry["snapshot_index"]} for rec in retrained.history],
     }
 
@@ -214,7 +216,7 @@ def _pipeline(settings: RunSettings, device: torch.device, state: dict[str, Any]
     has_series = main["snapshot_index"] is not None
     final = {
         "status": "ok", "error": None, **target,
-        **{k: main[k] for k in RETRAINED_FIELDS},
+        **{k: main.get(k) for k in RETRAINED_FIELDS},  # a checkpoint from before a field existed lacks it
         "snapshot_index": main["snapshot_index"], "snapshot_epoch": main["snapshot_epoch"],
         "snapshot_final": True if has_series else None,
         "search_val_acc": summary["val_acc"],

@@ -19,6 +19,7 @@ from mgas_core.engine.compiled import check_compile, compiled_forward
 from mgas_core.engine.runtime import check_finite, evaluate, load_saved, rng_state, seed_everything, set_rng_state
 from mgas_core.engine.search import EpochCallback, StartCallback
 from mgas_core.evaluation_network import EvalNetwork, build_eval_network, count_architecture_params
+from mgas_core.latency.measure import LatencyMeasurement, measure_latency
 from mgas_core.methods.protocol import cosine_lr, set_lr
 from mgas_core.metrics import ParamCount, PeakMemory, Stopwatch, count_flops, count_params
 from mgas_core.settings.run import RetrainSettings, RunSettings
@@ -66,6 +67,7 @@ class RetrainResult:
     peak_mem_mb: float
     history: list[dict[str, Any]]
     peak_mem_kind: str = ""
+    latency: LatencyMeasurement | None = None  # of the retrained network on its own device
 
 
 def retrain_shape(arch: Architecture, cfg: RetrainSettings, info: DatasetInfo) -> tuple[int, int]:
@@ -165,5 +167,10 @@ def run_retrain(
         model.load_state_dict(best_state)
     test_acc = evaluate(lambda t: forward(t.contiguous(memory_format=layout))[0], model, splits.test,
                         cfg.batch_size, device, workers)
-    return RetrainResult(best_val, test_acc, params, flops, channels, layers, watch.elapsed, memory.run_peak_mb(),
-                         history, memory.kind)
+    peak = memory.run_peak_mb()
+    latency = None
+    if cfg.latency_runs:  # the process's own threads: what the trial was given
+        latency = measure_latency(model, splits.info.input_shape, cfg.latency_batch, device, torch.get_num_threads(),
+                                  runs=cfg.latency_runs, memory_format=layout)
+    return RetrainResult(best_val, test_acc, params, flops, channels, layers, watch.elapsed, peak, history,
+                         memory.kind, latency)

@@ -119,6 +119,10 @@ class RetrainSettings(Strict):
     drop_path: float = Field(0.2, ge=0, lt=1)
     cutout: int = Field(16, ge=0, le=1024, description="cutout length in pixels; 0 disables it")
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    latency_batch: int = Field(1, ge=1, le=MAX_BATCH, description="images per forward pass when the retrained "
+                                                                 "network's latency is measured")
+    latency_runs: int = Field(30, ge=0, le=10_000, description="timed forward passes of the latency measurement "
+                                                               "(their median is latency_ms; 0: not measured)")
     target_params: float | None = Field(
         None, gt=0, le=MAX_TARGET_M, description="scale a genotype's width so the network has about this many M params"
     )

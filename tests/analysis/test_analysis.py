@@ -318,3 +318,27 @@ def test_the_report_counts_trials_and_rows_apart_and_leaves_a_one_seed_spread_em
     assert cells[0.05][header.index("n")] == "1" and cells[0.05][std] == ""  # one seed: no spread stated
     assert cells[0.1][header.index("n")] == "2"
     assert float(cells[0.1][std]) == pytest.approx(np.std([0.94, 0.96], ddof=1), abs=1e-4)
+
+
+def test_rows_with_a_measured_latency_get_an_accuracy_vs_latency_figure(tmp_path):
+    from analysis.plots import pareto_figure
+    from analysis.report import latency_axis
+
+    exp = write_dataset(tmp_path, failed=False)
+    results = load_results(exp)
+    assert latency_axis(aggregate(results.ok)) is None  # no latency measured: no figure
+    assert "pareto_latency" not in build_report(results, tmp_path / "r0")
+    rows = results.rows.copy()
+    rows["latency_ms"] = rows["nonzero_params_m"] * 40 + rows["seed"]  # seeds differ: a mean to draw
+    rows["latency_device"] = "cpu: AMD EPYC"
+    rows["latency_batch"] = 1
+    results.rows = rows
+    agg = aggregate(results.ok)
+    label = latency_axis(agg)
+    assert label == "measured latency (ms; batch 1, cpu: AMD EPYC)"
+    paths = build_report(results, tmp_path / "r1")
+    assert paths["pareto_latency"].stat().st_size > 1000
+    ax = pareto_figure(agg, cost="latency_ms", xlabel=label).axes[0]
+    assert ax.get_xlabel() == label
+    drawn = sorted(float(x) for c in ax.containers for x in c.lines[0].get_xdata())  # each errorbar's points
+    assert drawn == pytest.approx(sorted(agg["latency_ms_mean"].tolist()))

@@ -120,6 +120,44 @@ INFO_CASES = st.one_of(
 )
 
 
+MEASURE = ["latency", "measure", "--arch", "darts_v2", "--dataset", "digits", "--channels", "8", "--layers", "4"]
+BUILD = ["latency", "build", "--dataset", "digits", "--preset", "tiny"]
+LATENCY_CASES = [
+    ([*MEASURE, "--device", "tpu"], ("--device",)),
+    ([*MEASURE[:-4], "--device", "cpu", "--channels", "7"], ("--channels",)),
+    (["latency", "measure", "--arch", "darts_v2", "--device", "cpu"], ("--dataset",)),
+    (["latency", "measure", "--arch", "no_such_arch", "--dataset", "digits", "--device", "cpu"],
+     ("neither a built-in",)),
+    ([*MEASURE, "--device", "cpu", "--batch", "0"], ("--batch",)),
+    ([*MEASURE, "--device", "cpu", "--threads", "-1"], ("--threads",)),
+    ([*MEASURE, "--device", "cpu", "--runs", "0"], ("--runs",)),
+    ([*MEASURE, "--device", "cpu", "--warmup", "-2"], ("--warmup",)),
+    ([*BUILD, "--device", "cpu", "--samples", "5", "--out", "p"], ("--samples",)),
+    ([*BUILD, "--device", "cpu", "--samples", "1000000", "--out", "p"], ("--samples",)),
+    ([*BUILD, "--device", "gpu", "--out", "p"], ("--device",)),
+    ([*BUILD, "--device", "cpu", "--dataset", "mnist", "--out", "p"], ("--dataset",)),
+    ([*BUILD, "--device", "cpu", "--preset", "huge", "--out", "p"], ("--preset",)),
+]
+if not torch.cuda.is_available():
+    LATENCY_CASES += [([*MEASURE, "--device", "cuda"], ("--device cuda",)),
+                      ([*BUILD, "--device", "cuda", "--out", "p"], ("--device cuda",))]
+
+
+@pytest.mark.parametrize(("argv", "names"), LATENCY_CASES, ids=[" ".join(c[0][1:]) for c in LATENCY_CASES])
+def test_bad_latency_arguments_are_refused(argv, names):
+    _refused(argv, names, "latency")
+
+
+def test_a_latency_build_never_replaces_a_file_or_a_folder_of_something_else():
+    with tempfile.TemporaryDirectory() as d:
+        folder = Path(d)
+        (folder / "a_file").write_text("x")
+        (folder / "mine").mkdir()
+        (folder / "mine" / "notes.txt").write_text("keep me")
+        for out, names in [("a_file", ("is a file",)), ("mine", ("something other than a latency predictor",))]:
+            assert_refused([*BUILD, "--device", "cpu", "--samples", "10", "--out", out], folder, names, "latency")
+
+
 def _refused(argv: list[str], names: tuple[str, ...], kind: str) -> None:
     with tempfile.TemporaryDirectory() as d:
         assert_refused(argv, Path(d), names, kind)

@@ -1,0 +1,130 @@
+"""``mgas latency measure`` and ``mgas latency build``: a network's measured latency, and a
+device's latency predictors (``mgas_core/latency``).
+
+    mgas latency measure --arch A.json --device cpu --batch 1 --threads 1 --json
+    mgas latency build --device cpu --dataset digits --preset tiny --samples 2000 --out predictors/cpu --json
+
+Bad input (an unknown device, CUDA without a GPU, a count out of range, an architecture the
+dataset cannot build) is one line and exit status 2, before anything is timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mgas_common.errors import UserInputError
+from mgas_core.latency.measure import DEFAULT_RUNS, DEFAULT_WARMUP, LATENCY_DEVICES
+
+MAX_SAMPLES = 100_000
+
+
+def add_latency_parser(sub: argparse._SubParsersAction, datasets: tuple[str, ...], presets: list[str]) -> None:
+    latency = sub.add_parser("latency", help="measure a network's latency, or build a device's latency predictors")
+    cmds = latency.add_subparsers(dest="latency_command", required=True, parser_class=type(latency))
+
+    def timing_flags(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--device", required=True, choices=LATENCY_DEVICES, help="where to time: cpu or cuda")
+        p.add_argument("--batch", type=int, default=1, help="images per forward pass (default 1)")
+        p.add_argument("--threads", type=int, default=1, help="torch CPU threads while timing (default 1)")
+        p.add_argument("--warmup", type=int, default=None, help="untimed forward passes first")
+        p.add_argument("--runs", type=int, default=None, help="timed forward passes; the median is the latency")
+        p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    measure = cmds.add_parser("measure", help="time the evaluation network of an architecture")
+    measure.add_argument("--arch", required=True, help="darts_v1, darts_v2 or a path to an architecture JSON")
+    measure.add_argument("--dataset", choices=datasets,
+                         help="the input it is built for (default: the dataset the architecture was searched on)")
+    measure.add_argument("--channels", type=int, help="initial channels C (genotypes; default 36, imagenet 48)")
+    measure.add_argument("--layers", type=int, help="number of cells L (genotypes; default 20, imagenet 14)")
+    timing_flags(measure)
+
+    build = cmds.add_parser("build", help="sample architectures, time them, fit latency predictors")
+    build.add_argument("--dataset", required=True, choices=datasets, help="the input shape the networks take")
+    build.add_argument("--preset", default="tiny", choices=presets,
+                       help="the search and retraining shape sampled architectures are built at (default tiny)")
+    build.add_argument("--samples", type=int, default=2000, help="architectures to time (default 2000)")
+    build.add_argument("--seed", type=int, default=0, help="sampling and fitting seed (default 0)")
+    build.add_argument("--out", type=Path, required=True, help="folder for the predictors, table and samples")
+    timing_flags(build)
+
+
+def _check_timing(args: argparse.Namespace) -> None:
+    for flag, value, low in (("--batch", args.batch, 1), ("--threads", args.threads, 1),
+                             ("--runs", args.runs, 1), ("--warmup", args.warmup, 0)):
+        if value is not None and value < low:
+            raise UserInputError(f"{flag} must be at least {low}, got {value}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UserInputError("--device cuda: no CUDA device is visible to this process (allowed: cpu, cuda)")
+
+
+def check_predictor_out(out: Path) -> None:
+    """``--out`` of a build is replaced whole: it must be new, or a predictor folder an earlier
+    build wrote (never a file, or a folder of something else)."""
+    from mgas_core.latency.store import SUMMARY_FILE
+
+    if out.is_symlink() and not out.exists():
+        raise UserInputError(f"--out {out} is a broken symlink")
+    if out.exists() and not out.is_dir():
+        raise UserInputError(f"--out {out} is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / SUMMARY_FILE).is_file():
+        raise UserInputError(f"--out {out} is a folder that holds something other than a latency predictor "
+                             f"(no {SUMMARY_FILE}); a build replaces its folder whole: choose a new one")
+
+
+def measure_command(args: argparse.Namespace) -> dict[str, Any]:
+    from mgas_core.data import dataset_info
+    from mgas_core.evaluation_network import build_eval_network
+    from mgas_core.latency.measure import measure_latency
+    from mgas_core.settings.run import DataSettings
+    from mgas_core.space.architecture import resolve_architecture
+    from orchestrator.local import eval_shape
+
+    _check_timing(args)
+    arch = resolve_architecture(args.arch)
+    dataset = args.dataset or arch.meta.get("dataset")
+    if not dataset:
+        raise UserInputError(f"architecture {arch.name!r} does not say which dataset it was searched on: "
+                             f"give --dataset")
+    info = dataset_info(DataSettings(name=dataset))
+    channels, layers = eval_shape(arch, info, args.channels, args.layers)
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    net = build_eval_network(arch, info.num_classes, info.in_channels, channels, layers, auxiliary=False,
+                             variant=info.variant).to(device)
+    warmup = DEFAULT_WARMUP if args.warmup is None else args.warmup
+    runs = DEFAULT_RUNS if args.runs is None else args.runs
+    measured = measure_latency(net, info.input_shape, args.batch, device, args.threads, warmup, runs)
+    return {"arch": arch.name, "dataset": info.name, "channels": channels, "layers": layers,
+            **measured.as_dict(), "memory_format": "contiguous",
+            "measured": f"median of {runs} forward passes after {warmup} untimed, evaluation mode, no autograd, "
+                        f"{args.threads} thread(s)" + (", CUDA synchronised" if device.type == "cuda" else "")}
+
+
+def build_command(args: argparse.Namespace) -> dict[str, Any]:
+    from mgas_core.data import dataset_info
+    from mgas_core.latency.build import TimingPlan, build_predictors
+    from mgas_core.latency.sampling import SampleShape
+    from mgas_core.methods.registry import build_settings
+    from mgas_core.settings.run import DataSettings
+    from mgas_core.space.topology import NO_NONE_PRIMITIVES
+
+    _check_timing(args)
+    if not 10 <= args.samples <= MAX_SAMPLES:
+        raise UserInputError(f"--samples must be between 10 and {MAX_SAMPLES}, got {args.samples}")
+    check_predictor_out(args.out)
+    settings = build_settings(args.preset, {"data.name": args.dataset})
+    s, r = settings.search, settings.retrain
+    shape = SampleShape(s.nodes, s.channels, s.layers, r.channels or s.channels, r.layers or s.layers,
+                        NO_NONE_PRIMITIVES)
+    plan = TimingPlan(dataset_info(DataSettings(name=args.dataset)), args.device, args.threads, args.batch,
+                      3 if args.warmup is None else args.warmup, 15 if args.runs is None else args.runs)
+    report = build_predictors(shape, plan, args.samples, args.seed, args.out)
+    return {**report, "out": str(args.out)}
+
+
+def run_latency(args: argparse.Namespace) -> dict[str, Any]:
+    return {"measure": measure_command, "build": build_command}[args.latency_command](args)
