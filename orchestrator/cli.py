@@ -107,6 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--batch", type=int, help="batch size (paper: 64)")
     search.add_argument("--target-params", type=float, metavar="M",
                         help="target size in millions of (nonzero) parameters of the derived model")
+    search.add_argument("--latency-predictor", metavar="DIR",
+                        help="add a latency term to the search loss, predicted by this device's predictor "
+                             "(a folder written by `mgas latency build`; DARTS, MSG-DAS)")
+    search.add_argument("--target-latency-ms", type=float, metavar="MS",
+                        help="with --latency-predictor: only an architecture slower than this pays the term")
+    search.add_argument("--latency-coefficient", type=float, metavar="C",
+                        help="balancing coefficient of the latency term (default 0.1)")
     add_method_flags(search)
     search.add_argument("--impl", choices=("fast", "reference"), help="supernet implementation (default fast)")
     search.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt if present")
@@ -186,6 +193,8 @@ SHARED_SEARCH_FLAGS = {
     "dataset": "data.name", "data_root": "data.root", "seed": "seed", "device": "device", "threads": "threads",
     "method": "search.method", "epochs": "search.epochs", "layers": "search.layers", "channels": "search.channels",
     "batch": "search.batch_size", "target_params": "search.target_params", "impl": "search.impl",
+    "latency_predictor": "search.latency.predictor", "target_latency_ms": "search.latency.target_ms",
+    "latency_coefficient": "search.latency.coefficient",
 }
 
 

@@ -22,6 +22,7 @@ from mgas_core.engine.search_state import check_search_checkpoint, checkpoint_pa
 from mgas_core.evaluation_network import build_eval_network, check_weight_masks, masked_count
 from mgas_core.files.atomic import atomic_write_text
 from mgas_core.files.checkpoints import PREVIOUS_SUFFIX, load_first_good, save_checkpoint_keeping_previous
+from mgas_core.latency.measure import measure_latency
 from mgas_core.methods.registry import search_augment_for
 from mgas_core.metrics import count_flops, count_params
 from mgas_core.settings.run import RunSettings
@@ -79,6 +80,23 @@ def derived_size(arch: Architecture, settings: RunSettings, info: DatasetInfo) -
     count = count_params(net)
     return {"params": count.dense, "nonzero_params": count.nonzero, "params_m": count.dense_m,
             "nonzero_params_m": count.nonzero_m, "channels": channels, "layers": layers}
+
+
+def derived_latency(arch: Architecture, settings: RunSettings, info: DatasetInfo,
+                    device: torch.device) -> dict[str, Any]:
+    """The measured latency of the network ``mgas train`` would build for ``arch`` (untrained
+    weights: the time does not depend on their values), on this device with this process's
+    threads (``retrain.latency_batch``, ``retrain.latency_runs``; none when the runs are 0)."""
+    cfg = settings.retrain
+    if not cfg.latency_runs:
+        return {}
+    channels, layers = retrain_shape(arch, cfg, info)
+    torch.manual_seed(0)
+    net = build_eval_network(arch, info.num_classes, info.in_channels, channels, layers, auxiliary=False,
+                             variant=info.variant).to(device)
+    measured = measure_latency(net, info.input_shape, cfg.latency_batch, device, torch.get_num_threads(),
+                               runs=cfg.latency_runs)
+    return measured.row_fields()
 
 
 def _resume_state(ckpt: Path, settings: RunSettings) -> tuple[dict[str, Any] | None, list[str]]:
@@ -156,6 +174,7 @@ def write_search_outputs(result: SearchResult, settings: RunSettings, info: Data
         "device": str(device),
         "epochs_run": len(result.history),
         **derived_size(result.arch, settings, info),
+        **derived_latency(result.arch, settings, info, device),
         **result.summary,
         "events": result.events,
     }

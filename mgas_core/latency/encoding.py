@@ -69,6 +69,22 @@ def _fraction(ids: object, width: int) -> float:
     return len(ids) / width if isinstance(ids, list | tuple) else 1.0
 
 
+def assemble(ops: Tensor, cells: Tensor, channels: int, layers: int) -> Tensor:
+    """The vector from its parts: ``ops`` [space layers, edges, ops, 3] and ``cells`` [space layers,
+    3] (rows past ``layers`` zero), then the shape. Differentiable in ``ops`` and ``cells``."""
+    shape = torch.tensor([math.log2(channels), float(layers)], dtype=ops.dtype, device=ops.device)
+    return torch.cat([torch.cat([ops.flatten(1), cells], dim=1).flatten(), shape])
+
+
+def cell_rows(space: EncodingSpace, layers: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    """The ``cells`` part of a full-width network: both pre-processing convs whole, the reductions flagged."""
+    cells = torch.zeros(space.layers, CELL_FEATURES, dtype=dtype)
+    cells[:layers, :2] = 1.0
+    for i in reduction_cells(layers):
+        cells[i, 2] = 1.0
+    return cells
+
+
 def encode(arch: Architecture, space: EncodingSpace, channels: int, layers: int) -> Tensor:
     """The encoding of ``arch`` built at ``channels`` x ``layers`` (float32, ``space.size``)."""
     problem = space.problem(arch, layers)
@@ -77,9 +93,8 @@ def encode(arch: Architecture, space: EncodingSpace, channels: int, layers: int)
     topology = CellTopology(space.nodes)
     edge_of = {(e.source, e.node): e.index for e in topology.edges}
     op_index = {p: i for i, p in enumerate(space.primitives)}
-    n_ops = len(space.primitives)
-    ops = torch.zeros(space.layers, space.edges, n_ops, OP_FEATURES)
-    cells = torch.zeros(space.layers, CELL_FEATURES)
+    ops = torch.zeros(space.layers, space.edges, len(space.primitives), OP_FEATURES)
+    cells = cell_rows(space, layers)
     reductions = set(reduction_cells(layers))
     width = channels
     for i, cell in enumerate(arch.cells_for(layers)):
@@ -93,6 +108,4 @@ def encode(arch: Architecture, space: EncodingSpace, channels: int, layers: int)
             ops[i, e, o, 2] = mid / width if isinstance(mid, int) else 1.0
         for k, pre in enumerate(cell.preprocess):
             cells[i, k] = _fraction((pre or {}).get("out"), width)
-        cells[i, 2] = float(i in reductions)
-    shape = torch.tensor([math.log2(channels), float(layers)])
-    return torch.cat([torch.cat([ops.flatten(1), cells], dim=1).flatten(), shape])
+    return assemble(ops, cells, channels, layers)

@@ -1,7 +1,7 @@
 """Timing a network's forward pass: what a latency is, and the conditions it is valid for.
 
 A latency is the median wall time of ``runs`` forward passes of the network in evaluation mode
-(``torch.inference_mode``) on one fixed input, after ``warmup`` untimed passes, with the CPU
+(``torch.no_grad``) on one fixed input, after ``warmup`` untimed passes, with the CPU
 threads fixed for the measurement (restored afterwards) and, on CUDA, the device synchronised
 before each pass starts and after it ends. It holds only for what it was measured under
 (:class:`LatencyConditions`: the device and its name, torch's version, the threads, the batch and
@@ -122,7 +122,9 @@ def fixed_threads(threads: int) -> Iterator[None]:
 
 def time_calls(call: Callable[[], object], device: torch.device, warmup: int, runs: int) -> list[float]:
     """Milliseconds of each of ``runs`` timed calls of ``call`` after ``warmup`` untimed ones, with
-    no autograd; on CUDA the device is synchronised before and after every timed call."""
+    no autograd (``no_grad``: inference-mode tensors would end up in caches a later backward
+    reads, such as the CPU conv rewrite's tap index); on CUDA the device is synchronised before
+    and after every timed call."""
     cuda = device.type == "cuda"
 
     def sync() -> None:
@@ -130,7 +132,7 @@ def time_calls(call: Callable[[], object], device: torch.device, warmup: int, ru
             torch.cuda.synchronize(device)
 
     times: list[float] = []
-    with torch.inference_mode():
+    with torch.no_grad():  # not inference_mode: its tensors would poison caches autograd reads later
         for _ in range(warmup):
             call()
         for _ in range(runs):

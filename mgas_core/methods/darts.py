@@ -19,6 +19,7 @@ from torch import Tensor
 from torch.func import functional_call
 
 from mgas_core.data import Batch, DatasetInfo
+from mgas_core.latency.cost import add_latency_grads, latency_cost, latency_figures
 from mgas_core.methods.protocol import MethodStyle, SearchMethod, accuracy, clip_and_step, cosine_lr, frozen, set_lr
 from mgas_core.methods.registry import register_method
 from mgas_core.settings.run import SearchSettings
@@ -49,6 +50,7 @@ class Darts(SearchMethod):
     style = MethodStyle("DARTS", "#1f77b4", "o")
     benchmark_overrides = {"search.darts.order": 1}  # the official comparison's and the paper's cost figure's step
     reference_impl = True
+    takes_latency_cost = True
 
     def __init__(self, settings: SearchSettings, info: DatasetInfo, device: torch.device, seed: int) -> None:
         super().__init__(settings, info, device, seed)
@@ -59,6 +61,8 @@ class Darts(SearchMethod):
                                      momentum=settings.w_momentum, weight_decay=settings.w_weight_decay)
         self.a_opt = torch.optim.Adam(self.model.arch_parameters(), lr=cfg.alpha_lr, betas=cfg.alpha_betas,
                                       weight_decay=cfg.alpha_weight_decay)
+        self.latency = latency_cost(settings, info, device, self.primitives)
+        self.latency_ms: float | None = None
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"weights": self.w_opt, "alphas": self.a_opt}
@@ -84,6 +88,7 @@ class Darts(SearchMethod):
                 with frozen(self.model.weight_parameters()), self.autocast():
                     loss_a = F.cross_entropy(self.model(xa), ya)
                     grads = list(torch.autograd.grad(loss_a, self.model.arch_parameters(), materialize_grads=True))
+            self.latency_ms = add_latency_grads(self.latency, self.model.arch_parameters(), grads)
             for p, g in zip(self.model.arch_parameters(), grads):
                 p.grad = g
             self.a_opt.step()
@@ -147,4 +152,14 @@ class Darts(SearchMethod):
         return self.model.derive(f"darts_seed{self.seed}")
 
     def log_metrics(self) -> dict[str, Any]:
-        return {"w_lr": self.lr}
+        return {"w_lr": self.lr, **latency_figures(self.latency, self.latency_ms)}
+
+    def summary(self) -> dict[str, Any]:
+        return latency_figures(self.latency, self.latency_ms, self.derive())
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"latency": self.latency.state_dict()} if self.latency else {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        if self.latency and "latency" in state:
+            self.latency.load_state_dict(state["latency"])

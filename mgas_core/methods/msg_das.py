@@ -30,6 +30,7 @@ from pydantic import Field
 from torch import Tensor
 
 from mgas_core.data import Batch, DatasetInfo
+from mgas_core.latency.cost import add_latency_grads, latency_cost, latency_figures
 from mgas_core.methods.protocol import MethodStyle, SearchMethod, accuracy, clip_and_step, cosine_lr, frozen, set_lr
 from mgas_core.methods.registry import register_method
 from mgas_core.nn.ops import Identity
@@ -92,6 +93,7 @@ class MsgDas(SearchMethod):
     presets = {"tiny": {"search.msg_das.alpha_lr": 0.03}}
     cli_flags = {"subgraphs": "sub-graphs K per step (memory/quality knob)"}
     style = MethodStyle("MSG-DAS", "#2ca02c", "^")
+    takes_latency_cost = True
     result_fields = ("subgraphs",)
 
     @classmethod
@@ -116,6 +118,8 @@ class MsgDas(SearchMethod):
                     edge.ops[skip] = DropBlockIdentity(cfg.dropblock_size)
                     self.dropblocks.append(edge.ops[skip])
         self.model = SharedAlphaModel(net, self.cfg.alpha_init_std).to(device)
+        self.latency = latency_cost(settings, info, device, self.primitives)
+        self.latency_ms: float | None = None
         self.w_opt = torch.optim.SGD(self.model.weight_parameters(), lr=settings.w_lr,
                                      momentum=settings.w_momentum, weight_decay=settings.w_weight_decay)
         self.a_opt = torch.optim.Adam(self.model.arch_parameters(), lr=cfg.alpha_lr, betas=cfg.alpha_betas,
@@ -179,7 +183,8 @@ class MsgDas(SearchMethod):
             self.a_opt.zero_grad(set_to_none=True)
             with frozen(self.model.weight_parameters()):  # no weight gradient: none of its inputs kept
                 loss_a, _ = self.subgraph_loss(xa, ya)
-                grads = torch.autograd.grad(loss_a, self.model.arch_parameters(), materialize_grads=True)
+                grads = list(torch.autograd.grad(loss_a, self.model.arch_parameters(), materialize_grads=True))
+            self.latency_ms = add_latency_grads(self.latency, self.model.arch_parameters(), grads)
             for p, g in zip(self.model.arch_parameters(), grads):
                 p.grad = g
             self.a_opt.step()
@@ -198,14 +203,19 @@ class MsgDas(SearchMethod):
         return self.model.derive(f"msg_das_seed{self.seed}")
 
     def log_metrics(self) -> dict[str, Any]:
-        return {"tau": self.tau, "w_lr": self.lr, "dropblock_rate": self.dropblocks[0].rate if self.dropblocks else 0.0}
+        return {"tau": self.tau, "w_lr": self.lr, "dropblock_rate": self.dropblocks[0].rate if self.dropblocks else 0.0,
+                **latency_figures(self.latency, self.latency_ms)}
 
     def summary(self) -> dict[str, Any]:
-        return {"subgraphs": self.cfg.subgraphs, "teacher": self.cfg.teacher}
+        return {"subgraphs": self.cfg.subgraphs, "teacher": self.cfg.teacher,
+                **latency_figures(self.latency, self.latency_ms, self.derive())}
 
     def extra_state(self) -> dict[str, Any]:
-        return {"generator": self.generator.get_state()}
+        return {"generator": self.generator.get_state(), **({"latency": self.latency.state_dict()} if self.latency
+                                                           else {})}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         self.generator.set_state(state["generator"])
+        if self.latency and "latency" in state:
+            self.latency.load_state_dict(state["latency"])
 

@@ -69,6 +69,7 @@ class SearchMethod(ABC):
     settings_model: ClassVar[type[BaseModel] | None] = None
     """The method's own settings group, validated as ``search.<name>.*`` (None: it has none)."""
     reference_impl: ClassVar[bool] = False
+    takes_latency_cost: ClassVar[bool] = False  # search.latency.predictor: a latency term in its loss
     """True when the method also runs on the reference supernet (``search.impl: reference``)."""
     result_fields: ClassVar[tuple[str, ...]] = ()
     """Fields of the method's settings group recorded as result columns of the same name."""

@@ -162,6 +162,10 @@ class RegisteredSearchSettings(SearchSettings):
                 allowed = [n for n, m in METHOD_REGISTRY.items() if m.reference_impl]
                 raise SettingConflict("impl", f"impl 'reference' exists for {', '.join(allowed)}, not for "
                                               f"{self.method!r}; allowed for {self.method}: fast")
+            if self.latency.predictor is not None and not method.takes_latency_cost:
+                allowed = [n for n, m in METHOD_REGISTRY.items() if m.takes_latency_cost]
+                raise SettingConflict("latency.predictor", f"method {self.method!r} cannot take a latency cost yet; "
+                                                           f"the methods that can: {', '.join(allowed)}")
             if self.checkpoint_cells and self.impl == "reference":
                 raise SettingConflict("checkpoint_cells", "checkpoint_cells needs impl fast (the reference "
                                                           "supernet mirrors the official code)")

@@ -66,6 +66,17 @@ class DataSettings(Strict):
     synthetic: SyntheticShape = SyntheticShape()
 
 
+class LatencyCostSettings(Strict):
+    """A latency term in the search loss (``mgas_core/latency/cost.py``), for the methods that take it."""
+
+    predictor: str | None = Field(None, min_length=1, max_length=4096,
+                                  description="folder of a device's latency predictor (mgas latency build); set, "
+                                              "the search adds the latency term")
+    target_ms: float | None = Field(None, gt=0, le=1e7, description="latency target (ms): only a slower "
+                                                                    "architecture pays the term")
+    coefficient: float = Field(0.1, ge=0, le=1e6, description="balancing coefficient of the latency term")
+
+
 class SearchSettings(Strict):
     """The settings every search shares. The method registry derives the model runs use from it
     (:func:`mgas_core.methods.registry.search_settings_model`): one field per registered method's
@@ -90,6 +101,7 @@ class SearchSettings(Strict):
         "auto", description="activation layout; auto = channels_last (measured faster on CPU and GPU)")
     precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 autocast of the forward pass (CUDA)")
     checkpoint_cells: bool = Field(False, description="recompute each cell in backward to save activation memory")
+    latency: LatencyCostSettings = LatencyCostSettings()
 
     @field_validator("channels")
     @classmethod
@@ -101,6 +113,9 @@ class SearchSettings(Strict):
     @model_validator(mode="after")
     def _lr_range(self) -> SearchSettings:
         check_lr_floor(self, "w_lr", "w_lr_min")
+        if self.latency.target_ms is not None and self.latency.predictor is None:
+            raise field_error("latency.target_ms", "latency.target_ms needs latency.predictor (a folder written by "
+                              "`mgas latency build`)", self.latency.target_ms, "SearchSettings")
         return self
 
 

@@ -233,3 +233,75 @@ def test_mgas_latency_measure_prints_the_latency_and_what_it_holds_for(capsys):
     assert (out["batch"], out["threads"], out["input_shape"], out["device"]) == (2, 1, [1, 8, 8], "cpu")
     assert (out["channels"], out["layers"], out["dataset"]) == (8, 4, "digits")
     assert "median of 5 forward passes" in out["measured"]
+
+
+def _smoke_predictor(tmp_path, count: int = 40):
+    """A predictor for the smoke preset's shape (synthetic 3x8x8, 2-node cells), built here."""
+    from tests.conftest import tiny
+
+    s = tiny()
+    info = DatasetInfo("synthetic", s.data.synthetic.classes, s.data.synthetic.channels, s.data.synthetic.size,
+                       "cifar")
+    shape = SampleShape(s.search.nodes, s.search.channels, s.search.layers, s.retrain.channels or 4,
+                        s.retrain.layers or 3, NO_NONE_PRIMITIVES)
+    out = tmp_path / "predictor"
+    build_predictors(shape, TimingPlan(info, "cpu", 1, 1, warmup=0, runs=3), count=count, seed=0, out=out)
+    return out, info
+
+
+def test_the_expected_encoding_of_decided_alphas_is_the_derived_genotypes(tmp_path):
+    from mgas_core.latency.cost import LatencyCost
+    from mgas_core.space.genotype import derive_genotype
+    from mgas_core.space.topology import DARTS_PRIMITIVES
+
+    folder, info = _smoke_predictor(tmp_path)
+    cost = LatencyCost(str(folder), 1.0, None, info, CPU, DARTS_PRIMITIVES, nodes=2)
+    topology = CellTopology(2)
+    g = torch.Generator().manual_seed(0)
+    alphas = []
+    for _ in range(2):  # per node two edges far ahead of the rest, each with one op far ahead of the others
+        a = torch.full((topology.num_edges, len(DARTS_PRIMITIVES)), -30.0)
+        for node_slice in topology.node_edges:
+            edges = list(range(node_slice.start, node_slice.stop))
+            for e in [edges[i] for i in torch.randperm(len(edges), generator=g)[:2].tolist()]:
+                a[e, 1 + int(torch.randint(0, 7, (1,), generator=g))] = 30.0
+        alphas.append(a)
+    weights = [torch.softmax(a, -1) for a in alphas]
+    genotype = derive_genotype(weights[0], weights[1], DARTS_PRIMITIVES, topology, "g")
+    expected = cost.expected_encoding(*alphas)
+    exact = encode(genotype, cost.predictor.space, cost.channels, cost.layers)
+    assert torch.allclose(expected, exact, atol=1e-6)
+    assert cost.architecture_ms(genotype) == pytest.approx(float(cost.predicted_ms(*alphas)), rel=1e-4)
+    soft = [torch.zeros_like(alphas[0]).requires_grad_(True), torch.zeros_like(alphas[1]).requires_grad_(True)]
+    cost.term(cost.predicted_ms(*soft)).backward()  # the first call sets the reference: term 0, gradient not
+    assert soft[0].grad is not None and bool(soft[0].grad.abs().sum() > 0)
+
+
+def test_a_darts_search_with_a_latency_cost_moves_toward_faster_architectures(tmp_path):
+    from mgas_core.methods import create_method
+    from tests.conftest import search_until, tiny
+
+    folder, _ = _smoke_predictor(tmp_path)
+    predicted = {}
+    for coefficient in (0.0, 20.0):
+        settings = tiny(search__method="darts", search__epochs=3, search__latency__predictor=str(folder),
+                        search__latency__coefficient=coefficient, search__darts__alpha_lr=0.05)
+        result = search_until(settings)
+        summary = result.summary
+        assert summary["latency_coefficient"] == coefficient and summary["target_latency_ms"] is None
+        assert all(r["latency_pred_ms"] > 0 for r in result.history)
+        predicted[coefficient] = result.history[-1]["latency_pred_ms"]
+    assert predicted[20.0] < predicted[0.0]
+    with pytest.raises(Exception, match="cannot take a latency cost yet; the methods that can: darts, msg_das"):
+        tiny(search__method="gold_nas", search__latency__predictor=str(folder))
+    with pytest.raises(Exception, match=r"latency\.target_ms needs latency\.predictor"):
+        tiny(search__method="darts", search__latency__target_ms=3.0)
+    with pytest.raises(Exception, match="greater than 0"):
+        tiny(search__method="darts", search__latency__predictor=str(folder), search__latency__target_ms=-1.0)
+    elsewhere = tiny(search__method="darts", search__latency__predictor=str(folder),
+                     data__synthetic__size=16)  # another input shape than the predictor's
+    from mgas_common.errors import UserInputError
+    from mgas_core.data import load_splits
+
+    with pytest.raises(UserInputError, match="input_shape is 3x16x16 here, 3x8x8 where it was measured"):
+        create_method(elsewhere.search, load_splits(elsewhere.data).info, CPU, 0)

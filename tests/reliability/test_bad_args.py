@@ -137,6 +137,12 @@ LATENCY_CASES = [
     ([*BUILD, "--device", "gpu", "--out", "p"], ("--device",)),
     ([*BUILD, "--device", "cpu", "--dataset", "mnist", "--out", "p"], ("--dataset",)),
     ([*BUILD, "--device", "cpu", "--preset", "huge", "--out", "p"], ("--preset",)),
+    ([*SEARCH, "--latency-predictor", "no_such_dir"], ("not a latency predictor folder",)),
+    ([*SEARCH[:2], "gold_nas", *SEARCH[3:], "--latency-predictor", "p"], ("cannot take a latency cost",)),
+    ([*SEARCH, "--latency-predictor", "p", "--target-latency-ms", "-1"], ("search.latency.target_ms",)),
+    ([*SEARCH, "--latency-predictor", "p", "--target-latency-ms", "nan"], ("search.latency.target_ms",)),
+    ([*SEARCH, "--target-latency-ms", "5"], ("latency.target_ms needs latency.predictor",)),
+    ([*SEARCH, "--latency-predictor", "p", "--latency-coefficient", "-0.5"], ("search.latency.coefficient",)),
 ]
 if not torch.cuda.is_available():
     LATENCY_CASES += [([*MEASURE, "--device", "cuda"], ("--device cuda",)),
