@@ -8,6 +8,7 @@ with embedded Ray, a ``retrain.compile`` this machine has no compiler for.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 from mgas_common.errors import UserInputError
@@ -77,5 +78,33 @@ def check_local_compile(trials: list[dict[str, Any]]) -> None:
         device = torch.device("cuda" if gpu else "cpu")
         try:
             check_compile(retrain["compile"], retrain["compile_backend"], device)
+        except UserInputError as exc:
+            raise UserInputError(f"trial {trial['trial_id']}: {exc}") from None
+
+
+def check_local_latency(trials: list[dict[str, Any]]) -> None:
+    """Refuse, before embedded Ray starts, a trial whose latency predictor is missing, unreadable
+    or built for another device, torch, input shape or cell (each trial on a cluster checks its
+    own node when its search starts: a failed trial)."""
+    import torch
+
+    from mgas_core.data import dataset_info
+    from mgas_core.latency.cost import LatencyCost
+    from mgas_core.latency.store import resolve_predictor_dir
+    from mgas_core.methods.registry import get_method
+    from mgas_core.settings.run import DataSettings
+
+    for trial in trials:
+        search = trial["settings"]["search"]
+        cfg = search.get("latency") or {}
+        if not cfg.get("predictor"):
+            continue
+        named = trial["settings"]["device"]
+        gpu = named == "cuda" or (named == "auto" and bool(trial["resources"].get("gpu")))
+        info = dataset_info(DataSettings.model_validate(trial["settings"]["data"]))
+        try:
+            LatencyCost(resolve_predictor_dir(cfg["predictor"], Path.cwd()), cfg["coefficient"], cfg.get("target_ms"),
+                        info, torch.device("cuda" if gpu else "cpu"), get_method(search["method"]).primitives,
+                        search["nodes"])
         except UserInputError as exc:
             raise UserInputError(f"trial {trial['trial_id']}: {exc}") from None

@@ -158,7 +158,13 @@ def run_sweep(spec: ExperimentSpec, trials: list[dict[str, Any]], uri: str, addr
 
     from orchestrator.callbacks import MlflowCallback, ResultsWriter, SweepProgress
     from orchestrator.collect import saved_from_grid, write_results
-    from orchestrator.preflight import check_capacity, check_local_compile, cluster_nodes, local_node
+    from orchestrator.preflight import (
+        check_capacity,
+        check_local_compile,
+        check_local_latency,
+        cluster_nodes,
+        local_node,
+    )
     from orchestrator.ray_runtime import (
         callbacks_untagged,
         check_cluster,
@@ -178,6 +184,7 @@ def run_sweep(spec: ExperimentSpec, trials: list[dict[str, Any]], uri: str, addr
     if not address and not ray_is_running():  # before Ray starts
         check_capacity(spec.resources, methods, [local_node()], "this machine (embedded Ray)")
         check_local_compile(trials)
+        check_local_latency(trials)
     embedded = init_ray(address, dashboard, dashboard_host, runtime_env)
     try:
         check_capacity(spec.resources, methods, cluster_nodes(), "this machine (embedded Ray)" if embedded

@@ -10,6 +10,7 @@ conditions, the held-out errors, how long it took).
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,3 +85,10 @@ def load_predictor(folder: str | Path, here: LatencyConditions | None = None, ki
             raise UserInputError(f"latency predictor {folder} does not hold here: {problem}; build one here with "
                                  f"`mgas latency build`")
     return predictor
+
+
+def resolve_predictor_dir(path: str, base_dir: Path) -> str:
+    """A predictor folder as the trial sees it: ``~`` is this machine's home, a relative folder is
+    relative to ``base_dir`` (where ``mgas run`` was started)."""
+    folder = Path(os.path.expanduser(path))
+    return str(folder if folder.is_absolute() else (base_dir / folder).resolve())
