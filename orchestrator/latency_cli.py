@@ -48,16 +48,19 @@ def add_latency_parser(sub: argparse._SubParsersAction, datasets: tuple[str, ...
                        help="the search and retraining shape sampled architectures are built at (default tiny)")
     build.add_argument("--samples", type=int, default=2000, help="architectures to time (default 2000)")
     build.add_argument("--seed", type=int, default=0, help="sampling and fitting seed (default 0)")
-    build.add_argument("--out", type=Path, required=True, help="folder for the predictors, table and samples")
+    build.add_argument("--out", type=Path, required=True, help="folder for the predictors, table and samples (with "
+                       "--address: one folder per node type below it, on storage every node reads)")
+    build.add_argument("--address", help="a Ray cluster: every node type times the samples on its own hardware")
     timing_flags(build)
 
 
-def _check_timing(args: argparse.Namespace) -> None:
+def _check_timing(args: argparse.Namespace, here: bool = True) -> None:
+    """The counts in range; with ``here`` (timing in this process), a CUDA device to time on."""
     for flag, value, low in (("--batch", args.batch, 1), ("--threads", args.threads, 1),
                              ("--runs", args.runs, 1), ("--warmup", args.warmup, 0)):
         if value is not None and value < low:
             raise UserInputError(f"{flag} must be at least {low}, got {value}")
-    if args.device == "cuda" and not torch.cuda.is_available():
+    if here and args.device == "cuda" and not torch.cuda.is_available():
         raise UserInputError("--device cuda: no CUDA device is visible to this process (allowed: cpu, cuda)")
 
 
@@ -109,19 +112,29 @@ def build_command(args: argparse.Namespace) -> dict[str, Any]:
     from mgas_core.latency.build import TimingPlan, build_predictors
     from mgas_core.latency.sampling import SampleShape
     from mgas_core.methods.registry import build_settings
-    from mgas_core.settings.run import DataSettings
     from mgas_core.space.topology import NO_NONE_PRIMITIVES
 
-    _check_timing(args)
     if not 10 <= args.samples <= MAX_SAMPLES:
         raise UserInputError(f"--samples must be between 10 and {MAX_SAMPLES}, got {args.samples}")
-    check_predictor_out(args.out)
+    _check_timing(args, here=args.address is None)
+    if args.address is None:
+        check_predictor_out(args.out)
+    elif args.out.exists() and not args.out.is_dir():
+        raise UserInputError(f"--out {args.out} is a file, not a folder")
     settings = build_settings(args.preset, {"data.name": args.dataset})
     s, r = settings.search, settings.retrain
     shape = SampleShape(s.nodes, s.channels, s.layers, r.channels or s.channels, r.layers or s.layers,
                         NO_NONE_PRIMITIVES)
-    plan = TimingPlan(dataset_info(DataSettings(name=args.dataset)), args.device, args.threads, args.batch,
+    plan = TimingPlan(dataset_info(settings.data), args.device, args.threads, args.batch,
                       3 if args.warmup is None else args.warmup, 15 if args.runs is None else args.runs)
+    if args.address is not None:
+        from orchestrator.latency_cluster import build_on_cluster
+        from orchestrator.ray_runtime import init_ray
+        from orchestrator.reachability import check_ray_address
+
+        init_ray(check_ray_address(args.address))  # an address that does not answer: one line within seconds
+        reports = build_on_cluster(shape, plan, args.samples, args.seed, args.out)
+        return {"out": str(args.out), "types": reports}
     report = build_predictors(shape, plan, args.samples, args.seed, args.out)
     return {**report, "out": str(args.out)}
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,8 +29,8 @@ from torch import Tensor
 from mgas_common.errors import UserInputError
 from mgas_core.data import DatasetInfo
 from mgas_core.latency.encoding import OP_FEATURES, assemble, cell_rows, encode
-from mgas_core.latency.measure import LatencyConditions
-from mgas_core.latency.store import SUMMARY_FILE, load_predictor
+from mgas_core.latency.measure import HARDWARE_FIELDS, LatencyConditions
+from mgas_core.latency.store import SUMMARY_FILE, load_predictor, predictor_folder
 from mgas_core.settings.run import SearchSettings
 from mgas_core.space.architecture import Architecture
 from mgas_core.space.topology import CellTopology, reduction_cells
@@ -42,11 +41,9 @@ class LatencyCost:
 
     def __init__(self, predictor_dir: str, coefficient: float, target_ms: float | None, info: DatasetInfo,
                  device: torch.device, primitives: Sequence[str], nodes: int) -> None:
-        folder = Path(predictor_dir)
-        stored = load_predictor(folder)
-        here = LatencyConditions.current(device, stored.conditions.threads, stored.conditions.batch,
-                                         info.input_shape)
-        self.predictor = load_predictor(folder, here)  # refused in one line where it does not hold
+        here = LatencyConditions.current(device, 1, 1, info.input_shape)  # threads, batch: the predictor's
+        folder = predictor_folder(predictor_dir, here)  # a build's root: the folder of this device
+        self.predictor = load_predictor(folder, here, fields=HARDWARE_FIELDS)  # refused in one line elsewhere
         space = self.predictor.space
         if space.nodes != nodes:
             raise UserInputError(f"latency predictor {folder} describes cells of {space.nodes} nodes, this search's "

@@ -45,6 +45,12 @@ def device_name(device: torch.device) -> str:
     return cpu_model_name()
 
 
+CONDITION_FIELDS = ("device", "device_name", "torch_version", "threads", "batch", "input_shape")
+HARDWARE_FIELDS = ("device", "device_name", "torch_version", "input_shape")
+"""What a search's predictor must match where the search runs (threads and batch are what the
+predictor predicts for, stated with it)."""
+
+
 @dataclass(frozen=True)
 class LatencyConditions:
     """What a latency (or a predictor of it) holds for."""
@@ -71,9 +77,10 @@ class LatencyConditions:
         return cls(str(data["device"]), str(data["device_name"]), str(data["torch_version"]), int(data["threads"]),
                    int(data["batch"]), tuple(int(v) for v in data["input_shape"]))  # type: ignore[arg-type]
 
-    def mismatch(self, other: LatencyConditions) -> str | None:
-        """Why a latency measured under ``self`` does not hold under ``other`` (one line), or None."""
-        for name in ("device", "device_name", "torch_version", "threads", "batch", "input_shape"):
+    def mismatch(self, other: LatencyConditions, fields: tuple[str, ...] = CONDITION_FIELDS) -> str | None:
+        """Why a latency measured under ``other`` does not hold under ``self`` (one line), or None;
+        ``fields``: the conditions compared."""
+        for name in fields:
             mine, theirs = getattr(self, name), getattr(other, name)
             if mine != theirs:
                 return f"{name} is {_show(mine)} here, {_show(theirs)} where it was measured"

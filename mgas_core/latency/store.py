@@ -21,7 +21,7 @@ import torch
 from mgas_common.errors import UserInputError
 from mgas_core.files.atomic import atomic_directory
 from mgas_core.latency.lookup import LookupTable
-from mgas_core.latency.measure import LatencyConditions
+from mgas_core.latency.measure import CONDITION_FIELDS, HARDWARE_FIELDS, LatencyConditions
 from mgas_core.latency.predictor import LatencyPredictor
 from mgas_core.space.architecture import Architecture, architecture_from_json
 
@@ -63,9 +63,11 @@ def load_samples(folder: Path) -> list[TimedSample]:
     return out
 
 
-def load_predictor(folder: str | Path, here: LatencyConditions | None = None, kind: str = "mlp") -> LatencyPredictor:
+def load_predictor(folder: str | Path, here: LatencyConditions | None = None, kind: str = "mlp",
+                   fields: tuple[str, ...] = CONDITION_FIELDS) -> LatencyPredictor:
     """The ``kind`` predictor of ``folder``; with ``here``, refused in one line unless it was built
-    under the same conditions (device, device name, torch version, threads, batch, input shape)."""
+    under the same conditions (``fields``: by default device, device name, torch version, threads,
+    batch, input shape)."""
     folder = Path(folder)
     path = folder / PREDICTOR_FILE
     if kind not in PREDICTOR_KINDS:
@@ -80,7 +82,7 @@ def load_predictor(folder: str | Path, here: LatencyConditions | None = None, ki
         raise UserInputError(f"{path} cannot be read as a latency predictor: {type(exc).__name__}: "
                              f"{' '.join(str(exc).split())[:200]}") from None
     if here is not None:
-        problem = here.mismatch(predictor.conditions)
+        problem = here.mismatch(predictor.conditions, fields)
         if problem:
             raise UserInputError(f"latency predictor {folder} does not hold here: {problem}; build one here with "
                                  f"`mgas latency build`")
@@ -92,3 +94,26 @@ def resolve_predictor_dir(path: str, base_dir: Path) -> str:
     relative to ``base_dir`` (where ``mgas run`` was started)."""
     folder = Path(os.path.expanduser(path))
     return str(folder if folder.is_absolute() else (base_dir / folder).resolve())
+
+
+def predictor_folder(root: str | Path, here: LatencyConditions) -> Path:
+    """The predictor folder for ``here``: ``root`` itself when it is one, else the one folder below
+    it (``mgas latency build --address`` writes one per node type) built on this device, torch
+    and input shape; none is one line naming what there is."""
+    root = Path(root)
+    if (root / PREDICTOR_FILE).is_file() or not root.is_dir():
+        return root
+    candidates = sorted(p.parent for p in root.glob(f"*/{PREDICTOR_FILE}"))
+    built = []
+    for folder in candidates:
+        try:
+            conditions = LatencyConditions.from_dict(json.loads((folder / SUMMARY_FILE).read_text()))
+        except (OSError, ValueError, KeyError, TypeError):
+            conditions = load_predictor(folder).conditions
+        if here.mismatch(conditions, HARDWARE_FIELDS) is None:
+            return folder
+        built.append(f"{conditions.device}: {conditions.device_name} (torch {conditions.torch_version}, "
+                     f"input {'x'.join(map(str, conditions.input_shape))})")
+    where = "; ".join(built) if built else "no predictor folder"
+    raise UserInputError(f"no latency predictor in {root} for {here.device}: {here.device_name} (torch "
+                         f"{here.torch_version}, input {'x'.join(map(str, here.input_shape))}); it holds: {where}")
