@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="target size in millions of (nonzero) parameters of the derived model")
     search.add_argument("--latency-predictor", metavar="DIR",
                         help="add a latency term to the search loss, predicted by this device's predictor "
-                             "(a folder written by `mgas latency build`; DARTS, MSG-DAS)")
+                             "(a folder written by `mgas latency build`; DARTS, MSG-DAS, GOLD-NAS)")
     search.add_argument("--target-latency-ms", type=float, metavar="MS",
                         help="with --latency-predictor: only an architecture slower than this pays the term")
     search.add_argument("--latency-coefficient", type=float, metavar="C",

@@ -29,10 +29,11 @@ from torch import Tensor
 from mgas_common.errors import UserInputError
 from mgas_core.data import DatasetInfo
 from mgas_core.latency.encoding import OP_FEATURES, assemble, cell_rows, encode
+from mgas_core.latency.lookup import LookupTable
 from mgas_core.latency.measure import HARDWARE_FIELDS, LatencyConditions
-from mgas_core.latency.store import SUMMARY_FILE, load_predictor, predictor_folder
+from mgas_core.latency.store import SUMMARY_FILE, TABLE_FILE, load_predictor, predictor_folder
 from mgas_core.settings.run import SearchSettings
-from mgas_core.space.architecture import Architecture
+from mgas_core.space.architecture import Architecture, CellArch, OpSpec
 from mgas_core.space.topology import CellTopology, reduction_cells
 
 
@@ -44,6 +45,8 @@ class LatencyCost:
         here = LatencyConditions.current(device, 1, 1, info.input_shape)  # threads, batch: the predictor's
         folder = predictor_folder(predictor_dir, here)  # a build's root: the folder of this device
         self.predictor = load_predictor(folder, here, fields=HARDWARE_FIELDS)  # refused in one line elsewhere
+        self.folder = folder
+        self._table: LookupTable | None = None
         space = self.predictor.space
         if space.nodes != nodes:
             raise UserInputError(f"latency predictor {folder} describes cells of {space.nodes} nodes, this search's "
@@ -104,9 +107,31 @@ class LatencyCost:
             self.first_ms = float(predicted.detach())
         return self.coefficient * torch.log(predicted / self.first_ms)
 
+    @property
+    def table(self) -> LookupTable:
+        """The predictor's lookup table (parts it lacks are timed here, on the same device)."""
+        if self._table is None:
+            self._table = LookupTable.from_dict(json.loads((self.folder / TABLE_FILE).read_text()))
+        return self._table
+
+    def op_latencies(self, channels: int, layers: int, primitives: Sequence[str]) -> Tensor:
+        """[cells, edges, ops] the table's time (ms) of every op of a per-cell supernet of
+        ``layers`` cells at width ``channels``, each op at its cell's shape (GOLD-NAS's resource)."""
+        topology = CellTopology(self.predictor.space.nodes)
+        ops = [OpSpec(p, e.source, e.node) for e in topology.edges for p in primitives]
+        cells = [CellArch(list(ops), list(range(2, 2 + topology.nodes))) for _ in range(layers)]
+        supernet = Architecture("supernet", nodes=topology.nodes, cells=cells, channels=channels, layers=layers)
+        out = torch.zeros(layers, topology.num_edges, len(primitives))
+        for part in self.table.parts(supernet, channels, layers, self.device):
+            if part.op is not None and part.cell is not None:
+                out[part.cell, part.op // len(primitives), part.op % len(primitives)] = part.ms
+        return out
+
     def architecture_ms(self, arch: Architecture) -> float:
-        """The predicted latency of a derived genotype (at the predictor's retraining shape)."""
-        enc = encode(arch, self.predictor.space, self.channels, self.layers).to(self.device).unsqueeze(0)
+        """The predicted latency of a derived architecture: a genotype at the predictor's retraining
+        shape, a per-cell architecture at its own."""
+        channels, layers = (self.channels, self.layers) if arch.is_genotype else (arch.channels, len(arch.cells or []))
+        enc = encode(arch, self.predictor.space, channels, layers).to(self.device).unsqueeze(0)
         with torch.no_grad():
             return float(self.predictor.predict_ms(enc))
 

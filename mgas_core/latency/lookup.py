@@ -41,6 +41,17 @@ def spec_key(spec: ModuleSpec, resolution: int) -> Key:
     return (spec.kind, c_in, c_out, len(kept) if kept is not None else None, affine, resolution)
 
 
+@dataclass(frozen=True)
+class Part:
+    """One part of a network and its time: ``cell`` and ``op`` (the op's index in the cell's op
+    list) for the parts of a cell; the stem, a pre-processing conv and the classifier have no op."""
+
+    key: Key
+    ms: float
+    cell: int | None = None
+    op: int | None = None
+
+
 @dataclass
 class LookupTable:
     """Per-part medians (ms) under one set of :class:`LatencyConditions`."""
@@ -68,10 +79,9 @@ class LookupTable:
         shape = (self.conditions.batch, channels, resolution, resolution)
         return torch.randn(shape, generator=torch.Generator().manual_seed(1)).to(device)
 
-    def parts(self, arch: Architecture, channels: int, layers: int,
-              device: torch.device) -> Iterator[tuple[Key, float]]:
+    def parts(self, arch: Architecture, channels: int, layers: int, device: torch.device) -> Iterator[Part]:
         """Every part of ``arch`` built at ``channels`` x ``layers`` with its time (timing the
-        parts not in the table yet)."""
+        parts not in the table yet), in network order."""
         in_channels, height, _ = self.conditions.input_shape
         with torch.device("meta"):
             shell = build_eval_network(arch, self.num_classes, in_channels, channels, layers, auxiliary=False,
@@ -85,8 +95,8 @@ class LookupTable:
             x = self._input(in_channels, height, device)
             return module, lambda m: m(x)
 
-        yield ("stem", in_channels, channels, self.variant, height), self._time(
-            ("stem", in_channels, channels, self.variant, height), stem_part, device)
+        stem_key = ("stem", in_channels, channels, self.variant, height)
+        yield Part(stem_key, self._time(stem_key, stem_part, device))
         res_prev, res = first_res, stem_res
         last_width = stem.out_channels
         for shape, specs in network_specs(arch, channels, layers, stem.out_channels, stem.reduces_first_input):
@@ -96,10 +106,10 @@ class LookupTable:
                 if spec is None or not reads:
                     continue
                 key = spec_key(spec, res_in)
-                yield key, self._time(key, self._module_part(spec, res_in, device), device)
-            for spec in specs.ops:
+                yield Part(key, self._time(key, self._module_part(spec, res_in, device), device), shape.index)
+            for k, spec in enumerate(specs.ops):
                 key = spec_key(spec, res)
-                yield key, self._time(key, self._module_part(spec, res, device), device)
+                yield Part(key, self._time(key, self._module_part(spec, res, device), device), shape.index, k)
             res_prev, res = res, res // 2 if shape.reduction else res
             last_width = specs.plan.output_width()
         head_key = ("classifier", last_width, self.num_classes, res)
@@ -109,7 +119,7 @@ class LookupTable:
             x = self._input(last_width, res, device)
             return module, lambda m: m(F.adaptive_avg_pool2d(x, 1).flatten(1))
 
-        yield head_key, self._time(head_key, head_part, device)
+        yield Part(head_key, self._time(head_key, head_part, device))
 
     def _module_part(self, spec: ModuleSpec, resolution: int,
                      device: torch.device) -> Callable[[], tuple[nn.Module, Callable[[nn.Module], object]]]:
@@ -125,7 +135,7 @@ class LookupTable:
 
     def predict(self, arch: Architecture, channels: int, layers: int, device: torch.device) -> float:
         """The table's latency of ``arch``: the sum of its parts' times (ms)."""
-        return sum(t for _, t in self.parts(arch, channels, layers, device))
+        return sum(p.ms for p in self.parts(arch, channels, layers, device))
 
     def as_dict(self) -> dict[str, Any]:
         return {"conditions": self.conditions.as_dict(), "num_classes": self.num_classes, "variant": self.variant,

@@ -44,6 +44,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from mgas_core.data import Batch, DatasetInfo
 from mgas_core.evaluation_network import build_eval_network
+from mgas_core.latency.cost import latency_cost, latency_figures
 from mgas_core.methods.protocol import MethodStyle, RetrainCandidate, SearchMethod, accuracy, clip_and_step, set_lr
 from mgas_core.methods.registry import register_method
 from mgas_core.metrics import count_params
@@ -141,6 +142,7 @@ class GoldNas(SearchMethod):
     cli_flags = {"cost": "resource the cost term measures"}
     style = MethodStyle("GOLD-NAS", "#ff7f0e", "s")
     reference_impl = True
+    takes_latency_cost = True
 
     @classmethod
     def check_settings(cls, settings: SearchSettings) -> None:
@@ -155,7 +157,9 @@ class GoldNas(SearchMethod):
         self.cfg = cfg
         net = build_supernet(settings, self.primitives, info)
         self.model = PerCellAlphaModel(net).to(device)
-        self.op_cost = self._op_costs(cfg.cost).to(device)
+        # with a latency predictor the resource is each op's latency on this device (its lookup table)
+        self.latency = latency_cost(settings, info, device, self.primitives)
+        self.op_cost = (self._op_latencies() if self.latency else self._op_costs(cfg.cost)).to(device)
         self.w_opt = torch.optim.SGD(list(net.parameters()), lr=cfg.w_lr, momentum=settings.w_momentum,
                                      weight_decay=settings.w_weight_decay)
         self.a_opt = torch.optim.SGD([self.model.alpha], lr=cfg.alpha_lr, momentum=cfg.alpha_momentum)
@@ -180,6 +184,11 @@ class GoldNas(SearchMethod):
                     costs[ci, e, o] = op_resource(name, cell.channels, stride, res, kind)
             if cell.reduction:
                 res = max(1, res // 2)
+        return costs / costs.max().clamp_min(1e-12)
+
+    def _op_latencies(self) -> Tensor:
+        assert self.latency is not None
+        costs = self.latency.op_latencies(self.settings.channels, self.settings.layers, self.primitives)
         return costs / costs.max().clamp_min(1e-12)
 
     # --- training -----------------------------------------------------------------------------
@@ -266,22 +275,41 @@ class GoldNas(SearchMethod):
             self.unpruned_epochs += 1
         self.last_pruned = pruned
         self.controller.update(pruned >= self.cfg.n0)
-        floor = self.settings.target_params
-        if floor is not None:
-            dense, _ = self.derived_count()
-            if dense <= floor * 1e6:
-                self.stopped = True
-                events.append({"type": "floor_reached", "epoch": epoch, "params": dense})
-            elif epoch + 1 >= self.max_epochs:
-                events.append({"type": "floor_missed", "epoch": epoch, "params": dense,
-                               "detail": f"search.epochs={self.max_epochs} spent at {dense} params, above the "
-                                         f"floor of {floor * 1e6:.0f}"})
+        all_reached, floor_events = self._floors(epoch)
+        events += floor_events
+        self.stopped = self.stopped or all_reached
         if self.stopped or epoch + 1 >= self.max_epochs:
             events.append(self._snapshot(self.derive(), epoch, final=True))
         elif pruned and (plateau_ends or self.cfg.snapshot == "epoch"):
             events.append(self._snapshot(self.derive(), epoch))
         self.events += events
         return events
+
+    def _floors(self, epoch: int) -> tuple[bool, list[dict[str, Any]]]:
+        """Whether the derived architecture is at or below every floor given (``target_params``:
+        its dense params; ``search.latency.target_ms``: its predicted latency on this device; they
+        join: the search stops once all are reached), and the events to record: each floor reached,
+        and at the last epoch each floor still above."""
+        reached, events = [], []
+        last = epoch + 1 >= self.max_epochs
+        floor = self.settings.target_params
+        if floor is not None:
+            dense, _ = self.derived_count()
+            reached.append(dense <= floor * 1e6)
+            if reached[-1]:
+                events.append({"type": "floor_reached", "epoch": epoch, "params": dense})
+            elif last:
+                events.append({"type": "floor_missed", "epoch": epoch, "params": dense,
+                               "detail": f"search.epochs={self.max_epochs} spent at {dense} params, above the "
+                                         f"floor of {floor * 1e6:.0f}"})
+        target_ms = self.latency.target_ms if self.latency is not None else None
+        if self.latency is not None and target_ms is not None:
+            predicted = self.latency.architecture_ms(self.derive())
+            reached.append(predicted <= target_ms)
+            if reached[-1] or last:
+                events.append({"type": "latency_reached" if reached[-1] else "latency_missed", "epoch": epoch,
+                               "predicted_ms": predicted, "target_ms": target_ms})
+        return bool(reached) and all(reached), events
 
     def _snapshot(self, arch: Architecture, epoch: int, final: bool = False) -> dict[str, Any]:
         dense, nonzero = self.derived_count(arch)
@@ -325,7 +353,10 @@ class GoldNas(SearchMethod):
     def summary(self) -> dict[str, Any]:
         snaps = [{**{k: v for k, v in s.items() if k != "arch"}, "arch": architecture_from_json(s["arch"])}
                  for s in self.snapshots]
-        out: dict[str, Any] = {"snapshots": snaps, "ops_left": int(self.model.alive.sum()), "cost": self.cfg.cost}
+        out: dict[str, Any] = {"snapshots": snaps, "ops_left": int(self.model.alive.sum()),
+                               "cost": "latency" if self.latency else self.cfg.cost}
+        if self.latency is not None:
+            out.update(latency_figures(self.latency, None, self.derive()))
         floor = self.settings.target_params
         if floor is not None and snaps:
             dense = snaps[-1]["params"]

@@ -119,16 +119,18 @@ def test_the_lookup_table_times_each_part_once_and_sums_them():
     table = LookupTable(_conditions(), INFO.num_classes, INFO.variant, warmup=0, runs=2)
     arch = sample_architectures(3, SHAPE, seed=1)[2]  # widths
     parts = list(table.parts(arch, 4, 3, CPU))
-    keys = [k for k, _ in parts]
+    keys = [p.key for p in parts]
     assert keys[0][0] == "stem" and keys[-1][0] == "classifier"
     n_ops = sum(len(c.ops) for c in arch.cells or [])
     assert sum(k[0] == "op" for k in keys) == n_ops
-    assert table.timed == len(set(keys)) and all(t > 0 for _, t in parts)
+    ops = [(p.cell, p.op) for p in parts if p.op is not None]
+    assert ops == [(i, k) for i, cell in enumerate(arch.cells or []) for k in range(len(cell.ops))]
+    assert table.timed == len(set(keys)) and all(p.ms > 0 for p in parts)
     timed = table.timed
-    assert table.predict(arch, 4, 3, CPU) == pytest.approx(sum(t for _, t in parts))
+    assert table.predict(arch, 4, 3, CPU) == pytest.approx(sum(p.ms for p in parts))
     assert table.timed == timed  # every part was in the table already
     again = LookupTable.from_dict(json.loads(json.dumps(table.as_dict())))
-    assert again.predict(arch, 4, 3, CPU) == pytest.approx(sum(t for _, t in parts)) and again.timed == 0
+    assert again.predict(arch, 4, 3, CPU) == pytest.approx(sum(p.ms for p in parts)) and again.timed == 0
 
 
 def test_a_fitted_predictor_learns_a_known_cost_and_survives_saving(tmp_path):
@@ -292,8 +294,9 @@ def test_a_darts_search_with_a_latency_cost_moves_toward_faster_architectures(tm
         assert all(r["latency_pred_ms"] > 0 for r in result.history)
         predicted[coefficient] = result.history[-1]["latency_pred_ms"]
     assert predicted[20.0] < predicted[0.0]
-    with pytest.raises(Exception, match="cannot take a latency cost yet; the methods that can: darts, msg_das"):
-        tiny(search__method="gold_nas", search__latency__predictor=str(folder))
+    with pytest.raises(Exception, match="cannot take a latency cost yet; the methods that can: darts, gold_nas, "
+                                        "msg_das"):
+        tiny(search__method="mgas", search__latency__predictor=str(folder))
     with pytest.raises(Exception, match=r"latency\.target_ms needs latency\.predictor"):
         tiny(search__method="darts", search__latency__target_ms=3.0)
     with pytest.raises(Exception, match="greater than 0"):
@@ -305,3 +308,32 @@ def test_a_darts_search_with_a_latency_cost_moves_toward_faster_architectures(tm
 
     with pytest.raises(UserInputError, match="input_shape is 3x16x16 here, 3x8x8 where it was measured"):
         create_method(elsewhere.search, load_splits(elsewhere.data).info, CPU, 0)
+
+
+def test_gold_nas_prices_its_ops_by_their_latency_and_stops_at_a_latency_floor(tmp_path):
+    from mgas_core.data import load_splits
+    from mgas_core.latency.cost import LatencyCost
+    from mgas_core.methods import create_method
+    from tests.conftest import search_until, tiny
+
+    folder, info = _smoke_predictor(tmp_path)
+    settings = tiny(search__method="gold_nas", search__latency__predictor=str(folder))
+    splits = load_splits(settings.data)
+    method = create_method(settings.search, splits.info, CPU, 0)
+    cost = LatencyCost(str(folder), 1.0, None, info, CPU, method.primitives, nodes=settings.search.nodes)
+    raw = cost.op_latencies(settings.search.channels, settings.search.layers, method.primitives)
+    assert torch.allclose(method.op_cost, raw / raw.max()) and bool((raw > 0).all())
+    names = list(method.primitives)
+    conv, pool = names.index("sep_conv_5x5"), names.index("max_pool_3x3")
+    assert bool((raw[..., conv] > raw[..., pool]).all())  # a 5x5 separable conv costs more than a pool
+    assert method.summary()["cost"] == "latency"
+
+    full_ms = cost.architecture_ms(method.derive())  # every op alive: the slowest architecture there is
+    reached = search_until(tiny(search__method="gold_nas", search__epochs=6, search__latency__predictor=str(folder),
+                                search__latency__target_ms=full_ms * 10))
+    assert [e["type"] for e in reached.events if e["type"].startswith("latency_")] == ["latency_reached"]
+    assert len(reached.history) == 1 and reached.summary["predicted_latency_ms"] <= full_ms * 10  # stops at once
+    missed = search_until(tiny(search__method="gold_nas", search__epochs=2, search__latency__predictor=str(folder),
+                               search__latency__target_ms=1e-6))
+    kinds = [e["type"] for e in missed.events if e["type"].startswith("latency_")]
+    assert kinds == ["latency_missed"] and len(missed.history) == 2
