@@ -46,6 +46,7 @@ class LatencyCost:
         folder = predictor_folder(predictor_dir, here)  # a build's root: the folder of this device
         self.predictor = load_predictor(folder, here, fields=HARDWARE_FIELDS)  # refused in one line elsewhere
         self.folder = folder
+        self.hybrid = load_predictor(folder, here, kind="hybrid", fields=HARDWARE_FIELDS)
         self._table: LookupTable | None = None
         space = self.predictor.space
         if space.nodes != nodes:
@@ -128,12 +129,15 @@ class LatencyCost:
         return out
 
     def architecture_ms(self, arch: Architecture) -> float:
-        """The predicted latency of a derived architecture: a genotype at the predictor's retraining
-        shape, a per-cell architecture at its own."""
+        """The predicted latency of a derived architecture (a genotype at the predictor's retraining
+        shape, a per-cell architecture at its own) by the hybrid predictor: the lookup table's sum
+        of its parts times the learned correction (what the stop rules and summaries use; the
+        alpha term of DARTS and MSG-DAS uses the MLP, whose encoding is differentiable)."""
         channels, layers = (self.channels, self.layers) if arch.is_genotype else (arch.channels, len(arch.cells or []))
-        enc = encode(arch, self.predictor.space, channels, layers).to(self.device).unsqueeze(0)
+        enc = encode(arch, self.predictor.space, channels, layers).unsqueeze(0)
+        table_ms = torch.tensor([self.table.predict(arch, channels, layers, self.device)])
         with torch.no_grad():
-            return float(self.predictor.predict_ms(enc))
+            return float(self.hybrid.predict_ms(enc, table_ms))
 
     def state_dict(self) -> dict[str, float | None]:
         return {"first_ms": self.first_ms}

@@ -1,6 +1,7 @@
 """Timing a network's forward pass: what a latency is, and the conditions it is valid for.
 
-A latency is the median wall time of ``runs`` forward passes of the network in evaluation mode
+A latency is the median wall time of ``runs`` forward passes of the network as deployed (stored
+weight masks folded into the weights) in evaluation mode
 (``torch.no_grad``) on one fixed input, after ``warmup`` untimed passes, with the CPU
 threads fixed for the measurement (restored afterwards) and, on CUDA, the device synchronised
 before each pass starts and after it ends. It holds only for what it was measured under
@@ -10,6 +11,7 @@ the input shape), which is stored with every measurement and every predictor.
 
 from __future__ import annotations
 
+import copy
 import platform
 import statistics
 import time
@@ -169,6 +171,23 @@ def quantile(values: list[float], q: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
+def deployed(model: nn.Module) -> nn.Module:
+    """The network as it would be deployed: each stored weight mask folded into its weights once
+    (a copy; ``model`` is left as it is), so a forward pass does not multiply by the mask again.
+    A model without stored masks is returned as it is."""
+    from mgas_core.nn.maskable_conv import MaskableConv2d
+
+    if not any(isinstance(m, MaskableConv2d) and m.weight_mask is not None for m in model.modules()):
+        return model
+    folded = copy.deepcopy(model)
+    with torch.no_grad():
+        for m in folded.modules():
+            if isinstance(m, MaskableConv2d) and m.weight_mask is not None:
+                m.weight.mul_(m.weight_mask)
+                m.weight_mask = None
+    return folded
+
+
 def measure_latency(model: nn.Module, input_shape: tuple[int, int, int], batch: int, device: torch.device,
                     threads: int, warmup: int = DEFAULT_WARMUP, runs: int = DEFAULT_RUNS,
                     memory_format: torch.memory_format = torch.contiguous_format) -> LatencyMeasurement:
@@ -181,7 +200,7 @@ def measure_latency(model: nn.Module, input_shape: tuple[int, int, int], batch: 
     generator = torch.Generator().manual_seed(0)
     x = torch.randn((batch, *input_shape), generator=generator).to(device).contiguous(memory_format=memory_format)
     with fixed_threads(threads):
-        times = time_forward(model, x, warmup, runs)
+        times = time_forward(deployed(model), x, warmup, runs)
     conditions = LatencyConditions.current(device, threads, batch, input_shape)
     return LatencyMeasurement(statistics.median(times), quantile(times, 0.1), quantile(times, 0.9), runs, warmup,
                               conditions)

@@ -273,7 +273,12 @@ def test_the_expected_encoding_of_decided_alphas_is_the_derived_genotypes(tmp_pa
     expected = cost.expected_encoding(*alphas)
     exact = encode(genotype, cost.predictor.space, cost.channels, cost.layers)
     assert torch.allclose(expected, exact, atol=1e-6)
-    assert cost.architecture_ms(genotype) == pytest.approx(float(cost.predicted_ms(*alphas)), rel=1e-4)
+    with torch.no_grad():
+        assert float(cost.predictor.predict_ms(exact.unsqueeze(0))) == pytest.approx(float(cost.predicted_ms(*alphas)),
+                                                                                    rel=1e-4)
+        table_ms = torch.tensor([cost.table.predict(genotype, cost.channels, cost.layers, CPU)])
+        hybrid = float(cost.hybrid.predict_ms(exact.unsqueeze(0), table_ms))
+    assert cost.architecture_ms(genotype) == pytest.approx(hybrid, rel=1e-5)  # stop rules use the hybrid
     soft = [torch.zeros_like(alphas[0]).requires_grad_(True), torch.zeros_like(alphas[1]).requires_grad_(True)]
     cost.term(cost.predicted_ms(*soft)).backward()  # the first call sets the reference: term 0, gradient not
     assert soft[0].grad is not None and bool(soft[0].grad.abs().sum() > 0)
@@ -294,9 +299,6 @@ def test_a_darts_search_with_a_latency_cost_moves_toward_faster_architectures(tm
         assert all(r["latency_pred_ms"] > 0 for r in result.history)
         predicted[coefficient] = result.history[-1]["latency_pred_ms"]
     assert predicted[20.0] < predicted[0.0]
-    with pytest.raises(Exception, match="cannot take a latency cost yet; the methods that can: darts, gold_nas, "
-                                        "msg_das"):
-        tiny(search__method="mgas", search__latency__predictor=str(folder))
     with pytest.raises(Exception, match=r"latency\.target_ms needs latency\.predictor"):
         tiny(search__method="darts", search__latency__target_ms=3.0)
     with pytest.raises(Exception, match="greater than 0"):
@@ -337,3 +339,58 @@ def test_gold_nas_prices_its_ops_by_their_latency_and_stops_at_a_latency_floor(t
                                search__latency__target_ms=1e-6))
     kinds = [e["type"] for e in missed.events if e["type"].startswith("latency_")]
     assert kinds == ["latency_missed"] and len(missed.history) == 2
+
+
+def test_a_method_that_does_not_declare_the_latency_cost_refuses_it_in_one_line(tmp_path, random_alpha):
+    from tests.conftest import tiny
+
+    with pytest.raises(Exception, match="method 'random_alpha' cannot take a latency cost yet; the methods that "
+                                        "can: darts, gold_nas, mgas, msg_das"):
+        tiny(search__method=random_alpha, search__latency__predictor=str(tmp_path))
+
+
+def test_mgas_weighs_its_size_term_by_latency_and_its_target_joins_the_predicted_latency(tmp_path):
+    from mgas_core.data import load_splits
+    from mgas_core.methods import create_method
+    from tests.mgas_core.test_mgas import PRUNING, mgas_settings
+
+    folder, _ = _smoke_predictor(tmp_path)
+    plain = mgas_settings(**PRUNING)
+    splits = load_splits(plain.data)
+    full = create_method(plain.search, splits.info, CPU, 0).full_size
+    settings = mgas_settings(search__target_params=round(0.6 * full) / 1e6, search__latency__predictor=str(folder),
+                             **PRUNING)
+    method = create_method(settings.search, splits.info, CPU, 0)
+    w = method.latency.op_weights
+    assert w.shape == method.model.alpha.shape and float(w.max()) == 1.0 and bool((w > 0).all())
+    names = list(method.primitives)
+    assert bool((w[..., names.index("sep_conv_5x5")] > w[..., names.index("avg_pool_3x3")]).all())
+    masks = method.model.op_masks()
+    cells = range(len(method.net.cells))
+    weighted, unweighted = method.model.log_cost(masks, cells, w), method.model.log_cost(masks, cells)
+    assert float(weighted.detach()) < float(unweighted.detach())  # every weight is at most 1, the pools' far below
+    full_ms = method.latency.cost.architecture_ms(method.derive())
+    assert method.summary()["predicted_latency_ms"] == pytest.approx(full_ms)
+    # the target joins: the size alone would do; a latency target below what any architecture reaches never is
+    assert not create_method(mgas_settings(search__target_params=(full - 1) / 1e6,
+                                           search__latency__predictor=str(folder),
+                                           search__latency__target_ms=1e-6, **PRUNING).search,
+                             splits.info, CPU, 0).within_target()
+    alone = create_method(mgas_settings(search__latency__predictor=str(folder), search__latency__target_ms=full_ms * 2,
+                                        **PRUNING).search, splits.info, CPU, 0)
+    assert alone.latency.latency_only and alone.within_target()  # no target_params: the latency alone decides
+
+
+def test_a_masked_network_is_timed_as_deployed_with_its_masks_folded_in():
+    from mgas_core.latency.measure import deployed
+    from mgas_core.nn.maskable_conv import MaskableConv2d
+
+    net = nn.Sequential(MaskableConv2d(3, 4, 3, padding=1), nn.ReLU())
+    assert deployed(net) is net  # no stored mask: nothing to fold
+    mask = (torch.rand(4, 3, 3, 3, generator=torch.Generator().manual_seed(0)) > 0.5).float()
+    net[0].set_fixed_mask(mask)
+    folded = deployed(net)
+    assert folded is not net and net[0].weight_mask is not None and folded[0].weight_mask is None
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(folded(x), net(x))  # the same network, the multiply done once

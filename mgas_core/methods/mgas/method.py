@@ -36,6 +36,7 @@ from mgas_core.methods.mgas.channels import (
     reset_batch_norms,
     reshape_like_saved,
 )
+from mgas_core.methods.mgas.latency import MgasLatency
 from mgas_core.methods.mgas.optimizers import build_optimizers
 from mgas_core.methods.mgas.regrow import draw_regrowth, regrow_importance
 from mgas_core.methods.mgas.schedule import (
@@ -91,6 +92,7 @@ class Mgas(SearchMethod):
     cli_flags = {"stages": "number of search stages (paper: 3)",
                  "granularities": "subset of op,filter,weight (comma separated)"}
     style = MethodStyle("MGAS", "#d62728", "D")
+    takes_latency_cost = True
     benchmark_overrides = {"search.mgas.stages": 1}  # a benchmarked step: the whole network (--stages 3: a stage)
 
     @classmethod
@@ -113,6 +115,7 @@ class Mgas(SearchMethod):
         self.target_kind, self.target = resolve_target(settings, self.model, self.full_size)
         whole = self.full_size if self.target_kind == "params" else stage_size(self.model, range(len(net.cells)))
         self.stage_goal = stage_goal(cfg, self.target / whole)
+        self.latency = MgasLatency.create(settings, info, device, self.primitives)  # search.latency
         control = cfg.control
         high, low = scaled_counts(control.high, control.low, control.reference_ops, self.model.alpha.numel())
         self.lam = MgasLambda(control.lambda0, control.c0, high, low, control.max_lambda)
@@ -226,7 +229,8 @@ class Mgas(SearchMethod):
             cost = torch.zeros(())
             loss = ce
             if not warm and self.lam.value > 0:
-                cost = self.model.log_cost(masks, self.own_cells)
+                cost = self.model.log_cost(masks, self.own_cells,
+                                           self.latency.weights(self.own_cells) if self.latency else None)
                 loss = ce + self.lam.value * (cost + self.model.threshold_regulariser(range(self.upto)))
             loss.backward()
         nn.utils.clip_grad_norm_(self.weight_params, self.settings.grad_clip)
@@ -382,7 +386,10 @@ class Mgas(SearchMethod):
         return target_measure(self.target_kind, self.model, lambda: self.derived_count()[1])
 
     def within_target(self) -> bool:
-        return target_met(self.target_kind, self.target, self.measured())
+        """The size target (unless a latency target stands alone) and the latency target (if any)."""
+        size = (self.latency is not None and self.latency.latency_only) or target_met(
+            self.target_kind, self.target, self.measured())
+        return size and (self.latency is None or self.latency.met(self.derive))
 
     def _target_fields(self) -> dict[str, Any]:
         return target_fields(self.target_kind, self.target, self.measured())
@@ -406,7 +413,8 @@ class Mgas(SearchMethod):
         reached = self.result is not None and self.result["type"] == "target_reached"
         return {"supernet_params": round(self.full_size), **self._target_fields(), "target_reached": reached,
                 "remaining_ratio": dict(self.ratios), "granularities": self.levels, "stages": len(self.cuts),
-                "stage_cells": list(self.cuts), "schedule": self.schedule.table()}
+                "stage_cells": list(self.cuts), "schedule": self.schedule.table(),
+                **(self.latency.fields(self.derive()) if self.latency else {})}
 
     # --- state ------------------------------------------------------------------------------------
     def extra_state(self) -> dict[str, Any]:

@@ -110,10 +110,11 @@ class MgasModel(PerCellAlphaModel):
         return self.net(x, list(self.cell_weights().unbind(0)), self.active, upto)
 
     # --- loss terms ---------------------------------------------------------------------------
-    def log_cost(self, masks: Tensor, cells: range) -> Tensor:
+    def log_cost(self, masks: Tensor, cells: range, op_weights: Tensor | None = None) -> Tensor:
         """The official size term: over alive ops whose live mask is on, of the cells ``cells``,
         ``log(1 + k_n sigmoid(alpha) / S_n)``; ``k_n`` counts the node's ops that are on, ``S_n``
-        sums sigmoid(alpha) over its alive ops."""
+        sums sigmoid(alpha) over its alive ops; each op's term times ``op_weights`` (those cells'
+        [cells, edges, ops]) when given (the latency, ``methods/mgas/latency.py``)."""
         if "op" not in self.levels:
             return self.alpha.new_zeros(())
         sl = slice(cells.start, cells.stop)
@@ -123,7 +124,8 @@ class MgasModel(PerCellAlphaModel):
         k_node = on.sum(dim=2) @ self.incidence
         s_edge = (s_node @ self.incidence.t()).unsqueeze(-1)
         k_edge = (k_node @ self.incidence.t()).unsqueeze(-1)
-        return (on * torch.log1p(k_edge * sigma / s_edge.clamp_min(1e-12))).sum()
+        terms = on * torch.log1p(k_edge * sigma / s_edge.clamp_min(1e-12))
+        return (terms if op_weights is None else terms * op_weights).sum()
 
     def threshold_regulariser(self, cells: range) -> Tensor:
         """``sum exp(-t)`` over the thresholds of the alive units of ``cells`` (enabled levels)."""
