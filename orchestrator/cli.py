@@ -221,6 +221,11 @@ def settings_from_args(args: argparse.Namespace, mapping: dict[str, str]) -> Run
     overrides = _overrides(args, mapping)
     if args.download:
         overrides["data.download"] = True
+    if overrides.get("search.gold_nas.cost") == "latency":  # --cost latency: any method, with its predictor
+        del overrides["search.gold_nas.cost"]
+        if "search.latency.predictor" not in overrides:
+            raise UserInputError("--cost latency needs --latency-predictor DIR (a folder written by "
+                                 "`mgas latency build`)")
     if "search.target_params" in overrides:  # genotype methods reach the target by width scaling
         overrides.setdefault("retrain.target_params", overrides["search.target_params"])
     paths = set(known_paths())

@@ -139,7 +139,8 @@ class GoldNas(SearchMethod):
     settings_model = GoldNasSettings
     presets = {"tiny": {"search.gold_nas.w_lr": 0.05, "search.gold_nas.control.lambda0": 0.05,
                         "search.gold_nas.snapshot": "epoch"}}
-    cli_flags = {"cost": "resource the cost term measures"}
+    cli_flags = {"cost": "resource the cost term measures: params or flops (GOLD-NAS), or latency (any method, "
+                         "with --latency-predictor)"}
     style = MethodStyle("GOLD-NAS", "#ff7f0e", "s")
     reference_impl = True
     takes_latency_cost = True

@@ -141,6 +141,8 @@ LATENCY_CASES = [
     ([*SEARCH, "--latency-predictor", "p", "--target-latency-ms", "-1"], ("search.latency.target_ms",)),
     ([*SEARCH, "--latency-predictor", "p", "--target-latency-ms", "nan"], ("search.latency.target_ms",)),
     ([*SEARCH, "--target-latency-ms", "5"], ("latency.target_ms needs latency.predictor",)),
+    ([*SEARCH, "--cost", "latency"], ("--cost latency needs --latency-predictor",)),
+    ([*SEARCH, "--cost", "speed", "--latency-predictor", "p"], ("search.gold_nas.cost",)),
     ([*SEARCH, "--latency-predictor", "p", "--latency-coefficient", "-0.5"], ("search.latency.coefficient",)),
 ]
 if not torch.cuda.is_available():
