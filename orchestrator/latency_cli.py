@@ -18,6 +18,7 @@ import torch
 
 from mgas_common.errors import UserInputError
 from mgas_core.latency.measure import DEFAULT_RUNS, DEFAULT_WARMUP, LATENCY_DEVICES
+from orchestrator.storage import is_uri, reach
 
 MAX_SAMPLES = 100_000
 
@@ -48,7 +49,7 @@ def add_latency_parser(sub: argparse._SubParsersAction, datasets: tuple[str, ...
                        help="the search and retraining shape sampled architectures are built at (default tiny)")
     build.add_argument("--samples", type=int, default=2000, help="architectures to time (default 2000)")
     build.add_argument("--seed", type=int, default=0, help="sampling and fitting seed (default 0)")
-    build.add_argument("--out", type=Path, required=True, help="folder for the predictors, table and samples (with "
+    build.add_argument("--out", required=True, help="folder for the predictors, table and samples (with "
                        "--address: one folder per node type below it, on storage every node reads)")
     build.add_argument("--address", help="a Ray cluster: every node type times the samples on its own hardware")
     timing_flags(build)
@@ -117,9 +118,11 @@ def build_command(args: argparse.Namespace) -> dict[str, Any]:
     if not 10 <= args.samples <= MAX_SAMPLES:
         raise UserInputError(f"--samples must be between 10 and {MAX_SAMPLES}, got {args.samples}")
     _check_timing(args, here=args.address is None)
-    if args.address is None:
-        check_predictor_out(args.out)
-    elif args.out.exists() and not args.out.is_dir():
+    if is_uri(args.out):
+        reach(args.out, "--out")  # an object store answers within seconds, or one line
+    elif args.address is None:
+        check_predictor_out(Path(args.out))
+    elif Path(args.out).exists() and not Path(args.out).is_dir():
         raise UserInputError(f"--out {args.out} is a file, not a folder")
     settings = build_settings(args.preset, {"data.name": args.dataset})
     s, r = settings.search, settings.retrain
@@ -135,8 +138,12 @@ def build_command(args: argparse.Namespace) -> dict[str, Any]:
         init_ray(check_ray_address(args.address))  # an address that does not answer: one line within seconds
         reports = build_on_cluster(shape, plan, args.samples, args.seed, args.out)
         return {"out": str(args.out), "types": reports}
-    report = build_predictors(shape, plan, args.samples, args.seed, args.out)
-    return {**report, "out": str(args.out)}
+    from orchestrator.latency_cluster import save_to
+
+    reports: list[dict[str, Any]] = []
+    where = save_to(args.out, "", lambda folder: reports.append(
+        build_predictors(shape, plan, args.samples, args.seed, folder)))
+    return {**reports[0], "out": where}
 
 
 def run_latency(args: argparse.Namespace) -> dict[str, Any]:

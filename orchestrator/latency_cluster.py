@@ -8,24 +8,31 @@ chunk per node of the type and each chunk is timed by a task pinned to that node
 that no other task of the build runs beside it while it times. The chunks' samples and lookup
 tables are merged and the type's predictors fitted and written to ``OUT/<device>-<name>``; a
 trial given ``OUT`` as ``search.latency.predictor`` loads the folder of its own device
-(:func:`mgas_core.latency.store.predictor_for`). ``--out`` is a folder every node and the trials
-read (shared storage on a real cluster).
+(:func:`mgas_core.latency.store.predictor_folder`). ``--out`` is a folder every node and the trials
+read (shared storage on a real cluster) or an object store (``s3://``, ``gs://``: uploaded there,
+and copied to a local cache where a search reads it, :func:`fetch_predictors`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import posixpath
 import re
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from mgas_common.errors import UserInputError
+from mgas_core.files.atomic import atomic_write_bytes
 from mgas_core.latency.build import TimingPlan, fit_and_evaluate
 from mgas_core.latency.encoding import EncodingSpace
 from mgas_core.latency.lookup import LookupTable
 from mgas_core.latency.sampling import SampleShape, sample_architectures
-from mgas_core.latency.store import TimedSample, save_predictors
+from mgas_core.latency.store import SUMMARY_FILE, TimedSample, resolve_predictor_dir, save_predictors
 from mgas_core.space.architecture import architecture_from_json
+from orchestrator.storage import is_uri, reach, resolve
 
 
 def type_folder(device: str, name: str) -> str:
@@ -77,7 +84,63 @@ def node_types(device: str) -> dict[tuple[str, str], list[dict[str, Any]]]:
     return types
 
 
-def build_on_cluster(shape: SampleShape, plan: TimingPlan, count: int, seed: int, out: Path) -> list[dict[str, Any]]:
+def save_to(out: str, name: str, save: Callable[[Path], None]) -> str:
+    """Write a predictor folder ``out/name`` with ``save(folder)``: in place (atomically) on a local
+    or mounted folder, else into a temporary folder uploaded file by file with ``predictor.json``
+    last (a reader takes a folder as complete only once that file is there). Its location."""
+    target = resolve(out).child(name) if name else resolve(out)
+    if target.local:
+        save(Path(target.path))
+        return target.uri
+    with tempfile.TemporaryDirectory(prefix="mgas-predictor-") as tmp:
+        folder = Path(tmp) / "predictor"
+        save(folder)
+        for f in sorted(folder.iterdir(), key=lambda f: f.name == SUMMARY_FILE):
+            target.child(f.name).write_bytes(f.read_bytes())
+    return target.uri
+
+
+def fetch_predictors(location: str, cache: Path) -> str:
+    """A predictor root (or folder) on an object store copied to a local folder under ``cache``
+    (every complete predictor folder: the ones with ``predictor.json``); local paths as they are."""
+    if not is_uri(location):
+        return location
+    source = reach(location, "latency predictor location")
+    local = cache / hashlib.sha256(source.uri.encode()).hexdigest()[:16]
+    files = source.files()
+    complete = {posixpath.dirname(f.path) for f in files if posixpath.basename(f.path) == SUMMARY_FILE}
+    if not complete:
+        raise UserInputError(f"{location} holds no latency predictor (no {SUMMARY_FILE}): build one with "
+                             f"`mgas latency build --out {location} ...`")
+    for f in files:
+        folder = posixpath.dirname(f.path)
+        if folder not in complete:
+            continue
+        rel = posixpath.relpath(f.path, source.path)
+        dest = local / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(dest, f.read_bytes())
+    return str(local)
+
+
+def local_predictors(location: str, base_dir: Path) -> str:
+    """Where a search reads ``search.latency.predictor``: an object store's copied to this
+    machine's cache (the system temp folder), a relative folder taken from ``base_dir``."""
+    if is_uri(location):
+        return fetch_predictors(location, Path(tempfile.gettempdir()) / "mgas-predictors")
+    return resolve_predictor_dir(location, base_dir)
+
+
+def with_local_predictors(settings: Any, base_dir: Path) -> Any:
+    """``settings`` (run settings) with their latency predictor where this machine reads it."""
+    latency = settings.search.latency
+    if latency.predictor:
+        settings.search.latency = latency.model_copy(update={"predictor": local_predictors(latency.predictor,
+                                                                                             base_dir)})
+    return settings
+
+
+def build_on_cluster(shape: SampleShape, plan: TimingPlan, count: int, seed: int, out: str) -> list[dict[str, Any]]:
     """Sample once, time on every node type, fit and write one predictor folder per type under
     ``out``; each type's summary (with the nodes that timed its samples)."""
     import ray
@@ -110,7 +173,7 @@ def build_on_cluster(shape: SampleShape, plan: TimingPlan, count: int, seed: int
         samples = [s for s in timed if s is not None]
         space = EncodingSpace(max(shape.search_layers, shape.retrain_layers), shape.nodes, shape.primitives)
         predictors, errors = fit_and_evaluate(samples, space, table.conditions, seed)
-        folder = out / type_folder(plan.device, name)
+        folder_name = type_folder(plan.device, name)
         report = {**errors, "seconds": round(time.perf_counter() - start, 1), "device": plan.device,
                   "device_name": name, "torch_version": torch_version, "threads": plan.threads, "batch": plan.batch,
                   "input_shape": list(plan.info.input_shape), "dataset": plan.info.name, "seed": seed,
@@ -118,8 +181,8 @@ def build_on_cluster(shape: SampleShape, plan: TimingPlan, count: int, seed: int
                   "sample_shape": {"search_channels": shape.search_channels, "search_layers": shape.search_layers,
                                    "retrain_channels": shape.retrain_channels,
                                    "retrain_layers": shape.retrain_layers},
-                  "table_entries": len(table.entries), "warmup": plan.warmup, "runs": plan.runs,
-                  "folder": str(folder)}
-        save_predictors(folder, predictors, table, samples, report)
-        reports.append(report)
+                  "table_entries": len(table.entries), "warmup": plan.warmup, "runs": plan.runs}
+        where = save_to(out, folder_name, lambda f, p=predictors, t=table, s=samples, r=report: save_predictors(
+            f, p, t, s, r))
+        reports.append({**report, "folder": where})
     return reports

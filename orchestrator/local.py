@@ -28,6 +28,7 @@ from mgas_core.metrics import count_flops, count_params
 from mgas_core.settings.run import RunSettings
 from mgas_core.settings.strict import MAX_CHANNELS, MAX_LAYERS
 from mgas_core.space.architecture import Architecture
+from orchestrator.latency_cluster import with_local_predictors
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -126,7 +127,7 @@ def search_command(settings: RunSettings, out_dir: Path, resume: bool = False, p
     Everything that can be refused (the folder, the device, the data, the checkpoint and whether
     it fits the model) is checked before the first file is written."""
     check_output_dir(out_dir, "--out")
-    settings = _prepare(settings)
+    settings = with_local_predictors(_prepare(settings), Path.cwd())
     device = resolve_device(settings.device)
     check_device(settings, device)
     splits = load_splits(settings.data, search_augment=search_augment_for(settings.search))

@@ -90,9 +90,9 @@ def check_local_latency(trials: list[dict[str, Any]]) -> None:
 
     from mgas_core.data import dataset_info
     from mgas_core.latency.cost import LatencyCost
-    from mgas_core.latency.store import resolve_predictor_dir
     from mgas_core.methods.registry import get_method
     from mgas_core.settings.run import DataSettings
+    from orchestrator.latency_cluster import local_predictors
 
     for trial in trials:
         search = trial["settings"]["search"]
@@ -103,7 +103,7 @@ def check_local_latency(trials: list[dict[str, Any]]) -> None:
         gpu = named == "cuda" or (named == "auto" and bool(trial["resources"].get("gpu")))
         info = dataset_info(DataSettings.model_validate(trial["settings"]["data"]))
         try:
-            LatencyCost(resolve_predictor_dir(cfg["predictor"], Path.cwd()), cfg["coefficient"], cfg.get("target_ms"),
+            LatencyCost(local_predictors(cfg["predictor"], Path.cwd()), cfg["coefficient"], cfg.get("target_ms"),
                         info, torch.device("cuda" if gpu else "cpu"), get_method(search["method"]).primitives,
                         search["nodes"])
         except UserInputError as exc:

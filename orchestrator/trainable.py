@@ -36,10 +36,10 @@ from mgas_core.engine.runtime import DivergedError, check_device, resolve_device
 from mgas_core.engine.search import run_search
 from mgas_core.files.checkpoints import CorruptFileError, load_checkpoint, load_checkpoint_bytes, save_checkpoint
 from mgas_core.latency.measure import LATENCY_FIELDS
-from mgas_core.latency.store import resolve_predictor_dir
 from mgas_core.methods.registry import get_method, search_augment_for, validate_settings
 from mgas_core.settings.run import RunSettings
 from mgas_core.space.architecture import Architecture, architecture_from_json
+from orchestrator.latency_cluster import with_local_predictors
 
 STATE_FILE = "trial_state.pt"
 ARCH_FILES = ("arch.json", "arch.masks.safetensors")
@@ -115,9 +115,7 @@ def run_trial_pipeline(trial: dict[str, Any], state: dict[str, Any] | None, repo
     settings = validate_settings(trial["settings"])
     base_dir = Path(os.environ.get("TUNE_ORIG_WORKING_DIR") or os.getcwd())
     settings.data = resolve_data_settings(settings.data, cpus if cpus is not None else settings.threads, base_dir)
-    if settings.search.latency.predictor:
-        settings.search.latency = settings.search.latency.model_copy(
-            update={"predictor": resolve_predictor_dir(settings.search.latency.predictor, base_dir)})
+    settings = with_local_predictors(settings, base_dir)  # an object store's: copied to this node
     if settings.threads:
         torch.set_num_threads(settings.threads)
     device = resolve_device(settings.device)

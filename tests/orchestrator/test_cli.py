@@ -150,7 +150,8 @@ def test_mgas_search_summary_and_info_agree(tmp_path, capsys):
 @pytest.mark.parametrize("argv,fragment", [
     (["--method", "msg_das", "--subgraphs", "0"], "search.msg_das.subgraphs"),
     (["--method", "msg_das", "--subgraphs", "9"], "between 1 and the number of ops (8)"),
-    (["--method", "gold_nas", "--cost", "latency"], "search.gold_nas.cost"),
+    (["--method", "gold_nas", "--cost", "energy"], "search.gold_nas.cost"),
+    (["--method", "gold_nas", "--cost", "latency"], "--cost latency needs --latency-predictor"),
 ])
 def test_baseline_invalid_arguments(capsys, argv, fragment):
     with pytest.raises(SystemExit) as info:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
 import shutil
 import signal
 import subprocess
@@ -205,25 +206,28 @@ def test_auto_resolves_to_this_users_cluster_and_says_which(cluster, tmp_path):
 
 
 def test_latency_predictors_timed_on_every_worker_and_loaded_by_a_trial_for_its_device(cluster, tmp_path):
-    """`mgas latency build --address`: the samples are split over both worker nodes (one node type:
-    one CPU model on this machine), one predictor folder per type lands under --out, and a trial on
-    the cluster given that folder loads its device's predictor and searches with the latency term."""
-    from mgas_core.latency.store import load_samples
-
-    out = tmp_path / "predictors"
+    """`mgas latency build --address ... --out s3://...`: the samples are split over both worker
+    nodes (one node type: one CPU model on this machine), one predictor folder per type lands in
+    the object store, and a trial on the cluster given that root loads its device's predictor
+    (copied to its node) and searches with the latency term; another input shape is refused."""
+    out = f"s3://{BUCKET}/predictors"
     built = mgas(cluster.env, tmp_path, "latency", "build", "--address", cluster.address, "--device", "cpu",
                  "--dataset", "synthetic", "--preset", "smoke", "--samples", "12", "--runs", "2", "--warmup", "0",
-                 "--out", str(out), "--json")
+                 "--out", out, "--json")
     assert built.returncode == 0, built.stderr[-3000:]
     (only,) = json.loads(built.stdout.strip().splitlines()[-1])["types"]
     workers = {n["id"] for n in cluster.nodes_info if n["resources"].get("CPU")}
     assert set(only["nodes"]) == workers and len(workers) == 2  # both workers timed (the head has no CPU)
-    folder = Path(only["folder"])
-    assert folder.parent == out and folder.name.startswith("cpu-") and len(load_samples(folder)) == 12
-    assert only["device"] == "cpu" and only["input_shape"] == [3, 8, 8] and only["samples"] == 12
+    assert only["folder"].startswith(f"{out}/cpu-") and only["samples"] == 12
+    assert only["device"] == "cpu" and only["input_shape"] == [3, 8, 8]
+    with aws_env(cluster.env):
+        folder = resolve(only["folder"])
+        names = sorted(posixpath.basename(f.path) for f in folder.files())
+        assert names == ["lookup.json", "predictor.json", "predictor.pt", "samples.jsonl"]
+        assert len(folder.child("samples.jsonl").read_bytes().decode().splitlines()) == 12
 
     spec = write_spec(tmp_path, name="latency", sweep={"method": ["darts"], "seed": [0]}, shared_storage=True,
-                      base={"search.latency.predictor": str(out), "search.latency.coefficient": 0.5})
+                      base={"search.latency.predictor": out, "search.latency.coefficient": 0.5})
     run = mgas(cluster.env, tmp_path, "run", str(spec), "--address", cluster.address)
     assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
     (row,) = read_rows(tmp_path / "out" / "latency")
@@ -234,8 +238,7 @@ def test_latency_predictors_timed_on_every_worker_and_loaded_by_a_trial_for_its_
     assert predicted and all(v > 0 for v in predicted)  # the search priced its architecture every epoch
 
     elsewhere = write_spec(tmp_path, name="latency-elsewhere", sweep={"method": ["darts"], "seed": [0]},
-                           shared_storage=True, base={"search.latency.predictor": str(out),
-                                                      "data.synthetic.size": 16})
+                           shared_storage=True, base={"search.latency.predictor": out, "data.synthetic.size": 16})
     failed = mgas(cluster.env, tmp_path, "run", str(elsewhere), "--address", cluster.address)
     (row,) = read_rows(tmp_path / "out" / "latency-elsewhere")
     assert row["status"] != "ok" and "no latency predictor in" in row["error"] and "input 3x16x16" in row["error"], \
