@@ -41,9 +41,10 @@ def saved_state(run_dir: Path) -> dict[str, str]:
 
 
 def test_killed_driver_then_resume_runs_only_unfinished_trials(tmp_path):
-    # the second trial is much longer than the first, so it is still running when the driver dies
+    # the second trial is much longer than the first (30 retraining epochs: a wide window on a loaded
+    # machine), so it is still running when the driver dies
     path = write_spec(tmp_path, name="resume", sweep={"method": ["darts"], "seed": [0]},
-                      include=[{"method": "darts", "seed": 1, "retrain.epochs": 6}],
+                      include=[{"method": "darts", "seed": 1, "retrain.epochs": 30}],
                       max_concurrent_trials=1, base={"search.epochs": 3})
     experiment_dir = tmp_path / "out" / "resume"
     cmd = [sys.executable, "-m", "orchestrator.cli", "run", str(path)]
