@@ -35,6 +35,7 @@ from mgas_core.methods.registry import (
 )
 from mgas_core.settings.run import DATASETS, RunSettings
 from mgas_core.space.importers import DEFAULT_DARTS_LAYERS, FORMATS, import_architecture
+from orchestrator.interrupts import InterruptWatch
 from orchestrator.latency_cli import add_latency_parser, run_latency
 
 EXIT_USAGE = 2
@@ -383,11 +384,12 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     args.json_stream = None
     try:
-        if getattr(args, "json", False):  # stdout holds the JSON object and nothing else
-            with stdout_to_stderr() as args.json_stream:
+        with InterruptWatch():  # a Ctrl-C Python drops (in an at-fork handler) is raised again later
+            if getattr(args, "json", False):  # stdout holds the JSON object and nothing else
+                with stdout_to_stderr() as args.json_stream:
+                    COMMANDS[args.command](args)
+            else:
                 COMMANDS[args.command](args)
-        else:
-            COMMANDS[args.command](args)
     except UserInputError as exc:  # only user errors; a bug keeps its traceback
         print(f"mgas: error: {one_line(str(exc))}", file=sys.stderr)
         return EXIT_USAGE

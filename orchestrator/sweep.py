@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from orchestrator.interrupts import raise_if_interrupted
 from orchestrator.progress import search_plan
 from orchestrator.reachability import check_ray_address
 from orchestrator.runtime_env import load_runtime_env
@@ -187,6 +188,7 @@ def run_sweep(spec: ExperimentSpec, trials: list[dict[str, Any]], uri: str, addr
         check_local_latency(trials)
     embedded = init_ray(address, dashboard, dashboard_host, runtime_env)
     try:
+        raise_if_interrupted()  # a Ctrl-C while Ray started may have been dropped (orchestrator/interrupts.py)
         check_capacity(spec.resources, methods, cluster_nodes(), "this machine (embedded Ray)" if embedded
                        else f"the Ray cluster at {address or 'this process'}")
         if not embedded:
