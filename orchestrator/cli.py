@@ -36,7 +36,13 @@ from mgas_core.methods.registry import (
 from mgas_core.settings.run import DATASETS, RunSettings
 from mgas_core.space.importers import DEFAULT_DARTS_LAYERS, FORMATS, import_architecture
 from orchestrator.interrupts import InterruptWatch
-from orchestrator.latency_cli import add_latency_parser, run_latency
+from orchestrator.latency_cli import (
+    LATENCY_SEARCH_FLAGS,
+    add_latency_parser,
+    add_latency_search_flags,
+    run_latency,
+    take_cost_latency,
+)
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
@@ -108,13 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--batch", type=int, help="batch size (paper: 64)")
     search.add_argument("--target-params", type=float, metavar="M",
                         help="target size in millions of (nonzero) parameters of the derived model")
-    search.add_argument("--latency-predictor", metavar="DIR",
-                        help="add a latency term to the search loss, predicted by this device's predictor "
-                             "(a folder written by `mgas latency build`; DARTS, MSG-DAS, GOLD-NAS)")
-    search.add_argument("--target-latency-ms", type=float, metavar="MS",
-                        help="with --latency-predictor: only an architecture slower than this pays the term")
-    search.add_argument("--latency-coefficient", type=float, metavar="C",
-                        help="balancing coefficient of the latency term (default 0.1)")
+    add_latency_search_flags(search)
     add_method_flags(search)
     search.add_argument("--impl", choices=("fast", "reference"), help="supernet implementation (default fast)")
     search.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt if present")
@@ -194,8 +194,7 @@ SHARED_SEARCH_FLAGS = {
     "dataset": "data.name", "data_root": "data.root", "seed": "seed", "device": "device", "threads": "threads",
     "method": "search.method", "epochs": "search.epochs", "layers": "search.layers", "channels": "search.channels",
     "batch": "search.batch_size", "target_params": "search.target_params", "impl": "search.impl",
-    "latency_predictor": "search.latency.predictor", "target_latency_ms": "search.latency.target_ms",
-    "latency_coefficient": "search.latency.coefficient",
+    **LATENCY_SEARCH_FLAGS,
 }
 
 
@@ -222,11 +221,7 @@ def settings_from_args(args: argparse.Namespace, mapping: dict[str, str]) -> Run
     overrides = _overrides(args, mapping)
     if args.download:
         overrides["data.download"] = True
-    if overrides.get("search.gold_nas.cost") == "latency":  # --cost latency: any method, with its predictor
-        del overrides["search.gold_nas.cost"]
-        if "search.latency.predictor" not in overrides:
-            raise UserInputError("--cost latency needs --latency-predictor DIR (a folder written by "
-                                 "`mgas latency build`)")
+    take_cost_latency(overrides)
     if "search.target_params" in overrides:  # genotype methods reach the target by width scaling
         overrides.setdefault("retrain.target_params", overrides["search.target_params"])
     paths = set(known_paths())

@@ -23,6 +23,32 @@ from orchestrator.storage import is_uri, reach
 MAX_SAMPLES = 100_000
 
 
+LATENCY_SEARCH_FLAGS = {"latency_predictor": "search.latency.predictor",
+                        "target_latency_ms": "search.latency.target_ms",
+                        "latency_coefficient": "search.latency.coefficient"}
+"""``mgas search``'s latency flags (argparse dest) -> the setting each sets."""
+
+
+def add_latency_search_flags(search: argparse.ArgumentParser) -> None:
+    search.add_argument("--latency-predictor", metavar="DIR",
+                        help="make the search latency-aware with this device's predictor (a folder or object "
+                             "store written by `mgas latency build`)")
+    search.add_argument("--target-latency-ms", type=float, metavar="MS",
+                        help="with --latency-predictor: the latency target (ms)")
+    search.add_argument("--latency-coefficient", type=float, metavar="C",
+                        help="balancing coefficient of the latency term of DARTS and MSG-DAS (default 0.1)")
+
+
+def take_cost_latency(overrides: dict[str, Any]) -> None:
+    """``--cost latency`` (GOLD-NAS's flag, for any method here): latency-aware with the predictor
+    given, which is what enables it; without one, one line."""
+    if overrides.get("search.gold_nas.cost") == "latency":
+        del overrides["search.gold_nas.cost"]
+        if "search.latency.predictor" not in overrides:
+            raise UserInputError("--cost latency needs --latency-predictor DIR (a folder written by "
+                                 "`mgas latency build`)")
+
+
 def add_latency_parser(sub: argparse._SubParsersAction, datasets: tuple[str, ...], presets: list[str]) -> None:
     latency = sub.add_parser("latency", help="measure a network's latency, or build a device's latency predictors")
     cmds = latency.add_subparsers(dest="latency_command", required=True, parser_class=type(latency))

@@ -26,8 +26,7 @@ from typing import Any
 
 from mgas_common.errors import UserInputError
 from mgas_core.files.atomic import atomic_write_bytes
-from mgas_core.latency.build import TimingPlan, fit_and_evaluate
-from mgas_core.latency.encoding import EncodingSpace
+from mgas_core.latency.build import TimingPlan, fit_with_report
 from mgas_core.latency.lookup import LookupTable
 from mgas_core.latency.sampling import SampleShape, sample_architectures
 from mgas_core.latency.store import SUMMARY_FILE, TimedSample, resolve_predictor_dir, save_predictors
@@ -151,7 +150,7 @@ def build_on_cluster(shape: SampleShape, plan: TimingPlan, count: int, seed: int
     archs_json = [a.to_json() for a in archs]
     timer = ray.remote(_time_chunk)
     reports = []
-    for (name, torch_version), nodes in sorted(node_types(plan.device).items()):
+    for (name, _torch), nodes in sorted(node_types(plan.device).items()):
         chunks = [archs_json[i::len(nodes)] for i in range(len(nodes))]
         order = [list(range(i, count, len(nodes))) for i in range(len(nodes))]
         refs = []
@@ -171,18 +170,9 @@ def build_on_cluster(shape: SampleShape, plan: TimingPlan, count: int, seed: int
                 channels, layers = shape.shape_of(str(archs[i].meta["sample_kind"]))
                 timed[i] = TimedSample(archs[i], channels, layers, sample["latency_ms"], sample["table_ms"])
         samples = [s for s in timed if s is not None]
-        space = EncodingSpace(max(shape.search_layers, shape.retrain_layers), shape.nodes, shape.primitives)
-        predictors, errors = fit_and_evaluate(samples, space, table.conditions, seed)
-        folder_name = type_folder(plan.device, name)
-        report = {**errors, "seconds": round(time.perf_counter() - start, 1), "device": plan.device,
-                  "device_name": name, "torch_version": torch_version, "threads": plan.threads, "batch": plan.batch,
-                  "input_shape": list(plan.info.input_shape), "dataset": plan.info.name, "seed": seed,
-                  "space": space.as_dict(), "nodes": sorted(r["node_id"] for r in results),
-                  "sample_shape": {"search_channels": shape.search_channels, "search_layers": shape.search_layers,
-                                   "retrain_channels": shape.retrain_channels,
-                                   "retrain_layers": shape.retrain_layers},
-                  "table_entries": len(table.entries), "warmup": plan.warmup, "runs": plan.runs}
-        where = save_to(out, folder_name, lambda f, p=predictors, t=table, s=samples, r=report: save_predictors(
-            f, p, t, s, r))
+        predictors, report = fit_with_report(samples, table, shape, plan, seed, start)
+        report["nodes"] = sorted(r["node_id"] for r in results)
+        where = save_to(out, type_folder(plan.device, name), lambda f, p=predictors, t=table, s=samples,
+                        r=report: save_predictors(f, p, t, s, r))
         reports.append({**report, "folder": where})
     return reports

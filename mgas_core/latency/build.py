@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,24 +92,31 @@ def fit_and_evaluate(samples: Sequence[TimedSample], space: EncodingSpace, condi
     return predictors, report
 
 
-def build_predictors(shape: SampleShape, plan: TimingPlan, count: int, seed: int, out: Path,
-                     timer: Callable[[list[Architecture]], tuple[list[TimedSample], LookupTable]] | None = None,
-                     ) -> dict[str, Any]:
-    """Sample ``count`` architectures, time them (here, or with ``timer``), fit, evaluate and save
-    to ``out``; the summary (also ``out/predictor.json``)."""
-    start = time.perf_counter()
-    archs = sample_architectures(count, shape, seed)
-    samples, table = (timer or (lambda a: time_samples(a, shape, plan)))(archs)
-    timed_s = time.perf_counter() - start
+def fit_with_report(samples: Sequence[TimedSample], table: LookupTable, shape: SampleShape, plan: TimingPlan,
+                    seed: int, start: float) -> tuple[dict[str, LatencyPredictor], dict[str, Any]]:
+    """Fit and evaluate (:func:`fit_and_evaluate`) the timed samples; the predictors and the summary
+    a predictor folder stores: the errors, what they hold for and how the samples were drawn
+    (``start``: ``time.perf_counter()`` when the build began)."""
     space = EncodingSpace(max(shape.search_layers, shape.retrain_layers), shape.nodes, shape.primitives)
     predictors, errors = fit_and_evaluate(samples, space, table.conditions, seed)
-    report = {**errors, "seconds": round(time.perf_counter() - start, 1), "timing_seconds": round(timed_s, 1),
-              "device": table.conditions.device, "device_name": table.conditions.device_name,
-              "torch_version": table.conditions.torch_version, "threads": table.conditions.threads,
-              "batch": table.conditions.batch, "input_shape": list(table.conditions.input_shape),
-              "dataset": plan.info.name, "seed": seed, "space": space.as_dict(),
+    c = table.conditions
+    report = {**errors, "seconds": round(time.perf_counter() - start, 1), "device": c.device,
+              "device_name": c.device_name, "torch_version": c.torch_version, "threads": c.threads,
+              "batch": c.batch, "input_shape": list(c.input_shape), "dataset": plan.info.name, "seed": seed,
+              "space": space.as_dict(),
               "sample_shape": {"search_channels": shape.search_channels, "search_layers": shape.search_layers,
                                "retrain_channels": shape.retrain_channels, "retrain_layers": shape.retrain_layers},
               "table_entries": len(table.entries), "warmup": plan.warmup, "runs": plan.runs}
+    return predictors, report
+
+
+def build_predictors(shape: SampleShape, plan: TimingPlan, count: int, seed: int, out: Path) -> dict[str, Any]:
+    """Sample ``count`` architectures, time them here, fit, evaluate and save to ``out``; the
+    summary (also ``out/predictor.json``)."""
+    start = time.perf_counter()
+    samples, table = time_samples(sample_architectures(count, shape, seed), shape, plan)
+    timed_s = time.perf_counter() - start
+    predictors, report = fit_with_report(samples, table, shape, plan, seed, start)
+    report["timing_seconds"] = round(timed_s, 1)
     save_predictors(out, predictors, table, samples, report)
     return report

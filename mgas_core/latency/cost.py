@@ -58,7 +58,6 @@ class LatencyCost:
         shape = json.loads((folder / SUMMARY_FILE).read_text())["sample_shape"]
         self.channels, self.layers = int(shape["retrain_channels"]), int(shape["retrain_layers"])
         self.columns = [list(primitives).index(p) for p in space.primitives]
-        self.none = list(primitives).index("none") if "none" in primitives else None
         self.coefficient, self.target_ms = coefficient, target_ms
         self.device = device
         self.first_ms: float | None = None

@@ -21,7 +21,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mgas_core.data import DatasetInfo
 from mgas_core.evaluation_network import ModuleSpec, _unfreeze, build_eval_network, network_specs
 from mgas_core.latency.measure import LatencyConditions, fixed_threads, time_calls
 from mgas_core.space.architecture import Architecture
@@ -152,7 +151,3 @@ class LookupTable:
 
 def _plain(value: Any) -> Any:
     return value if isinstance(value, str | int | float | bool) or value is None else str(value)
-
-
-def table_info(info: DatasetInfo) -> tuple[int, str]:
-    return info.num_classes, info.variant
