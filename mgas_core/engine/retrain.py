@@ -18,7 +18,7 @@ from mgas_core.data import DatasetInfo, Splits, epoch_batches
 from mgas_core.engine.compiled import check_compile, compiled_forward
 from mgas_core.engine.runtime import check_finite, evaluate, load_saved, rng_state, seed_everything, set_rng_state
 from mgas_core.engine.search import EpochCallback, StartCallback
-from mgas_core.evaluation_network import EvalNetwork, build_eval_network, count_architecture_params
+from mgas_core.evaluation_network import build_eval_network, count_architecture_params
 from mgas_core.latency.measure import LatencyMeasurement, measure_latency
 from mgas_core.methods.protocol import cosine_lr, set_lr
 from mgas_core.metrics import ParamCount, PeakMemory, Stopwatch, count_flops, count_params
@@ -71,11 +71,18 @@ class RetrainResult:
 
 
 def retrain_shape(arch: Architecture, cfg: RetrainSettings, info: DatasetInfo) -> tuple[int, int]:
-    """(channels, layers) of the network retrained for ``arch`` under ``cfg``."""
+    """(channels, layers) of the network retrained for ``arch`` under ``cfg``: a per-cell
+    architecture's own depth and width (a width-free one, H-DAS's, at ``retrain.channels``); a
+    stage-level architecture's own depth (``retrain.layers`` does not apply)."""
     if not arch.is_genotype:
-        assert arch.channels is not None and arch.cells is not None
-        return arch.channels, len(arch.cells)
-    layers = cfg.layers if cfg.layers is not None else (arch.layers or 20)
+        assert arch.cells is not None
+        if arch.channels is not None:
+            return arch.channels, len(arch.cells)
+        return cfg.channels if cfg.channels is not None else 36, len(arch.cells)
+    if arch.stages is not None:
+        layers = arch.layers or 0
+    else:
+        layers = cfg.layers if cfg.layers is not None else (arch.layers or 20)
     if cfg.target_params is not None:
         width = width_for_target(arch, cfg.target_params, layers, info.num_classes, info.in_channels, info.variant)
         return width, layers
@@ -83,7 +90,7 @@ def retrain_shape(arch: Architecture, cfg: RetrainSettings, info: DatasetInfo) -
     return channels, layers
 
 
-def build_retrain_network(arch: Architecture, cfg: RetrainSettings, splits: Splits) -> EvalNetwork:
+def build_retrain_network(arch: Architecture, cfg: RetrainSettings, splits: Splits) -> nn.Module:
     info = splits.info
     channels, layers = retrain_shape(arch, cfg, info)
     return build_eval_network(arch, info.num_classes, info.in_channels, channels, layers, cfg.auxiliary, info.variant)

@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mgas_core.evaluation_network import ModuleSpec, _unfreeze, build_eval_network, network_specs
+from mgas_core.evaluation_cells import ModuleSpec, _unfreeze
+from mgas_core.evaluation_network import build_eval_network, network_specs
 from mgas_core.latency.measure import LatencyConditions, fixed_threads, time_calls
 from mgas_core.space.architecture import Architecture
 

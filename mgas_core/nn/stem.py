@@ -8,18 +8,19 @@ from torch import Tensor, nn
 class Stem(nn.Module):
     """The network stem; returns the two states the first cell reads.
 
-    ``cifar``: one 3x3 conv to ``3C`` channels + BN (both states are its output). ``imagenet``
+    ``cifar``: one 3x3 conv to ``multiplier x C`` channels (DARTS: 3; H-DAS's stage-level network:
+    the stage width, 4C) + BN (both states are its output). ``imagenet``
     (DARTS ``NetworkImageNet``): stem0 = two stride-2 convs to C, stem1 = ReLU, stride-2 conv;
     the first cell reads stem0 (1/4 resolution) and stem1 (1/8).
     """
 
-    def __init__(self, in_channels: int, channels: int, variant: str = "cifar") -> None:
+    def __init__(self, in_channels: int, channels: int, variant: str = "cifar", multiplier: int = 3) -> None:
         super().__init__()
         if variant not in ("cifar", "imagenet"):
             raise ValueError(f"variant must be 'cifar' or 'imagenet', got {variant!r}")
         self.variant = variant
         if variant == "cifar":
-            self.out_channels = 3 * channels
+            self.out_channels = multiplier * channels
             self.stem = nn.Sequential(nn.Conv2d(in_channels, self.out_channels, 3, padding=1, bias=False),
                                       nn.BatchNorm2d(self.out_channels))
         else:

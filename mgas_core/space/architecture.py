@@ -4,10 +4,15 @@ Two forms share one schema:
 
 * **genotype** (DARTS, MSG-DAS): one ``normal`` and one ``reduce`` cell, replicated over any
   number of layers and any width;
-* **cells** (GOLD-NAS, MGAS): an explicit list of cells, each with its own ops, per-op channel
+* **cells** (GOLD-NAS, MGAS, H-DAS): an explicit list of cells, each with its own ops, per-op channel
   widths (``{"mid": int, "out": [kept channel ids]}``) and pre-processing widths, at a fixed
-  ``channels`` and ``layers``. Weight masks live beside the JSON in a safetensors file, keyed by
+  ``channels`` and ``layers`` (cells without widths, as H-DAS's stage-specific cells, may leave
+  ``channels`` unset: they build at any width). Weight masks live beside the JSON in a safetensors file, keyed by
   the module path in the evaluation network (``cells.3.ops.5.pw1``).
+
+An optional ``stages`` (:mod:`mgas_core.space.stages`) sets the stage level: the normal cells of each
+stage (a reduction cell between two stages) and, for H-DAS, the DAG that connects them; without
+it the network has reduction cells at L//3 and 2L//3 and each cell reads the two before it.
 
 An optional ``style`` (:class:`NetworkStyle`) records where a published architecture's own
 ``model.py`` builds the evaluation network differently from DARTS's (``mgas import-arch``,
@@ -31,6 +36,7 @@ from mgas_core.files.atomic import atomic_write_text
 from mgas_core.files.checkpoints import load_tensor_file, save_tensor_file
 from mgas_core.nn.ops import KNOWN_OPS, OpStyle, OpWidths
 from mgas_core.settings.strict import MAX_CHANNELS, MAX_LAYERS, MAX_NODES
+from mgas_core.space.stages import StageArch, StageError, StageFile, stage_from_file, stage_layout, validate_stages
 from mgas_core.space.topology import reduction_cells
 
 FORMAT = "mgas-architecture"
@@ -117,11 +123,29 @@ class Architecture:
     masks: dict[str, Tensor] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     style: NetworkStyle = DEFAULT_STYLE
+    stages: list[StageArch] | None = None
 
     def __post_init__(self) -> None:
         validate(self)
         if self.cells is not None:
             self.layers = len(self.cells)
+        elif self.stages is not None:
+            self.layers = stage_layout(self.stages)[0]
+
+    @property
+    def has_dag_stages(self) -> bool:
+        """True for an H-DAS stage-level architecture (cells connected by a DAG in each stage)."""
+        return self.stages is not None and self.stages[0].is_dag
+
+    def reductions(self, layers: int) -> tuple[int, ...]:
+        """Indices of the reduction cells of this architecture's ``layers``-cell network."""
+        if self.stages is None:
+            return reduction_cells(layers)
+        count, reductions = stage_layout(self.stages)
+        if layers != count:
+            raise ArchitectureError(f"architecture {self.name!r} has {count} cells in its stages; cannot build "
+                                    f"{layers} layers")
+        return reductions
 
     @property
     def is_genotype(self) -> bool:
@@ -135,7 +159,7 @@ class Architecture:
                     f"architecture {self.name!r} has {len(self.cells)} cells; cannot build {layers} layers"
                 )
             return self.cells
-        reductions = set(reduction_cells(layers))
+        reductions = set(self.reductions(layers))
         assert self.normal is not None and self.reduce is not None
         return [self.reduce if i in reductions else self.normal for i in range(layers)]
 
@@ -151,6 +175,8 @@ class Architecture:
             out["channels"] = self.channels
         if self.layers is not None:
             out["layers"] = self.layers
+        if self.stages is not None:
+            out["stages"] = [s.to_json() for s in self.stages]
         if self.style != DEFAULT_STYLE:
             out["style"] = self.style.to_json()
         if self.meta:
@@ -218,6 +244,7 @@ class _ArchFile(_FileModel):
     masks: str | None = Field(None, min_length=1, max_length=255)
     meta: dict[str, Any] = {}
     style: _StyleFile | None = None
+    stages: list[StageFile] | None = Field(None, min_length=1)
 
 
 def _widths(raw: _WidthsFile | None) -> OpWidths | None:
@@ -266,17 +293,22 @@ def architecture_from_json(data: Any, base_dir: Path | None = None, where: str =
 
 def _architecture(raw: _ArchFile, masks: dict[str, Tensor] | None) -> Architecture:
     style = NetworkStyle(**raw.style.model_dump()) if raw.style is not None else DEFAULT_STYLE
+    stages = [stage_from_file(s) for s in raw.stages] if raw.stages is not None else None
     if raw.cells is not None:
         if raw.normal is not None or raw.reduce is not None:
             raise ArchitectureError("give either 'cells' or 'normal' and 'reduce', not both")
         if raw.layers is not None and raw.layers != len(raw.cells):
             raise ArchitectureError(f"layers={raw.layers} but 'cells' lists {len(raw.cells)} cells")
         return Architecture(name=raw.name, nodes=raw.nodes, cells=[_cell(c) for c in raw.cells],
-                            channels=raw.channels, layers=len(raw.cells), masks=masks, meta=raw.meta, style=style)
+                            channels=raw.channels, layers=len(raw.cells), masks=masks, meta=raw.meta, style=style,
+                            stages=stages)
     if raw.normal is None or raw.reduce is None:
         raise ArchitectureError("an architecture needs either 'cells' or both 'normal' and 'reduce'")
+    if stages is not None and raw.layers is not None and raw.layers != stage_layout(stages)[0]:
+        raise ArchitectureError(f"layers={raw.layers} but 'stages' lay out {stage_layout(stages)[0]} cells")
     return Architecture(name=raw.name, nodes=raw.nodes, normal=_cell(raw.normal), reduce=_cell(raw.reduce),
-                        channels=raw.channels, layers=raw.layers, masks=masks, meta=raw.meta, style=style)
+                        channels=raw.channels, layers=raw.layers, masks=masks, meta=raw.meta, style=style,
+                        stages=stages)
 
 
 def load_architecture(path: str | os.PathLike[str]) -> Architecture:
@@ -295,6 +327,12 @@ def load_architecture(path: str | os.PathLike[str]) -> Architecture:
 def validate(arch: Architecture) -> None:
     if arch.nodes < 1:
         raise ArchitectureError(f"nodes must be >= 1, got {arch.nodes}")
+    if arch.stages is not None:
+        try:
+            validate_stages(arch.stages)
+        except StageError as exc:
+            raise ArchitectureError(str(exc)) from None
+        _check_staged_cells(arch)
     if arch.cells is None:
         if arch.normal is None or arch.reduce is None:
             raise ArchitectureError("a genotype needs a 'normal' and a 'reduce' cell")
@@ -302,9 +340,10 @@ def validate(arch: Architecture) -> None:
     else:
         if not arch.cells:
             raise ArchitectureError("'cells' is empty")
-        if arch.channels is None:
-            raise ArchitectureError("a per-cell architecture must record 'channels'")
-        expected = set(reduction_cells(len(arch.cells)))
+        if arch.channels is None and (arch.masks or any(_has_widths(c) for c in arch.cells)):
+            raise ArchitectureError("a per-cell architecture with channel widths or weight masks must record "
+                                    "'channels'")
+        expected = set(arch.reductions(len(arch.cells)))
         for i, c in enumerate(arch.cells):
             if c.reduction is not None and c.reduction != (i in expected):
                 raise ArchitectureError(f"cells[{i}].reduction={c.reduction} but cell {i} of {len(arch.cells)} "
@@ -328,6 +367,28 @@ def validate(arch: Architecture) -> None:
         for k, o in enumerate(cell.ops):
             if o.input >= 2 and o.input not in live:
                 raise ArchitectureError(f"{where}.ops[{k}] reads state {o.input}, which has no incoming op")
+
+
+def _has_widths(cell: CellArch) -> bool:
+    return any(o.widths for o in cell.ops) or any(p for p in cell.preprocess)
+
+
+def _check_staged_cells(arch: Architecture) -> None:
+    """A DAG of cells sums cell outputs: every normal cell of a stage writes the same number of
+    nodes, and no cell carries removed filters (the DAG's states have one width per stage)."""
+    assert arch.stages is not None
+    count, _ = stage_layout(arch.stages)
+    if arch.cells is not None and len(arch.cells) != count:
+        raise ArchitectureError(f"'stages' lay out {count} cells but 'cells' lists {len(arch.cells)}")
+    if not arch.has_dag_stages:
+        return
+    cells = arch.cells if arch.cells is not None else [c for c in (arch.normal, arch.reduce) if c is not None]
+    if any(_has_widths(c) for c in cells) or arch.masks:
+        raise ArchitectureError("a stage-level DAG takes cells without channel widths or weight masks")
+    widths = {len(c.concat) for c in cells}
+    if len(widths) > 1:
+        raise ArchitectureError("a stage-level DAG needs cells that all concatenate the same number of nodes, "
+                                f"got {sorted(widths)}")
 
 
 def prune_dead_ops(ops: list[OpSpec]) -> tuple[list[OpSpec], list[int]]:

@@ -124,13 +124,15 @@ def network_cells(
     stem_channels: int,
     first_reduction_prev: bool = False,
     outputs_per_cell: list[int] | None = None,
+    reductions: tuple[int, ...] | None = None,
 ) -> list[CellShape]:
     """Channel plan of the DARTS network: doubles C at each reduction cell.
 
     ``outputs_per_cell`` overrides the number of concatenated nodes of each cell (a derived
-    architecture may concatenate fewer nodes than ``multiplier``).
+    architecture may concatenate fewer nodes than ``multiplier``); ``reductions`` the reduction
+    cells (default L//3 and 2L//3; a stage-level architecture places its own).
     """
-    reductions = set(reduction_cells(layers))
+    reductions = set(reduction_cells(layers) if reductions is None else reductions)
     shapes = []
     c_pp, c_p, c_curr = stem_channels, stem_channels, channels
     reduction_prev = first_reduction_prev

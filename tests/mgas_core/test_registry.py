@@ -24,9 +24,10 @@ def settings_for(method, **kw):
 _run = search_until
 
 
-def test_registry_has_the_four_search_methods_and_published():
-    assert set(method_names(searching_only=True)) == {"darts", "gold_nas", "msg_das", "mgas"}
-    assert set(METHOD_REGISTRY) == {"darts", "gold_nas", "msg_das", "mgas", "published"}  # published: retrain only
+def test_registry_has_the_search_methods_and_published():
+    assert set(method_names(searching_only=True)) == {"darts", "gold_nas", "msg_das", "mgas", "hdas"}
+    # published: retrain only
+    assert set(METHOD_REGISTRY) == {"darts", "gold_nas", "msg_das", "mgas", "hdas", "published"}
 
 
 @pytest.mark.slow
