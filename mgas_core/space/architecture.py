@@ -304,6 +304,11 @@ def _architecture(raw: _ArchFile, masks: dict[str, Tensor] | None) -> Architectu
                             stages=stages)
     if raw.normal is None or raw.reduce is None:
         raise ArchitectureError("an architecture needs either 'cells' or both 'normal' and 'reduce'")
+    if stages is not None:
+        try:
+            validate_stages(stages)
+        except StageError as exc:
+            raise ArchitectureError(str(exc)) from None
     if stages is not None and raw.layers is not None and raw.layers != stage_layout(stages)[0]:
         raise ArchitectureError(f"layers={raw.layers} but 'stages' lay out {stage_layout(stages)[0]} cells")
     return Architecture(name=raw.name, nodes=raw.nodes, normal=_cell(raw.normal), reduce=_cell(raw.reduce),

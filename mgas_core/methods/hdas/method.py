@@ -137,9 +137,10 @@ class Hdas(SearchMethod):
         self.phase = "cell"
         self.cells: tuple[list[CellArch], list[CellArch]] | None = None
         self.source_arch: str | None = None
+        self.nodes = settings.nodes  # of the cells: the searched ones', or the given architecture's
         if self.cfg.cells_from is not None:
             given = resolve_architecture(_located(self.cfg.cells_from))
-            self.cells, self.source_arch = cells_of(given), given.name
+            self.cells, self.source_arch, self.nodes = cells_of(given), given.name, given.nodes
             self._enter_stage_phase()
         else:
             layers = self.cfg.cell_layers or settings.layers
@@ -233,7 +234,7 @@ class Hdas(SearchMethod):
         meta: dict[str, Any] = {"cells_per_stage": [st.cells for st in stages]}
         if self.source_arch is not None:
             meta["cells_from"] = self.source_arch
-        return staged_architecture(name, self.settings.nodes, normals, reduces, stages, meta)
+        return staged_architecture(name, self.nodes, normals, reduces, stages, meta)
 
     def log_metrics(self) -> dict[str, Any]:
         out: dict[str, Any] = {"hdas_phase": self.phase, "w_lr": self.w_opt.param_groups[0]["lr"]}
@@ -251,7 +252,7 @@ class Hdas(SearchMethod):
         state: dict[str, Any] = {"phase": self.phase}
         if self.cells is not None:
             normals, reduces = self.cells
-            state["cells"] = [Architecture(name="cell", nodes=self.settings.nodes, normal=c, reduce=c).to_json()
+            state["cells"] = [Architecture(name="cell", nodes=self.nodes, normal=c, reduce=c).to_json()
                               for c in [*normals, *reduces]]
         return state
 
