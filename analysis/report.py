@@ -13,6 +13,7 @@ import pandas as pd
 from analysis.aggregate import ablation_table, aggregate, snapshot_series, trial_rows, varying_factors
 from analysis.load import Results, load_results
 from analysis.plots import Style, ablation_plot, cost_memory_plot, pareto_plot, remaining_ratio_plot
+from analysis.population import front_table, population_front_plot
 from analysis.published import comparison_table, load_published
 
 
@@ -72,6 +73,9 @@ def build_report(results: Results, out: Path, published_path: Path | None = None
     if latency is not None:
         figures["pareto_latency"] = pareto_plot(agg, out, cost="latency_ms", name="pareto_latency", xlabel=latency,
                                                 series=series, styles=styles)
+    front = population_front_plot(results.ok, out, styles)
+    if front is not None:
+        figures["population_front"] = front
     ratio = remaining_ratio_plot(results.curves, out)
     if ratio is not None:
         figures["remaining_ratio"] = ratio
@@ -99,6 +103,10 @@ def build_report(results: Results, out: Path, published_path: Path | None = None
          "report's protocol, no search: what the searches above are measured against. Drawn as the grey stars, "
          "labelled with the architecture's name."),
         *[(f"Ablation: {m} over {f}", t, "") for m, f, t in ablations],
+        ("Population fronts (network-level NSGA-II)", front_table(results.ok),
+         "The non-dominated candidates of each population (validation accuracy up, the population's cost down, "
+         "over its finished candidates), as marked in the rows' non_dominated column; test accuracy is reported, "
+         "never selected on."),
         ("Snapshot series (GOLD-NAS)", series_table(series),
          "Every snapshot of a search that yields a series, retrained from scratch: one row each, largest first; "
          "the last of each search is the architecture it ended on."),

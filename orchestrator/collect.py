@@ -161,7 +161,12 @@ def write_results(experiment: Location, trials: list[SavedTrial]) -> dict[str, A
         row = write_trial_outputs(experiment, saved.trial, saved.result, saved.error, saved.checkpoint)
         counts["ok" if row["status"] == "ok" else "failed"] += 1
         trial_ids.append(saved.trial["trial_id"])
-    return {"experiment": experiment.uri, "rows": len(trial_ids), **counts, "trial_ids": sorted(trial_ids)}
+    out = {"experiment": experiment.uri, "rows": len(trial_ids), **counts, "trial_ids": sorted(trial_ids)}
+    if any(saved.trial.get("population") is not None for saved in trials):
+        from orchestrator.front import mark_front
+
+        out["non_dominated"] = mark_front(experiment)  # over every candidate row of the experiment
+    return out
 
 
 def collect_command(storage: str) -> list[dict[str, Any]]:

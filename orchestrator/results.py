@@ -72,6 +72,10 @@ _RESULT_TAIL = [
     ("supernet_params_m", pa.float64()),
     ("channels", pa.int64()),
     ("layers", pa.int64()),
+    ("cells_per_stage", pa.string()),
+    ("candidate", pa.int64()),
+    ("generation", pa.int64()),
+    ("non_dominated", pa.bool_()),
     ("remaining_ratio_op", pa.float64()),
     ("remaining_ratio_filter", pa.float64()),
     ("remaining_ratio_weight", pa.float64()),
@@ -248,7 +252,18 @@ def row_from_result(trial: dict[str, Any], result: dict[str, Any] | None, error:
         row["finished_at"] = result.get("timestamp")
     if isinstance(row.get("versions"), dict):
         row["versions"] = json.dumps(row["versions"], sort_keys=True)
+    population = trial.get("population") or {}
+    row["candidate"], row["generation"] = population.get("candidate"), population.get("generation")
+    row["cells_per_stage"] = cells_per_stage(row.get("arch_json"))
     return row
+
+
+def cells_per_stage(arch_json: str | None) -> str | None:
+    """The normal cells of each stage of a stage-level architecture ("3,3,2"), else None."""
+    if not arch_json:
+        return None
+    stages = json.loads(arch_json).get("stages")
+    return ",".join(str(s["cells"]) for s in stages) if stages else None
 
 
 def rows_from_result(trial: dict[str, Any], result: dict[str, Any] | None,
@@ -262,7 +277,8 @@ def rows_from_result(trial: dict[str, Any], result: dict[str, Any] | None,
     extra = (result or {}).get("snapshot_rows_json") if row["status"] == "ok" else None
     for snapshot in json.loads(extra) if extra else []:
         rows.append({**row, **{k: v for k, v in snapshot.items() if k in REPORTED_FIELDS},
-                     "target_reached": None, "target_gap": None})
+                     "target_reached": None, "target_gap": None,
+                     "cells_per_stage": cells_per_stage(snapshot.get("arch_json"))})
     return sorted(rows, key=lambda r: -1 if r.get("snapshot_index") is None else r["snapshot_index"])
 
 

@@ -59,6 +59,7 @@ from mgas_core.methods.registry import build_settings, known_paths, load_methods
 from mgas_core.settings.run import DATASETS, DEFAULT_METHOD, RunSettings
 from mgas_core.settings.strict import PATH_TEXT, Strict, field_error
 from orchestrator.exclude_rules import RuleIndex
+from orchestrator.population import CANDIDATE_METHOD, PopulationSpec
 from orchestrator.runtime_env import RuntimeSpec
 from orchestrator.tracking import TrackingSpec
 
@@ -186,6 +187,8 @@ class ExperimentSpec(Strict):
     checkpoint_interval_s: float = Field(10.0, ge=0, le=86_400)
     max_concurrent_trials: int | None = Field(None, ge=1, le=MAX_TRIALS)
     max_failures: int = Field(1, ge=0, le=1000)
+    population: PopulationSpec | None = None
+    """A network-level multi-objective search after the sweep (the block stage): see orchestrator.population."""
 
     @field_validator("dataset", mode="before")
     @classmethod
@@ -296,6 +299,11 @@ def load_spec(path: str | Path) -> tuple[ExperimentSpec, Path]:
     for rule_kind, rules in (("include", spec.include), ("exclude", spec.exclude)):
         for i, rule in enumerate(rules):
             _check_paths(f"{rule_kind}[{i}]", rule)
+    if spec.population is not None:
+        _check_paths("population.settings", spec.population.settings)
+        if CANDIDATE_METHOD in spec.sweep.get("method", []) or spec.base.get("search.method") == CANDIDATE_METHOD:
+            raise UserInputError(f"{path.name}: method {CANDIDATE_METHOD} is the population's candidates; the sweep is "
+                                 "the block stage: a searching method (e.g. gold_nas, darts, mgas)")
     return spec, path.parent
 
 
@@ -333,7 +341,9 @@ def expand_trials(spec: ExperimentSpec) -> list[dict[str, Any]]:
     """Grid over the sweep axes, minus excludes, plus includes; one dict per trial with the
     validated settings (``settings``), the axis values (``axes``) and a stable ``trial_id``."""
     axes = dict(spec.sweep)
-    axes.setdefault("method", [spec.base.get("search.method", DEFAULT_METHOD)])
+    # a population's block stage defaults to GOLD-NAS: its complexity term yields cells of falling size
+    default = "gold_nas" if spec.population is not None else DEFAULT_METHOD
+    axes.setdefault("method", [spec.base.get("search.method", default)])
     names = list(axes)
     combos: list[dict[str, Any]] = []
     seen: set[str] = set()
@@ -371,7 +381,8 @@ def expand_trials(spec: ExperimentSpec) -> list[dict[str, Any]]:
 
 
 def trial_settings(spec: ExperimentSpec, axes: dict[str, Any]) -> dict[str, Any]:
-    method = axes.get("method", spec.base.get("search.method", DEFAULT_METHOD))
+    default = "gold_nas" if spec.population is not None else DEFAULT_METHOD
+    method = axes.get("method", spec.base.get("search.method", default))
     overrides: dict[str, Any] = {"data.name": spec.dataset.name, "data.root": spec.dataset.root,
                                  "data.download": spec.dataset.download, "data.workers": spec.dataset.workers,
                                  "device": spec.device, "deterministic": spec.deterministic}

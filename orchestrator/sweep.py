@@ -182,6 +182,10 @@ def run_sweep(spec: ExperimentSpec, trials: list[dict[str, Any]], uri: str, addr
     methods = [t["settings"]["search"]["method"] for t in trials]
     run = experiment.child(TUNE_DIR)
     plan = plan_resume(run, trials) if resume else None  # a changed spec is refused before Ray starts
+    if spec.population is not None:
+        from orchestrator.population import local_experiment_path
+
+        local_experiment_path(uri)  # the study's journal needs a file system: refused before Ray starts
     if not address and not ray_is_running():  # before Ray starts
         check_capacity(spec.resources, methods, [local_node()], "this machine (embedded Ray)")
         check_local_compile(trials)
@@ -221,6 +225,12 @@ def run_sweep(spec: ExperimentSpec, trials: list[dict[str, Any]], uri: str, addr
             # every ended trial's row again: this run's from the result grid, a resumed sweep's earlier
             # ones from their saved results
             written = write_results(experiment, [*finished, *saved_from_grid(grid)])
+        if spec.population is not None and not written["unfinished"]:
+            population = _population(spec, trainable, trials[0], uri, experiment, resume, record.attempts - 1,
+                                     [ResultsWriter(uri), *([MlflowCallback(tracker)] if tracker else []),
+                                      SweepProgress([], join(uri, PROGRESS_LOG) if experiment.local else None)])
+            written = {k: written[k] + population[k] for k in ("ok", "failed", "unfinished", "rows")}
+            written["population"] = population
     finally:
         if embedded:
             import ray
@@ -228,6 +238,8 @@ def run_sweep(spec: ExperimentSpec, trials: list[dict[str, Any]], uri: str, addr
             ray.shutdown()
     ok = written["ok"]
     results_dir = join(uri, "results")
+    if spec.population is not None:
+        trials = [*trials, *[{}] * spec.population.total]  # the counts below include the candidates
     if written["unfinished"]:  # Tune stopped on a Ctrl-C (or SIGTERM) and saved its state first
         left = len(trials) - ok - written["failed"]
         print(f"sweep {spec.name} interrupted: {ok}/{len(trials)} trials ok, {left} not finished (no row yet); "
@@ -237,6 +249,9 @@ def run_sweep(spec: ExperimentSpec, trials: list[dict[str, Any]], uri: str, addr
     summary = {"experiment": spec.name, "trials": len(trials), "ok": ok, "failed": len(trials) - ok,
                "rows": written["rows"], "resumed": restored, "results_dir": results_dir,
                "wall_time_s": time.time() - started}
+    if "population" in written:
+        summary["population"] = {k: written["population"][k] for k in ("candidates", "blocks", "study",
+                                                                       "non_dominated") if k in written["population"]}
     if tracker is not None:
         summary["mlflow"] = {"tracking_uri": tracker.tracking_uri, "experiment": tracker.experiment}
         print(f"mlflow: {tracker.experiment} at {tracker.tracking_uri} "
@@ -246,11 +261,46 @@ def run_sweep(spec: ExperimentSpec, trials: list[dict[str, Any]], uri: str, addr
     return summary
 
 
+def _population(spec: ExperimentSpec, trainable: Any, first: dict[str, Any], uri: str, experiment: Location,
+                resume: bool, attempt: int, callbacks: list[Any]) -> dict[str, Any]:
+    """The network stage of a ``population:`` experiment on the Ray the sweep started."""
+    from ray import tune
+
+    from mgas_core.methods.registry import get_method
+    from orchestrator.population import CANDIDATE_METHOD
+    from orchestrator.population_sweep import run_population_stage
+    from orchestrator.resume import trial_folder_name
+
+    # the epoch reports carry val_acc but not the size: Tune checks only the final result's metrics here
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    template = {k: first[k] for k in ("experiment", "provenance", "checkpoint_interval_s") if k in first}
+    template.update({"resources": spec.resources.for_method(CANDIDATE_METHOD),
+                     "method_module": get_method(CANDIDATE_METHOD).__module__})
+
+    def tuner(samples: int, searcher: Any, run_callbacks: list[Any]) -> Any:
+        return tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=samples,
+                                        max_concurrent_trials=spec.max_concurrent_trials, reuse_actors=True,
+                                        trial_dirname_creator=trial_folder_name, trial_name_creator=trial_name),
+            run_config=tune.RunConfig(name=TUNE_DIR, storage_path=uri,
+                                      failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
+                                      callbacks=run_callbacks, verbose=0),
+        )
+
+    return run_population_stage(spec, experiment, uri, template, resume, attempt, callbacks, tuner)
+
+
 def _move_previous(experiment: Location) -> None:
     """A fresh sweep keeps an earlier sweep's Tune state under a dated name (nothing is lost).
     On an object store (no rename) the new sweep's state is written beside the old one and is the
     one Tune restores (the newest)."""
-    run = experiment.child(TUNE_DIR)
-    if run.local and run.exists():
-        path = Path(run.path)
-        path.rename(path.with_name(f"{path.name}-{time.strftime('%Y%m%d-%H%M%S')}"))
+    from orchestrator.population import POPULATION_DIR
+
+    stamp = time.strftime('%Y%m%d-%H%M%S')
+    for name in (TUNE_DIR, POPULATION_DIR):  # a population's study goes with the sweep it belongs to
+        run = experiment.child(name)
+        if run.local and run.exists():
+            path = Path(run.path)
+            path.rename(path.with_name(f"{path.name}-{stamp}"))

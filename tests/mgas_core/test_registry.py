@@ -26,8 +26,8 @@ _run = search_until
 
 def test_registry_has_the_search_methods_and_published():
     assert set(method_names(searching_only=True)) == {"darts", "gold_nas", "msg_das", "mgas", "hdas"}
-    # published: retrain only
-    assert set(METHOD_REGISTRY) == {"darts", "gold_nas", "msg_das", "mgas", "hdas", "published"}
+    # published and network_mo (a population's candidate): retrain only
+    assert set(METHOD_REGISTRY) == {"darts", "gold_nas", "msg_das", "mgas", "hdas", "published", "network_mo"}
 
 
 @pytest.mark.slow

@@ -93,8 +93,11 @@ def test_todays_files_are_one_table_with_a_method_column_for_every_reader(tmp_pa
     old = sorted(read_rows(V1), key=lambda r: (r["trial_id"], r["snapshot_index"] or 0))
     new = sorted(read_rows(today), key=lambda r: (r["trial_id"], r["snapshot_index"] or 0))
     assert [r["schema_version"] for r in new] == [2] * len(old)
-    added = set(new[0]) - set(old[0])  # columns added since (the measured latency), empty in a rewritten file
-    assert added == set(LATENCY_FIELDS) and all(r[k] is None for r in new for k in added)
+    # columns added since (the measured latency; a population's candidate, generation and non-dominated flag;
+    # the cells per stage of a stage-level architecture), empty in a rewritten file
+    added = set(new[0]) - set(old[0])
+    assert added == {*LATENCY_FIELDS, "candidate", "generation", "non_dominated", "cells_per_stage"}
+    assert all(r[k] is None for r in new for k in added)
     assert [{**{k: r[k] for k in old[0]}, "schema_version": 0, "experiment": "x"} for r in new] == \
         [{**r, "schema_version": 0, "experiment": "x"} for r in old]
 
