@@ -29,6 +29,8 @@ CHECKPOINT_DIR = re.compile(r"^checkpoint_\d+$")
 MAX_STATE_BYTES = 256 * 1024 * 1024
 """The most of one state file read (a result line carries the whole epoch history)."""
 ARCH_FILES = ("arch.json", "arch.masks.safetensors")
+STATE_FILE = "trial_state.pt"
+"""A trial checkpoint's state (orchestrator.trainable writes it)."""
 
 
 @dataclass(frozen=True)
@@ -109,8 +111,28 @@ def saved_trial(folder: Location) -> SavedTrial | None:
     error_file = folder.child("error.txt")
     error = error_file.read_bytes()[:MAX_STATE_BYTES].decode("utf-8", "replace") if error_file.exists() else None
     checkpoints = [sub for sub in folder.subfolders() if CHECKPOINT_DIR.match(posixpath.basename(sub.path))]
-    return SavedTrial(trial, result if isinstance(result, dict) else {}, error or None,
-                      checkpoints[-1] if checkpoints else None)
+    result = result if isinstance(result, dict) else {}
+    if not result.get("done_trial") and not error and checkpoints:
+        result = _done_result(checkpoints[-1]) or result
+    return SavedTrial(trial, result, error or None, checkpoints[-1] if checkpoints else None)
+
+
+def _done_result(checkpoint: Location) -> dict[str, Any] | None:
+    """The final metrics a trial's ``done`` checkpoint holds: what its last result line says, when
+    the driver died after the trial ended but before Tune flushed that line (the checkpoint is on
+    the storage by then; the line is not). Read with ``torch.load(weights_only=True)``."""
+    from mgas_core.files.checkpoints import CorruptFileError, load_checkpoint_bytes
+
+    location = checkpoint.child(STATE_FILE)
+    if not location.exists():
+        return None
+    try:
+        state = load_checkpoint_bytes(location.read_bytes(), location.uri)
+    except CorruptFileError:
+        return None
+    if state.get("phase") != "done" or not isinstance(state.get("final"), dict):
+        return None
+    return {**state["final"], "done_trial": True}
 
 
 def latest_saved_trials(run: Location) -> dict[str, SavedTrial]:

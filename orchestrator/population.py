@@ -296,10 +296,11 @@ def _objective_metric(study: Any) -> str:
     return str(study.user_attrs.get("objective_metric", OBJECTIVE_METRICS["params"]))
 
 
-def describe(population: PopulationSpec, blocks: int) -> str:
+def describe(population: PopulationSpec, blocks: int | None) -> str:
     low, high = population.cells_per_stage
+    library = f"{blocks} blocks" if blocks is not None else "the blocks the sweep finds"
     return (f"population: {population.size} x {population.generations} generations (NSGA-II, seed "
-            f"{population.seed}) over {blocks} blocks, {low}-{high} cells per stage, widths "
+            f"{population.seed}) over {library}, {low}-{high} cells per stage, widths "
             f"{population.widths}; objectives: {ACCURACY_METRIC} (max) and {OBJECTIVE_METRICS[population.objective]} "
             "(min)")
 
@@ -309,10 +310,10 @@ def log(text: str) -> None:
 
 
 def local_experiment_path(uri: str) -> str:
-    from orchestrator.storage import resolve
+    """The experiment folder as a local path (the study's journal is a file); an object store is refused."""
+    from orchestrator.storage import is_uri, normalize
 
-    location = resolve(uri)
-    if not location.local:
+    if is_uri(uri):
         raise UserInputError(f"population: the study's journal is a local file; the experiment's storage {uri} is "
                              "an object store; allowed: a local path or a shared file system (NFS)")
-    return os.path.abspath(location.path)
+    return os.path.abspath(normalize(uri))

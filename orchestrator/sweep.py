@@ -55,6 +55,11 @@ def print_plan(spec: ExperimentSpec, trials: list[dict[str, Any]], experiment_ur
           + "".join(f"; {m}: {describe_request(r)}" for m, r in overrides.items())
           + f"; at most {concurrent} concurrent (needs up to cpu={peak_cpu:g} gpu={peak_gpu:g}); "
           f"max_failures={spec.max_failures}")
+    if spec.population is not None:
+        from orchestrator.population import describe
+
+        print(f"then {describe(spec.population, None)}; each candidate: "
+              f"{describe_axes(spec.population.settings) or 'the base settings'}")
     print(f"results: {join(experiment_uri, 'results')}")
     return {"experiment": spec.name, "trials": len(trials), "cpu_per_trial": res.cpu, "gpu_per_trial": res.gpu,
             "resources": per_method, "max_concurrent_trials": concurrent,

@@ -39,10 +39,9 @@ from mgas_core.latency.measure import LATENCY_FIELDS
 from mgas_core.methods.registry import get_method, search_augment_for, validate_settings
 from mgas_core.settings.run import RunSettings
 from mgas_core.space.architecture import Architecture, architecture_from_json
+from orchestrator.collect import STATE_FILE
 from orchestrator.latency_cluster import with_local_predictors
 
-STATE_FILE = "trial_state.pt"
-ARCH_FILES = ("arch.json", "arch.masks.safetensors")
 ARCH_STATE_KEY = "_arch_state"  # in the pipeline's final metrics: the architecture with its masks (not reported)
 StateFn = Callable[[], dict[str, Any]]
 Report = Callable[[dict[str, Any], StateFn], None]
