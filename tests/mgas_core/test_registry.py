@@ -35,7 +35,10 @@ def test_registry_has_the_search_methods_and_published():
 def test_search_derives_a_buildable_architecture(method):
     result = _run(settings_for(method))
     assert result.arch.meta["method"] == method
-    shape = {"channels": 4, "layers": 3} if result.arch.is_genotype else {}
+    arch = result.arch
+    # a genotype builds at any shape; a width-free one (H-DAS's stage-specific cells) at any width, its own depth
+    shape = {"channels": 4, "layers": 3} if arch.is_genotype and arch.stages is None else \
+        {"channels": 4} if arch.channels is None else {}
     net = build_eval_network(result.arch, 4, 3, **shape)
     logits, _ = net(torch.randn(2, 3, 8, 8))
     assert logits.shape == (2, 4) and torch.isfinite(logits).all()

@@ -17,6 +17,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -128,10 +129,18 @@ def test_killed_driver_job_submit_resume_collect_and_report_from_s3(cluster, tmp
     # 2. the README's `ray job submit` (docs/cluster.md) from the checkout (code shipped as the job's working_dir)
     # resumes it
     runtime = {"excludes": [".git", ".venv", "results", "runs"], "env_vars": {"MGAS_GIT_SHA": "unused-here"}}
-    job = subprocess.run([*RAY_CLI, "job", "submit", "--address", cluster.dashboard, "--working-dir", ".",
-                          "--runtime-env-json", json.dumps(runtime), "--",
-                          "python", "-m", "orchestrator.cli", "run", "experiments/placed.yaml", "--resume"],
-                         cwd=checkout, env=cluster.env, capture_output=True, text=True, timeout=300)
+    def submit() -> subprocess.CompletedProcess:
+        return subprocess.run([*RAY_CLI, "job", "submit", "--address", cluster.dashboard, "--working-dir", ".",
+                               "--runtime-env-json", json.dumps(runtime), "--",
+                               "python", "-m", "orchestrator.cli", "run", "experiments/placed.yaml", "--resume"],
+                              cwd=checkout, env=cluster.env, capture_output=True, text=True, timeout=300)
+
+    # the head's job agent can still be starting on a loaded machine: the server then refuses the job
+    # ("No available agent"), nothing was submitted, and the same submission is tried again
+    deadline = time.monotonic() + 120
+    job = submit()
+    while job.returncode != 0 and "No available agent" in job.stderr and time.monotonic() < deadline:
+        job = submit()
     assert job.returncode == 0, (job.stdout + job.stderr)[-3000:]
     assert "resuming sweep" in job.stdout and "sweep placed: 3/3 trials ok" in job.stdout
     rows = s3_rows(cluster.env, uri)
