@@ -195,10 +195,16 @@ def study_name(experiment: str, population: PopulationSpec) -> str:
     return f"{experiment}-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
 
 
-def make_sampler(population: PopulationSpec) -> Any:
+def make_sampler(population: PopulationSpec, trials_before: int = 0) -> Any:
+    """NSGA-II as the spec asks. A resumed study's sampler continues with a seed drawn from the spec's
+    and the trials it already has: the journal keeps the trials, not the sampler's random state, and
+    the spec's seed again would replay the first candidates' draws."""
+    import numpy as np
     import optuna
 
-    return optuna.samplers.NSGAIISampler(population_size=population.size, seed=population.seed,
+    seed = population.seed if not trials_before else \
+        int(np.random.SeedSequence([population.seed, trials_before]).generate_state(1)[0])
+    return optuna.samplers.NSGAIISampler(population_size=population.size, seed=seed,
                                          mutation_prob=population.mutation_prob,
                                          crossover_prob=population.crossover_prob)
 
@@ -216,9 +222,12 @@ def open_study(path: Path, name: str, population: PopulationSpec, create: bool) 
         if name not in names:
             raise UserInputError(f"--resume: {path} holds no study of this population ({', '.join(names) or 'none'}"
                                  "); the population settings changed since: run without --resume")
-    directions = ["maximize", "minimize"]
-    return optuna.create_study(storage=storage, study_name=name, sampler=make_sampler(population),
-                               directions=directions, load_if_exists=True), storage
+    study = optuna.create_study(storage=storage, study_name=name, sampler=make_sampler(population),
+                                directions=["maximize", "minimize"], load_if_exists=True)
+    before = len(study.get_trials(deepcopy=False))
+    if before:
+        study.sampler = make_sampler(population, before)
+    return study, storage
 
 
 def searcher_class() -> type:
