@@ -3,16 +3,29 @@
 Python turns SIGINT into ``KeyboardInterrupt`` at the next instruction, wherever that is; when it
 lands in code whose exceptions Python cannot raise (the ``logging`` at-fork handler that runs
 while Ray starts its processes: "Exception ignored in: <function _releaseLock>"), the interrupt is
-printed and dropped, and the command goes on. :class:`InterruptWatch` raises it the same way and
-also remembers it, and :func:`raise_if_interrupted` raises it again at the next safe point (a
-sweep checks once Ray has started, before any trial).
+printed and dropped, and the command goes on. :class:`InterruptWatch` remembers every interrupt
+and raises it where Python can; inside those handlers it only remembers it (raising there prints
+a traceback and is dropped anyway), and :func:`raise_if_interrupted` raises it at the next safe
+point (a sweep checks once Ray has started, before any trial).
 """
 
 from __future__ import annotations
 
+import logging
 import signal
 from types import FrameType, TracebackType
 from typing import Any
+
+_UNRAISABLE = {"_releaseLock", "_acquireLock", "_after_at_fork_child_reinit_locks", "_at_fork_reinit"}
+"""``logging``'s functions that run as at-fork handlers: an exception raised in them is ignored."""
+
+
+def _in_fork_handler(frame: FrameType | None) -> bool:
+    while frame is not None:
+        if frame.f_code.co_name in _UNRAISABLE and frame.f_code.co_filename == logging.__file__:
+            return True
+        frame = frame.f_back
+    return False
 
 
 class InterruptWatch:
@@ -23,9 +36,10 @@ class InterruptWatch:
         self.previous: Any = None
 
     def __call__(self, signum: int, frame: FrameType | None) -> None:
-        del signum, frame
+        del signum
         self.pending = True
-        raise KeyboardInterrupt
+        if not _in_fork_handler(frame):
+            raise KeyboardInterrupt
 
     def __enter__(self) -> InterruptWatch:
         self.previous = signal.signal(signal.SIGINT, self)
