@@ -80,7 +80,7 @@ def _front_from_rows(rows: list[dict]) -> set[str]:
 @pytest.mark.ray
 def test_a_population_is_killed_and_resumed_without_repeating_finished_candidates(tmp_path):
     path = write_spec(tmp_path, name="pop", sweep={"method": ["gold_nas"], "seed": [0]},
-                      population={"size": 3, "generations": 2, "seed": 0, "cells_per_stage": [1, 2],
+                      population={"size": 2, "generations": 2, "seed": 0, "cells_per_stage": [1, 2],
                                   "widths": [4, 8], "settings": {"retrain.epochs": 2, "retrain.latency_runs": 0}},
                       max_concurrent_trials=1)
     experiment = tmp_path / "out" / "pop"
@@ -96,20 +96,20 @@ def test_a_population_is_killed_and_resumed_without_repeating_finished_candidate
         env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            wait_for(lambda: len(candidates()) >= 2 or proc.poll() is not None, 300, "two finished candidates")
+            wait_for(lambda: len(candidates()) >= 1 or proc.poll() is not None, 300, "a finished candidate")
         finally:
             ended = kill_process_tree(proc.pid)
             proc.wait(timeout=30)
         assert proc.pid in ended
         before = {r["trial_id"]: r["finished_at"] for r in candidates()}
-        assert 2 <= len(before) < 6, before
+        assert 1 <= len(before) < 4, before
         done = subprocess.run([*cmd, "--resume", "--json"], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert f"{len(before)} candidate(s) finished, {6 - len(before)} to run" in done.stderr
+    assert f"{len(before)} candidate(s) finished, {4 - len(before)} to run" in done.stderr
     summary = json.loads(done.stdout)
-    assert summary["population"]["candidates"] == 6
+    assert summary["population"]["candidates"] == 4
     rows = candidates()
-    assert len(rows) == 6 and len({r["trial_id"] for r in rows}) == 6
+    assert len(rows) == 4 and len({r["trial_id"] for r in rows}) == 4
     after = {r["trial_id"]: r["finished_at"] for r in rows}
     for trial_id, finished in before.items():  # a finished candidate was not run again
         assert after[trial_id] == finished
