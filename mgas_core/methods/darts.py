@@ -20,7 +20,7 @@ from torch.func import functional_call
 
 from mgas_core.data import Batch, DatasetInfo
 from mgas_core.latency.cost import add_latency_grads, latency_cost, latency_figures
-from mgas_core.methods.protocol import MethodStyle, SearchMethod, accuracy, clip_and_step, cosine_lr, frozen, set_lr
+from mgas_core.methods.protocol import MethodStyle, SearchMethod, cosine_lr, frozen, set_lr
 from mgas_core.methods.registry import register_method
 from mgas_core.settings.run import SearchSettings
 from mgas_core.settings.strict import Strict
@@ -92,14 +92,7 @@ class Darts(SearchMethod):
             for p, g in zip(self.model.arch_parameters(), grads):
                 p.grad = g
             self.a_opt.step()
-        self.w_opt.zero_grad(set_to_none=True)
-        with frozen(self.model.arch_parameters()):
-            with self.autocast():
-                logits = self.model(x)
-                loss = F.cross_entropy(logits, y)
-            loss.backward()
-        clip_and_step(self.w_opt, self.model.weight_parameters(), self.settings.grad_clip)
-        return {"loss": float(loss.detach()), "acc": accuracy(logits.detach(), y)}
+        return self.weight_step(self.w_opt, x, y)
 
     # --- second order ---------------------------------------------------------------------------
     def _functional_loss(

@@ -19,16 +19,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from pydantic import Field, model_validator
-from torch import nn
 
 from mgas_common.errors import UserInputError
-from mgas_core.data import Batch, DatasetInfo
-from mgas_core.methods.protocol import MethodStyle, SearchMethod
+from mgas_core.methods.protocol import MethodStyle, RetrainOnlyMethod
 from mgas_core.methods.registry import register_method
 from mgas_core.settings.run import SearchSettings
-from mgas_core.settings.strict import MAX_LAYERS, SettingConflict, Strict, field_error
+from mgas_core.settings.strict import MAX_LAYERS, Strict, field_error
 from mgas_core.space.architecture import Architecture, ArchitectureError, CellArch, architecture_from_json
 from mgas_core.space.stages import StageArch
 from mgas_core.space.topology import NO_NONE_PRIMITIVES
@@ -93,45 +90,24 @@ def candidate_architecture(blocks: list[Architecture], stage_blocks: list[int], 
 
 
 @register_method("network_mo")
-class NetworkMo(SearchMethod):
+class NetworkMo(RetrainOnlyMethod):
     primitives = NO_NONE_PRIMITIVES
     settings_model = NetworkMoSettings
-    searches = False
+    architecture_field = "network_mo.blocks"
     style = MethodStyle("Network-level MO (NSGA-II)", "#17becf", "h")
 
     @classmethod
-    def check_settings(cls, settings: SearchSettings) -> None:
-        if settings.method != "network_mo":
-            return
+    def architecture(cls, settings: SearchSettings) -> Architecture:
         cfg = settings.network_mo
         if not cfg.blocks:
-            raise SettingConflict("network_mo.blocks", "a candidate needs the block library (the population's "
-                                                       "block stage writes it)")
-        try:
-            library_blocks(cfg.blocks)
-        except UserInputError as exc:
-            raise SettingConflict("network_mo.blocks", str(exc)) from None
+            raise UserInputError("a candidate needs the block library (the population's block stage writes it)")
+        genome = f"b{'-'.join(map(str, cfg.stage_blocks))}_c{'-'.join(map(str, cfg.stage_cells))}"
+        return candidate_architecture(library_blocks(cfg.blocks), cfg.stage_blocks, cfg.stage_cells,
+                                      f"candidate_{genome}")
 
     @classmethod
     def epoch_plan(cls, settings: SearchSettings) -> tuple[int, str]:
         return 0, "no search (a candidate network of the population)"
-
-    def __init__(self, settings: SearchSettings, info: DatasetInfo, device: torch.device, seed: int) -> None:
-        super().__init__(settings, info, device, seed)
-        cfg = settings.network_mo
-        self.arch = candidate_architecture(library_blocks(cfg.blocks), cfg.stage_blocks, cfg.stage_cells,
-                                           f"candidate_seed{seed}")
-        self.model = nn.Module()
-
-    @property
-    def max_epochs(self) -> int:
-        return 0
-
-    def train_step(self, batch: Batch, arch_batch: Batch | None = None) -> dict[str, float]:
-        raise RuntimeError("a candidate network has no search step")
-
-    def derive(self) -> Architecture:
-        return self.arch
 
     def summary(self) -> dict[str, Any]:
         return {"cells_per_stage": list(self.settings.network_mo.stage_cells),

@@ -17,6 +17,7 @@ optimiser, controller and parameter so a resumed search is bitwise identical.
 
 from __future__ import annotations
 
+import copy
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from pydantic import BaseModel
 from torch import Tensor, nn
 
@@ -184,6 +186,18 @@ class SearchMethod(ABC):
         """Method-specific fields of the final JSON summary."""
         return {}
 
+    def weight_step(self, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor) -> dict[str, float]:
+        """The SGD step of the weights on a training batch (cross-entropy of ``self.model``, the
+        architecture parameters frozen, gradients clipped): DARTS's and its descendants'."""
+        optimizer.zero_grad(set_to_none=True)
+        with frozen(self.model.arch_parameters()):
+            with self.autocast():
+                logits = self.model(x)
+                loss = F.cross_entropy(logits, y)
+            loss.backward()
+        clip_and_step(optimizer, self.model.weight_parameters(), self.settings.grad_clip)
+        return {"loss": float(loss.detach()), "acc": accuracy(logits.detach(), y)}
+
     def architectures_to_retrain(self) -> list[RetrainCandidate]:
         """What the trial pipeline retrains, each becoming a result row, the final one last: by
         default the one derived architecture."""
@@ -223,6 +237,45 @@ class SearchMethod(ABC):
         self.events = list(state["events"])
         self.epoch = int(state["epoch"])
         self.load_extra_state(state["extra"])
+
+
+class RetrainOnlyMethod(SearchMethod):
+    """A method with no search: it names the architecture to retrain (``published``, a population's
+    ``network_mo`` candidate). A subclass says which (:meth:`architecture`) and which setting
+    names it (``architecture_field``, for the one-line error when it cannot be built)."""
+
+    searches = False
+    architecture_field: ClassVar[str] = ""
+
+    @classmethod
+    @abstractmethod
+    def architecture(cls, settings: SearchSettings) -> Architecture:
+        """The architecture to retrain (raises :class:`UserInputError` when it cannot be built)."""
+
+    @classmethod
+    def check_settings(cls, settings: SearchSettings) -> None:
+        """The architecture must build before any trial starts (the spec's validation runs this)."""
+        if settings.method != cls.name:
+            return
+        try:
+            cls.architecture(settings)
+        except UserInputError as exc:
+            raise SettingConflict(cls.architecture_field, str(exc)) from None
+
+    def __init__(self, settings: SearchSettings, info: DatasetInfo, device: torch.device, seed: int) -> None:
+        super().__init__(settings, info, device, seed)
+        self.arch = type(self).architecture(settings)
+        self.model = nn.Module()
+
+    @property
+    def max_epochs(self) -> int:
+        return 0
+
+    def train_step(self, batch: Batch, arch_batch: Batch | None = None) -> dict[str, float]:
+        raise RuntimeError(f"method {self.name!r} has no search step")
+
+    def derive(self) -> Architecture:
+        return copy.deepcopy(self.arch)
 
 
 def resolve_memory_format(settings: SearchSettings) -> torch.memory_format:

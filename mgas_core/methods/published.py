@@ -12,21 +12,17 @@ way, as the data root). The trial's search runs no epoch; its row is the retrain
 
 from __future__ import annotations
 
-import copy
 import os
 from pathlib import Path
 from typing import Any
 
-import torch
 from pydantic import Field
-from torch import nn
 
 from mgas_common.errors import UserInputError
-from mgas_core.data import Batch, DatasetInfo
-from mgas_core.methods.protocol import MethodStyle, SearchMethod
+from mgas_core.methods.protocol import MethodStyle, RetrainOnlyMethod
 from mgas_core.methods.registry import register_method
 from mgas_core.settings.run import SearchSettings
-from mgas_core.settings.strict import PATH_TEXT, SettingConflict, Strict
+from mgas_core.settings.strict import PATH_TEXT, Strict
 from mgas_core.space.architecture import BUILTIN_ARCHITECTURES, Architecture, resolve_architecture
 from mgas_core.space.topology import NO_NONE_PRIMITIVES
 
@@ -37,7 +33,7 @@ class PublishedSettings(Strict):
                                          "architecture JSON (mgas import-arch writes one)")
 
 
-def _located(name_or_path: str) -> str:
+def located(name_or_path: str) -> str:
     """A built-in name as it is; a relative path from the folder ``mgas`` runs in (a trial's node:
     the driver's folder, ``TUNE_ORIG_WORKING_DIR``)."""
     if name_or_path.lower() in BUILTIN_ARCHITECTURES:
@@ -52,47 +48,29 @@ def published_architecture(settings: SearchSettings) -> Architecture:
     if settings.published.arch is None:
         raise UserInputError("search.published.arch is required with search.method published: darts_v1, darts_v2 "
                              "or an architecture JSON")
-    return resolve_architecture(_located(settings.published.arch))
+    return resolve_architecture(located(settings.published.arch))
 
 
 @register_method("published")
-class Published(SearchMethod):
+class Published(RetrainOnlyMethod):
     primitives = NO_NONE_PRIMITIVES
     settings_model = PublishedSettings
-    searches = False
+    architecture_field = "published.arch"
     style = MethodStyle("Published (retrained here)", "#4d4d4d", "*")
 
     @classmethod
-    def check_settings(cls, settings: SearchSettings) -> None:
-        """The architecture must load before any trial starts (the spec's validation runs this)."""
-        if settings.method != "published":
-            return
+    def architecture(cls, settings: SearchSettings) -> Architecture:
         if settings.published.arch is None:
-            raise SettingConflict("published.arch", "required with search.method published: darts_v1, darts_v2 or an "
-                                                    "architecture JSON (mgas import-arch writes one)")
-        try:
-            published_architecture(settings)
-        except UserInputError as exc:
-            raise SettingConflict("published.arch", str(exc)) from None
+            raise UserInputError("required with search.method published: darts_v1, darts_v2 or an architecture "
+                                 "JSON (mgas import-arch writes one)")
+        return published_architecture(settings)
 
     @classmethod
     def epoch_plan(cls, settings: SearchSettings) -> tuple[int, str]:
         return 0, "no search (retrains search.published.arch)"
 
-    def __init__(self, settings: SearchSettings, info: DatasetInfo, device: torch.device, seed: int) -> None:
-        super().__init__(settings, info, device, seed)
-        self.arch = published_architecture(settings)
-        self.model = nn.Module()
-
-    @property
-    def max_epochs(self) -> int:
-        return 0
-
-    def train_step(self, batch: Batch, arch_batch: Batch | None = None) -> dict[str, float]:
-        raise RuntimeError("a published architecture has no search step")
-
     def derive(self) -> Architecture:
-        arch = copy.deepcopy(self.arch)
+        arch = super().derive()
         arch.meta.update({"reference": True, "published_arch": self.settings.published.arch})
         return arch
 

@@ -16,8 +16,6 @@ copy of the network made at start and never synchronised again; here it is the n
 from __future__ import annotations
 
 import copy
-import os
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,12 +26,12 @@ from mgas_core.data import Batch, DatasetInfo
 from mgas_core.methods.hdas.cell_search import StageCellModel
 from mgas_core.methods.hdas.settings import HdasSettings
 from mgas_core.methods.hdas.stage_search import StageSearchNetwork
-from mgas_core.methods.protocol import MethodStyle, SearchMethod, accuracy, clip_and_step, cosine_lr, frozen, set_lr
+from mgas_core.methods.protocol import MethodStyle, SearchMethod, cosine_lr, frozen, set_lr
+from mgas_core.methods.published import located
 from mgas_core.methods.registry import register_method
 from mgas_core.settings.run import SearchSettings
 from mgas_core.settings.strict import SettingConflict
 from mgas_core.space.architecture import (
-    BUILTIN_ARCHITECTURES,
     Architecture,
     CellArch,
     architecture_from_json,
@@ -44,14 +42,6 @@ from mgas_core.space.topology import DARTS_PRIMITIVES, reduction_cells
 from mgas_core.supernet.builder import build_supernet
 
 STAGES = 3
-
-
-def _located(name_or_path: str) -> str:
-    if name_or_path.lower() in BUILTIN_ARCHITECTURES:
-        return name_or_path
-    path = Path(name_or_path).expanduser()
-    base = Path(os.environ.get("TUNE_ORIG_WORKING_DIR") or os.getcwd())
-    return str(path if path.is_absolute() else base / path)
 
 
 def cells_of(arch: Architecture) -> tuple[list[CellArch], list[CellArch]]:
@@ -102,7 +92,7 @@ class Hdas(SearchMethod):
         cfg = settings.hdas
         if cfg.cells_from is not None:
             try:
-                cells_of(resolve_architecture(_located(cfg.cells_from)))
+                cells_of(resolve_architecture(located(cfg.cells_from)))
             except UserInputError as exc:
                 raise SettingConflict("hdas.cells_from", str(exc)) from None
             return
@@ -139,7 +129,7 @@ class Hdas(SearchMethod):
         self.source_arch: str | None = None
         self.nodes = settings.nodes  # of the cells: the searched ones', or the given architecture's
         if self.cfg.cells_from is not None:
-            given = resolve_architecture(_located(self.cfg.cells_from))
+            given = resolve_architecture(located(self.cfg.cells_from))
             self.cells, self.source_arch, self.nodes = cells_of(given), given.name, given.nodes
             self._enter_stage_phase()
         else:
@@ -201,14 +191,7 @@ class Hdas(SearchMethod):
                 for p, g in zip(arch_params, torch.autograd.grad(terms, arch_params, materialize_grads=True)):
                     p.grad = g
                 self.a_opt.step()
-        self.w_opt.zero_grad(set_to_none=True)
-        with frozen(arch_params):
-            with self.autocast():
-                logits = self.model(x)
-                loss = F.cross_entropy(logits, y)
-            loss.backward()
-        clip_and_step(self.w_opt, self.model.weight_parameters(), self.settings.grad_clip)
-        return {"loss": float(loss.detach()), "acc": accuracy(logits.detach(), y)}
+        return self.weight_step(self.w_opt, x, y)
 
     def end_of_epoch(self, epoch: int) -> list[dict[str, Any]]:
         if self.phase == "cell" and epoch + 1 == self.cell_epochs:
