@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from mgas_core.engine.compiled import compiled_forward
 from mgas_core.evaluation_network import build_eval_network
-from mgas_core.space.architecture import DARTS_V2
+from mgas_core.space.builtin_architectures import DARTS_V2
 
 MODES = ("eager", "compiled")
 

@@ -283,7 +283,7 @@ def _emit(summary: dict[str, Any], as_json: bool, stream: TextIO | None = None) 
 def _cmd_info(args: argparse.Namespace) -> None:
     from mgas_core.data import dataset_info
     from mgas_core.settings.run import DataSettings
-    from mgas_core.space.architecture import resolve_architecture
+    from mgas_core.space.builtin_architectures import resolve_architecture
     from orchestrator.local import info_command
 
     arch = resolve_architecture(args.arch)
@@ -302,7 +302,7 @@ def _cmd_search(args: argparse.Namespace) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
-    from mgas_core.space.architecture import resolve_architecture
+    from mgas_core.space.builtin_architectures import resolve_architecture
     from orchestrator.local import train_command
 
     settings = settings_from_args(args, TRAIN_FLAGS)

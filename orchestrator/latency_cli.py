@@ -110,7 +110,7 @@ def measure_command(args: argparse.Namespace) -> dict[str, Any]:
     from mgas_core.evaluation_network import build_eval_network
     from mgas_core.latency.measure import measure_latency
     from mgas_core.settings.run import DataSettings
-    from mgas_core.space.architecture import resolve_architecture
+    from mgas_core.space.builtin_architectures import resolve_architecture
     from orchestrator.local import eval_shape
 
     _check_timing(args)

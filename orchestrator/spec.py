@@ -30,6 +30,7 @@ tracking:                      # every trial as an MLflow run (uri: default a SQ
   mlflow: {uri: http://mlflow.example:5000, experiment: my-sweep}
 max_concurrent_trials: 2
 max_failures: 1
+population: {size: 8, generations: 2}   # then a network-level NSGA-II search (orchestrator.population)
 ```
 
 Axes that only mean something for one method (a method's short axes such as ``granularities``

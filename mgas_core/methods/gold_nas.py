@@ -51,7 +51,8 @@ from mgas_core.metrics import count_params
 from mgas_core.nn.ops import EVALUATION, build_op
 from mgas_core.settings.run import SearchSettings
 from mgas_core.settings.strict import MAX_EPOCHS, SettingConflict, Strict
-from mgas_core.space.architecture import Architecture, CellArch, OpSpec, architecture_from_json, prune_dead_ops
+from mgas_core.space.architecture import Architecture, CellArch, OpSpec, architecture_from_json
+from mgas_core.space.genotype import prune_dead_ops
 from mgas_core.space.topology import NO_NONE_PRIMITIVES
 from mgas_core.supernet.builder import build_supernet
 from mgas_core.supernet.cell_alphas import PerCellAlphaModel

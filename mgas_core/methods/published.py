@@ -23,7 +23,8 @@ from mgas_core.methods.protocol import MethodStyle, RetrainOnlyMethod
 from mgas_core.methods.registry import register_method
 from mgas_core.settings.run import SearchSettings
 from mgas_core.settings.strict import PATH_TEXT, Strict
-from mgas_core.space.architecture import BUILTIN_ARCHITECTURES, Architecture, resolve_architecture
+from mgas_core.space.architecture import Architecture
+from mgas_core.space.builtin_architectures import BUILTIN_ARCHITECTURES, resolve_architecture
 from mgas_core.space.topology import NO_NONE_PRIMITIVES
 
 

@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import Tensor
 
 from mgas_common.errors import UserInputError, format_validation_error
-from mgas_common.user_files import load_json, path_exists, read_input_text
+from mgas_common.user_files import load_json, read_input_text
 from mgas_core.files.atomic import atomic_write_text
 from mgas_core.files.checkpoints import load_tensor_file, save_tensor_file
 from mgas_core.nn.ops import KNOWN_OPS, OpStyle, OpWidths
@@ -394,54 +394,3 @@ def _check_staged_cells(arch: Architecture) -> None:
     if len(widths) > 1:
         raise ArchitectureError("a stage-level DAG needs cells that all concatenate the same number of nodes, "
                                 f"got {sorted(widths)}")
-
-
-def prune_dead_ops(ops: list[OpSpec]) -> tuple[list[OpSpec], list[int]]:
-    """Drop ops that read from nodes without inputs (repeatedly); return live ops and concat."""
-    ops = list(ops)
-    while True:
-        live = {o.node + 2 for o in ops}
-        kept = [o for o in ops if o.input < 2 or o.input in live]
-        if len(kept) == len(ops):
-            break
-        ops = kept
-    concat = sorted({o.node + 2 for o in ops})
-    if not concat:
-        raise ArchitectureError("every operation of a cell was pruned; the cell has no output")
-    return ops, concat
-
-
-def _genotype(pairs: list[tuple[str, int]]) -> CellArch:
-    ops = [OpSpec(op, inp, i // 2) for i, (op, inp) in enumerate(pairs)]
-    return CellArch(ops, [2, 3, 4, 5])
-
-
-DARTS_V1 = Architecture(
-    name="DARTS_V1",
-    normal=_genotype([("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("skip_connect", 0), ("sep_conv_3x3", 1),
-                      ("skip_connect", 0), ("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("skip_connect", 2)]),
-    reduce=_genotype([("max_pool_3x3", 0), ("max_pool_3x3", 1), ("skip_connect", 2), ("max_pool_3x3", 0),
-                      ("max_pool_3x3", 0), ("skip_connect", 2), ("skip_connect", 2), ("avg_pool_3x3", 0)]),
-    meta={"source": "Liu et al., DARTS (ICLR 2019), first order; official genotypes.py"},
-)
-DARTS_V2 = Architecture(
-    name="DARTS_V2",
-    normal=_genotype([("sep_conv_3x3", 0), ("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("sep_conv_3x3", 1),
-                      ("sep_conv_3x3", 1), ("skip_connect", 0), ("skip_connect", 0), ("dil_conv_3x3", 2)]),
-    reduce=_genotype([("max_pool_3x3", 0), ("max_pool_3x3", 1), ("skip_connect", 2), ("max_pool_3x3", 1),
-                      ("max_pool_3x3", 0), ("skip_connect", 2), ("skip_connect", 2), ("max_pool_3x3", 1)]),
-    meta={"source": "Liu et al., DARTS (ICLR 2019), second order; official genotypes.py"},
-)
-
-BUILTIN_ARCHITECTURES: dict[str, Architecture] = {"darts_v1": DARTS_V1, "darts_v2": DARTS_V2}
-
-
-def resolve_architecture(name_or_path: str) -> Architecture:
-    """A built-in name (``darts_v1``, ``darts_v2``; any case) or a path to an architecture JSON."""
-    key = name_or_path.lower()
-    if key in BUILTIN_ARCHITECTURES:
-        return BUILTIN_ARCHITECTURES[key]
-    if not name_or_path.endswith(".json") and not path_exists(Path(name_or_path)):
-        builtins = ", ".join(BUILTIN_ARCHITECTURES)
-        raise ArchitectureError(f"--arch {name_or_path!r} is neither a built-in ({builtins}) nor an existing file")
-    return load_architecture(name_or_path)

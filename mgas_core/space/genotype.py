@@ -1,4 +1,5 @@
-"""Derivation of a DARTS-style genotype (2 inputs per node, one op per input) from edge weights."""
+"""Derivation of a DARTS-style genotype (2 inputs per node, one op per input) from edge weights, and
+the removal of ops a pruned cell no longer reaches."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from collections.abc import Sequence
 
 from torch import Tensor
 
-from mgas_core.space.architecture import Architecture, CellArch, OpSpec
+from mgas_core.space.architecture import Architecture, ArchitectureError, CellArch, OpSpec
 from mgas_core.space.topology import CellTopology
 
 
@@ -35,3 +36,18 @@ def derive_genotype(
         normal=derive_cell(normal, primitives, topology),
         reduce=derive_cell(reduce, primitives, topology),
     )
+
+
+def prune_dead_ops(ops: list[OpSpec]) -> tuple[list[OpSpec], list[int]]:
+    """Drop ops that read from nodes without inputs (repeatedly); return live ops and concat."""
+    ops = list(ops)
+    while True:
+        live = {o.node + 2 for o in ops}
+        kept = [o for o in ops if o.input < 2 or o.input in live]
+        if len(kept) == len(ops):
+            break
+        ops = kept
+    concat = sorted({o.node + 2 for o in ops})
+    if not concat:
+        raise ArchitectureError("every operation of a cell was pruned; the cell has no output")
+    return ops, concat

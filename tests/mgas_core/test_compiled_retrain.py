@@ -24,7 +24,8 @@ from mgas_core.data import load_splits
 from mgas_core.engine.compiled import check_compile, compiled_forward
 from mgas_core.engine.retrain import run_retrain
 from mgas_core.evaluation_network import build_eval_network
-from mgas_core.space.architecture import DARTS_V2, Architecture, CellArch, OpSpec
+from mgas_core.space.architecture import Architecture, CellArch, OpSpec
+from mgas_core.space.builtin_architectures import DARTS_V2
 from tests.conftest import tiny
 
 

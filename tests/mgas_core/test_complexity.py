@@ -24,7 +24,8 @@ import torch
 from benchmarks.official.counts import code_folder, genotypes_file
 from mgas_core.evaluation_network import build_eval_network, count_architecture_params
 from mgas_core.metrics import count_flops, count_params
-from mgas_core.space.architecture import BUILTIN_ARCHITECTURES, load_architecture
+from mgas_core.space.architecture import load_architecture
+from mgas_core.space.builtin_architectures import BUILTIN_ARCHITECTURES
 from mgas_core.space.importers import import_architecture
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -15,13 +15,8 @@ from mgas_core.evaluation_network import build_eval_network, count_architecture_
 from mgas_core.methods.hdas.method import cells_of, staged_architecture
 from mgas_core.methods.hdas.stage_search import StageSearchNetwork, window_sources
 from mgas_core.metrics import count_params
-from mgas_core.space.architecture import (
-    DARTS_V2,
-    Architecture,
-    ArchitectureError,
-    NetworkStyle,
-    architecture_from_json,
-)
+from mgas_core.space.architecture import Architecture, ArchitectureError, NetworkStyle, architecture_from_json
+from mgas_core.space.builtin_architectures import DARTS_V2
 from mgas_core.space.stages import StageArch
 from tests.conftest import search_until, tiny
 

@@ -15,7 +15,8 @@ import torch
 from mgas_common.errors import UserInputError
 from mgas_core.evaluation_network import build_eval_network, count_architecture_params
 from mgas_core.metrics import ParamCount, count_params
-from mgas_core.space.architecture import DARTS_V2, DEFAULT_STYLE, ArchitectureError, load_architecture
+from mgas_core.space.architecture import DEFAULT_STYLE, ArchitectureError, load_architecture
+from mgas_core.space.builtin_architectures import DARTS_V2
 from mgas_core.space.importers import import_architecture, width_ids
 from orchestrator.cli import main
 

@@ -207,7 +207,7 @@ def test_a_predictor_is_refused_in_one_line_where_it_does_not_hold(tmp_path):
 def test_a_retrained_network_carries_its_measured_latency(tmp_path):
     from mgas_core.data import load_splits
     from mgas_core.engine.retrain import run_retrain
-    from mgas_core.space.architecture import resolve_architecture
+    from mgas_core.space.builtin_architectures import resolve_architecture
     from tests.conftest import tiny
 
     settings = tiny(retrain__epochs=1, retrain__latency_runs=4, retrain__latency_batch=2)

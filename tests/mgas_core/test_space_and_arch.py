@@ -7,16 +7,8 @@ import torch
 
 from mgas_core.evaluation_network import build_eval_network
 from mgas_core.metrics import count_params
-from mgas_core.space.architecture import (
-    DARTS_V1,
-    DARTS_V2,
-    Architecture,
-    ArchitectureError,
-    CellArch,
-    OpSpec,
-    load_architecture,
-    resolve_architecture,
-)
+from mgas_core.space.architecture import Architecture, ArchitectureError, CellArch, OpSpec, load_architecture
+from mgas_core.space.builtin_architectures import DARTS_V1, DARTS_V2, resolve_architecture
 from mgas_core.space.topology import DARTS_PRIMITIVES, NO_NONE_PRIMITIVES, CellTopology, reduction_cells
 
 

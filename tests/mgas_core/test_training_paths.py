@@ -12,7 +12,7 @@ from mgas_core.data import load_splits
 from mgas_core.engine.retrain import run_retrain
 from mgas_core.files.checkpoints import load_checkpoint, save_checkpoint
 from mgas_core.methods.registry import create_method, method_names
-from mgas_core.space.architecture import DARTS_V2
+from mgas_core.space.builtin_architectures import DARTS_V2
 from tests.conftest import tiny
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -16,7 +16,8 @@ import yaml
 
 from analysis.aggregate import pareto_front
 from mgas_common.errors import UserInputError
-from mgas_core.space.architecture import DARTS_V1, DARTS_V2, architecture_from_json
+from mgas_core.space.architecture import architecture_from_json
+from mgas_core.space.builtin_architectures import DARTS_V1, DARTS_V2
 from orchestrator.population import PopulationSpec, block_library
 from orchestrator.results import read_rows
 from orchestrator.spec import expand_trials, load_spec

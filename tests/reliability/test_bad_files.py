@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 
 from mgas_core.files.atomic import atomic_write_bytes
 from mgas_core.files.checkpoints import load_checkpoint, save_checkpoint, save_tensor_file
-from mgas_core.space.architecture import DARTS_V2, Architecture, CellArch, OpSpec
+from mgas_core.space.architecture import Architecture, CellArch, OpSpec
+from mgas_core.space.builtin_architectures import DARTS_V2
 from orchestrator.results import table_bytes, table_from_rows
 from tests.reliability.bad_input import assert_refused
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from mgas_core.files.atomic import atomic_write_bytes
-from mgas_core.space.architecture import DARTS_V2
+from mgas_core.space.builtin_architectures import DARTS_V2
 from orchestrator.results import result_schema, table_bytes
 from tests.reliability.bad_input import STATS, assert_refused, snapshot
 

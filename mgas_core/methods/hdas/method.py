@@ -31,12 +31,8 @@ from mgas_core.methods.published import located
 from mgas_core.methods.registry import register_method
 from mgas_core.settings.run import SearchSettings
 from mgas_core.settings.strict import SettingConflict
-from mgas_core.space.architecture import (
-    Architecture,
-    CellArch,
-    architecture_from_json,
-    resolve_architecture,
-)
+from mgas_core.space.architecture import Architecture, CellArch, architecture_from_json
+from mgas_core.space.builtin_architectures import resolve_architecture
 from mgas_core.space.stages import StageArch
 from mgas_core.space.topology import DARTS_PRIMITIVES, reduction_cells
 from mgas_core.supernet.builder import build_supernet
