@@ -148,3 +148,30 @@ def test_an_object_store_experiment_with_a_population_is_refused_before_ray(tmp_
         local_experiment_path("s3://bucket/experiment")
     spec = yaml.safe_load(Path(write_spec(tmp_path, name="p", population={})).read_text())
     assert spec["population"] == {}
+
+
+def test_the_front_is_marked_on_the_population_objective_the_rows_record(tmp_path):
+    from orchestrator.front import mark_front
+    from orchestrator.results import write_trial
+    from orchestrator.storage import resolve
+
+    experiment = tmp_path / "pop"
+    axes = json.dumps({"method": "network_mo", "objective": "latency_ms"})
+    # (val_acc, nonzero params, latency): on latency the front is c1, c2, c3; on params it would be c0, c2
+    points = {"c0": (0.90, 0.10, 9.0), "c1": (0.95, 0.50, 2.0), "c2": (0.97, 0.20, 8.0), "c3": (0.80, 0.90, 1.0),
+              "c4": (0.85, 0.60, 3.0)}
+    for tid, (acc, params, latency) in points.items():
+        write_trial(experiment, [{"experiment": "pop", "trial_id": tid, "method": "network_mo", "status": "ok",
+                                  "val_acc": acc, "nonzero_params_m": params, "latency_ms": latency,
+                                  "axes_json": axes}], None)
+    write_trial(experiment, [{"experiment": "pop", "trial_id": "c5", "method": "network_mo", "status": "failed",
+                              "error": "diverged", "axes_json": axes}], None)
+    assert mark_front(resolve(str(experiment))) == ["c1", "c2", "c3"]
+    marked = {r["trial_id"]: r["non_dominated"] for r in read_rows(experiment)}
+    assert marked == {"c0": False, "c1": True, "c2": True, "c3": True, "c4": False, "c5": False}
+    rows = [r for r in read_rows(experiment) if r["status"] == "ok"]
+    import pandas as pd
+
+    frame = pd.DataFrame([{"cost": r["latency_ms"], "acc": r["val_acc"]} for r in rows])
+    recomputed = {r["trial_id"] for r, on in zip(rows, pareto_front(frame, "cost", "acc")) if on}
+    assert recomputed == {"c1", "c2", "c3"}
