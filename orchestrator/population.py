@@ -88,6 +88,17 @@ class PopulationSpec(Strict):
         return [ACCURACY_METRIC, OBJECTIVE_METRICS[self.objective]]
 
 
+def check_population(population: PopulationSpec, base: dict[str, Any], swept_methods: list[Any], where: str) -> None:
+    """What the spec's other parts must allow a population (before Ray starts, one line each)."""
+    runs = population.settings.get("retrain.latency_runs", base.get("retrain.latency_runs"))
+    if population.objective == "latency" and runs == 0:
+        raise UserInputError(f"{where}: population.objective latency needs the candidates' measured latency, but "
+                             "retrain.latency_runs is 0; allowed: retrain.latency_runs >= 1, or objective params")
+    if CANDIDATE_METHOD in swept_methods or base.get("search.method") == CANDIDATE_METHOD:
+        raise UserInputError(f"{where}: method {CANDIDATE_METHOD} is the population's candidates; the sweep is the "
+                             "block stage: a searching method (e.g. gold_nas, darts, mgas)")
+
+
 # --- the block library -------------------------------------------------------------------------
 
 

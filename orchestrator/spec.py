@@ -60,7 +60,7 @@ from mgas_core.methods.registry import build_settings, known_paths, load_methods
 from mgas_core.settings.run import DATASETS, DEFAULT_METHOD, RunSettings
 from mgas_core.settings.strict import PATH_TEXT, Strict, field_error
 from orchestrator.exclude_rules import RuleIndex
-from orchestrator.population import CANDIDATE_METHOD, PopulationSpec
+from orchestrator.population import PopulationSpec, check_population
 from orchestrator.runtime_env import RuntimeSpec
 from orchestrator.tracking import TrackingSpec
 
@@ -302,9 +302,7 @@ def load_spec(path: str | Path) -> tuple[ExperimentSpec, Path]:
             _check_paths(f"{rule_kind}[{i}]", rule)
     if spec.population is not None:
         _check_paths("population.settings", spec.population.settings)
-        if CANDIDATE_METHOD in spec.sweep.get("method", []) or spec.base.get("search.method") == CANDIDATE_METHOD:
-            raise UserInputError(f"{path.name}: method {CANDIDATE_METHOD} is the population's candidates; the sweep is "
-                                 "the block stage: a searching method (e.g. gold_nas, darts, mgas)")
+        check_population(spec.population, spec.base, spec.sweep.get("method", []), path.name)
     return spec, path.parent
 
 

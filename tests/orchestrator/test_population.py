@@ -64,6 +64,10 @@ def test_population_settings_are_checked_before_anything_runs(tmp_path):
                                                                              "settings": {"retrain.epoch": 2}})
     with pytest.raises(UserInputError, match=r"population.settings: unknown setting 'retrain.epoch'"):
         load_spec(path)
+    path = write_spec(tmp_path, name="pop", sweep={"seed": [0]},
+                      population={"objective": "latency", "settings": {"retrain.latency_runs": 0}})
+    with pytest.raises(UserInputError, match=r"population\.objective latency needs the candidates' measured latency"):
+        load_spec(path)
     path = write_spec(tmp_path, name="pop", sweep={"seed": [0]}, population={"size": 4})
     spec, _ = load_spec(path)
     assert [t["settings"]["search"]["method"] for t in expand_trials(spec)] == ["gold_nas"]  # the default blocks
