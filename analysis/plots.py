@@ -34,7 +34,7 @@ def style(method: str, styles: dict[str, Style] | None = None) -> tuple[str, str
     return declared[0] or colour, declared[1] or marker, declared[2]
 
 
-def _save(fig: plt.Figure, folder: Path, name: str) -> Path:
+def save_figure(fig: plt.Figure, folder: Path, name: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     png = folder / f"{name}.png"
     fig.savefig(png, dpi=130, bbox_inches="tight")
@@ -53,7 +53,7 @@ def pareto_plot(agg: pd.DataFrame, folder: Path, cost: str = "nonzero_params_m",
                 xlabel: str = "nonzero parameters (M)", series: pd.DataFrame | None = None,
                 styles: dict[str, Style] | None = None) -> Path:
     """:func:`pareto_figure` written as ``<name>.png`` and ``.pdf``."""
-    return _save(pareto_figure(agg, cost, xlabel, series, styles), folder, name)
+    return save_figure(pareto_figure(agg, cost, xlabel, series, styles), folder, name)
 
 
 def pareto_figure(agg: pd.DataFrame, cost: str = "nonzero_params_m", xlabel: str = "nonzero parameters (M)",
@@ -146,7 +146,7 @@ def remaining_ratio_plot(curves: pd.DataFrame, folder: Path) -> Path | None:
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("remaining ratio (fraction of units kept)")
     axes[-1].legend(fontsize=6, loc="lower left")
-    return _save(fig, folder, "remaining_ratio")
+    return save_figure(fig, folder, "remaining_ratio")
 
 
 def cost_memory_plot(agg: pd.DataFrame, folder: Path, styles: dict[str, Style] | None = None) -> Path:
@@ -165,7 +165,7 @@ def cost_memory_plot(agg: pd.DataFrame, folder: Path, styles: dict[str, Style] |
     for ax in (a, b):
         ax.tick_params(axis="x", labelsize=8)
         ax.grid(alpha=0.3, axis="y")
-    return _save(fig, folder, "search_cost_memory")
+    return save_figure(fig, folder, "search_cost_memory")
 
 
 def ablation_plot(table: pd.DataFrame, method: str, factor: str, folder: Path,
@@ -183,4 +183,4 @@ def ablation_plot(table: pd.DataFrame, method: str, factor: str, folder: Path,
     ax2.plot(x, table["nonzero_params_m_mean"], color="black", marker="o")
     ax2.set_ylabel("nonzero parameters (M)")
     ax.set_title(f"{style(method, styles)[2]} ablation over {factor}")
-    return _save(fig, folder, f"ablation_{method}_{factor}")
+    return save_figure(fig, folder, f"ablation_{method}_{factor}")

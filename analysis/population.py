@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from analysis.plots import Style, _save, style
+from analysis.plots import Style, save_figure, style
 
 CANDIDATES = "network_mo"
 COSTS = {"nonzero_params_m": "nonzero parameters (M)", "latency_ms": "measured latency (ms)"}
@@ -68,7 +68,7 @@ def population_front_figure(ok: pd.DataFrame, styles: dict[str, Style] | None = 
 def population_front_plot(ok: pd.DataFrame, folder: Path, styles: dict[str, Style] | None = None) -> Path | None:
     if population_rows(ok).empty:
         return None
-    return _save(population_front_figure(ok, styles), folder, "population_front")
+    return save_figure(population_front_figure(ok, styles), folder, "population_front")
 
 
 def front_table(ok: pd.DataFrame) -> pd.DataFrame:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -113,20 +112,15 @@ def _cells_by_stage(arch: dict[str, Any]) -> list[tuple[dict[str, Any], dict[str
     if "cells" not in arch:
         return [(plain(arch["normal"]), plain(arch["reduce"]))]
     from mgas_core.space.architecture import architecture_from_json
+    from mgas_core.space.stages import normal_cells_by_stage
 
     parsed = architecture_from_json({**arch, "masks": None} if "masks" in arch else arch)
     cells = arch["cells"]
     reductions = list(parsed.reductions(len(cells)))
     if not reductions:
         return []
-    bounds = [-1, *reductions, len(cells)]
-    pairs = []
-    for s in range(len(bounds) - 1):
-        normals = [i for i in range(bounds[s] + 1, bounds[s + 1])]
-        if normals:
-            reduce = reductions[min(s, len(reductions) - 1)]
-            pairs.append((plain(cells[normals[0]]), plain(cells[reduce])))
-    return pairs
+    return [(plain(cells[normals[0]]), plain(cells[reductions[min(s, len(reductions) - 1)]]))
+            for s, normals in enumerate(normal_cells_by_stage(reductions, len(cells))) if normals]
 
 
 def block_library(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -193,7 +187,7 @@ def _generation(trial: Any) -> int | None:
     sampler = study.sampler
     if not hasattr(sampler, "get_trial_generation"):
         return None
-    frozen = study._storage.get_trial(trial._trial_id)  # the sampler's own bookkeeping reads the frozen trial
+    frozen = study.get_trials(deepcopy=False)[trial.number]  # the sampler's bookkeeping reads the frozen trial
     return int(sampler.get_trial_generation(study, frozen))
 
 
@@ -264,7 +258,8 @@ def searcher_class() -> type:
             self._sampler = self._ot_study.sampler
 
         def save(self, checkpoint_path: str) -> None:
-            raise NotImplementedError  # Tune skips it; the journal holds the study
+            # Tune's Searcher.save_to_dir takes NotImplementedError as "nothing to save": the journal holds the study
+            raise NotImplementedError
 
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
             values = [(result or {}).get(m) for m in self.metric] if isinstance(self.metric, list) else None
@@ -284,17 +279,21 @@ def searcher_class() -> type:
 def prepare_resume(study: Any, saved: dict[str, Any]) -> tuple[int, dict[str, str]]:
     """Reconcile the study with what Tune saved: a running study trial whose candidate finished is
     told its result; one that did not finish is failed and its genome enqueued again (same trial
-    id, from its newest checkpoint). Returns (finished candidates, trial id -> checkpoint)."""
+    id, from its newest checkpoint). Returns (finished candidates, trial id -> checkpoint).
+
+    Candidates are counted by trial id: an interrupted study trial (failed here) and the trial that
+    ran its genome again share one, and count once, when the candidate ended."""
     import optuna
 
-    finished = 0
+    finished: set[str] = set()
     resume_from: dict[str, str] = {}
     for frozen in study.get_trials(deepcopy=False):
         tid = candidate_id(int(frozen.user_attrs.get("resumes", frozen.number)))
         state = saved.get(tid)
         done = state is not None and state.error is None and state.result.get("done_trial")
         if frozen.state.is_finished():
-            finished += 1 if frozen.state != optuna.trial.TrialState.FAIL or done else 0
+            if frozen.state != optuna.trial.TrialState.FAIL or done:
+                finished.add(tid)
             continue
         if done:
             values = [state.result.get(m) for m in (ACCURACY_METRIC, _objective_metric(study))]
@@ -302,14 +301,14 @@ def prepare_resume(study: Any, saved: dict[str, Any]) -> tuple[int, dict[str, st
                 study.tell(frozen.number, state=optuna.trial.TrialState.FAIL)
             else:
                 study.tell(frozen.number, values)
-            finished += 1
+            finished.add(tid)
             continue
         study.tell(frozen.number, state=optuna.trial.TrialState.FAIL)
         study.enqueue_trial(frozen.params, user_attrs={"resumes": int(frozen.user_attrs.get("resumes",
                                                                                             frozen.number))})
         if state is not None and state.checkpoint is not None:
             resume_from[tid] = state.checkpoint.uri
-    return finished, resume_from
+    return len(finished), resume_from
 
 
 def _objective_metric(study: Any) -> str:
@@ -323,10 +322,6 @@ def describe(population: PopulationSpec, blocks: int | None) -> str:
             f"{population.seed}) over {library}, {low}-{high} cells per stage, widths "
             f"{population.widths}; objectives: {ACCURACY_METRIC} (max) and {OBJECTIVE_METRICS[population.objective]} "
             "(min)")
-
-
-def log(text: str) -> None:
-    print(text, file=sys.stderr)
 
 
 def local_experiment_path(uri: str) -> str:

@@ -9,10 +9,9 @@ import sys
 from typing import Any
 
 from mgas_common.errors import UserInputError
-from orchestrator.collect import latest_saved_trials, saved_from_grid, write_results
+from orchestrator.collect import latest_saved_trials, saved_from_grid, tune_run_location, write_results
 from orchestrator.population import (
     BLOCKS_FILE,
-    CANDIDATE_METHOD,
     POPULATION_DIR,
     CandidateSpace,
     block_library,
@@ -32,8 +31,8 @@ from orchestrator.storage import Location
 
 def run_population_stage(spec: Any, experiment: Location, uri: str, template: dict[str, Any], resume: bool,
                          attempt: int, callbacks: list[Any], tuner_factory: Any) -> dict[str, Any]:
-    """The network stage; ``tuner_factory(trainable_config, num_samples, search_alg, callbacks)``
-    builds the Tune run as the grid's (same trainable, placement, folders, failure policy)."""
+    """The network stage; ``tuner_factory(num_samples, search_alg, callbacks)`` builds the Tune run
+    as the grid's (same trainable, placement, folders, failure policy)."""
     population = spec.population
     path = local_experiment_path(uri)
     blocks = block_library(read_rows(experiment))
@@ -44,9 +43,10 @@ def run_population_stage(spec: Any, experiment: Location, uri: str, template: di
     folder.child(BLOCKS_FILE).write_bytes((json.dumps(blocks, indent=1) + "\n").encode())
     name = study_name(spec.name, population)
     journal = journal_path(path)
-    study, _ = open_study(journal, name, population, create=not (resume and journal.exists()))
+    study, storage = open_study(journal, name, population, create=not (resume and journal.exists()))
     study.set_user_attr("objective_metric", population.metrics[1])
-    saved = {tid: s for tid, s in latest_saved_trials(experiment.child("tune")).items()
+    run = tune_run_location(experiment)
+    saved = {tid: s for tid, s in latest_saved_trials(run).items()
              if s.trial.get("population") is not None} if resume else {}
     finished, resume_from = prepare_resume(study, saved)
     left = max(0, population.total - finished)
@@ -58,14 +58,13 @@ def run_population_stage(spec: Any, experiment: Location, uri: str, template: di
     grid_trials: list[Any] = []
     if left:
         searcher = searcher_class()(space=space, metric=population.metrics, mode=["max", "min"],
-                                    sampler=study.sampler, study_name=name, storage=study._storage,
+                                    sampler=study.sampler, study_name=name, storage=storage,
                                     seed=population.seed, journal=journal, population=population)
         grid = tuner_factory(left, searcher, callbacks).fit()
         grid_trials = saved_from_grid(grid)
-    candidates = [s for s in latest_saved_trials(experiment.child("tune")).values()
-                  if s.trial.get("population") is not None and s.trial["trial_id"] not in
-                  {g.trial["trial_id"] for g in grid_trials}]
-    written = write_results(experiment, [*candidates, *grid_trials])
-    done = len([t for t in study.get_trials(deepcopy=False) if t.state.is_finished()])
-    return {**written, "candidates": population.total, "blocks": len(blocks), "study": str(journal),
-            "study_trials_finished": done, "method": CANDIDATE_METHOD}
+    # every candidate's row again: this run's from the result grid, earlier runs' from their saved results
+    ran = {g.trial["trial_id"] for g in grid_trials}
+    earlier = [s for s in latest_saved_trials(run).values()
+               if s.trial.get("population") is not None and s.trial["trial_id"] not in ran]
+    written = write_results(experiment, [*earlier, *grid_trials])
+    return {**written, "candidates": population.total, "blocks": len(blocks), "study": str(journal)}

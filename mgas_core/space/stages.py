@@ -122,6 +122,8 @@ def stage_layout(stages: list[StageArch]) -> tuple[int, tuple[int, ...]]:
     return index, tuple(reductions)
 
 
-def chained_stages(cells_per_stage: list[int]) -> list[StageArch]:
-    """Stages of chained cells with these depths."""
-    return [StageArch(n) for n in cells_per_stage]
+def normal_cells_by_stage(reductions: tuple[int, ...] | list[int], layers: int) -> list[list[int]]:
+    """The indices of the normal cells of each stage of a ``layers``-cell network whose reduction
+    cells are ``reductions`` (a stage may have none)."""
+    bounds = [-1, *reductions, layers]
+    return [list(range(bounds[s] + 1, bounds[s + 1])) for s in range(len(bounds) - 1)]

@@ -179,3 +179,36 @@ def test_the_front_is_marked_on_the_population_objective_the_rows_record(tmp_pat
     frame = pd.DataFrame([{"cost": r["latency_ms"], "acc": r["val_acc"]} for r in rows])
     recomputed = {r["trial_id"] for r, on in zip(rows, pareto_front(frame, "cost", "acc")) if on}
     assert recomputed == {"c1", "c2", "c3"}
+
+
+def test_a_resume_counts_each_candidate_once_and_reruns_the_interrupted_under_its_id():
+    import optuna
+
+    from orchestrator.collect import SavedTrial
+    from orchestrator.population import prepare_resume
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    dist = optuna.distributions.IntDistribution(1, 3)
+
+    def add(state, values=None, resumes=None, params=1):
+        study.add_trial(optuna.trial.create_trial(state=state, values=values, params={"x": params},
+                                                  distributions={"x": dist},
+                                                  user_attrs={} if resumes is None else {"resumes": resumes}))
+
+    done = {"done_trial": True, "val_acc": 0.9, "nonzero_params_m": 0.1}
+    add(optuna.trial.TrialState.COMPLETE, [0.9, 0.1])                       # c0000 finished
+    add(optuna.trial.TrialState.FAIL)                                        # c0001 interrupted by an earlier kill
+    add(optuna.trial.TrialState.COMPLETE, [0.8, 0.2], resumes=1)             # ... and run again to the end
+    add(optuna.trial.TrialState.FAIL, params=2)                              # c0003 failed for real (diverged)
+    add(optuna.trial.TrialState.RUNNING, params=3)                           # c0004 running at this kill
+    saved = {"network_mo_c0000": SavedTrial({}, done), "network_mo_c0001": SavedTrial({}, done),
+             "network_mo_c0003": SavedTrial({}, {"done_trial": True, "status": "failed"}),
+             "network_mo_c0004": SavedTrial({}, {"epoch": 1}, checkpoint=type("C", (), {"uri": "/ckpt"})())}
+    finished, resume_from = prepare_resume(study, saved)
+    assert finished == 3  # c0000, c0001 (once, though two study trials), c0003
+    assert resume_from == {"network_mo_c0004": "/ckpt"}
+    trials = study.get_trials(deepcopy=False)
+    assert trials[4].state == optuna.trial.TrialState.FAIL
+    waiting = [t for t in trials if t.state == optuna.trial.TrialState.WAITING]
+    assert len(waiting) == 1 and waiting[0].user_attrs["resumes"] == 4

@@ -33,7 +33,7 @@ from mgas_core.settings.run import SearchSettings
 from mgas_core.settings.strict import SettingConflict
 from mgas_core.space.architecture import Architecture, CellArch, architecture_from_json
 from mgas_core.space.builtin_architectures import resolve_architecture
-from mgas_core.space.stages import StageArch
+from mgas_core.space.stages import StageArch, normal_cells_by_stage
 from mgas_core.space.topology import DARTS_PRIMITIVES, reduction_cells
 from mgas_core.supernet.builder import build_supernet
 
@@ -54,10 +54,8 @@ def cells_of(arch: Architecture) -> tuple[list[CellArch], list[CellArch]]:
     reductions = arch.reductions(len(cells))
     if len(reductions) != STAGES - 1:
         raise UserInputError(f"--cells-from {arch.name!r}: {len(reductions)} reduction cells; allowed: {STAGES - 1}")
-    bounds = [-1, *reductions, len(cells)]
     normals = []
-    for s in range(STAGES):
-        inside = list(range(bounds[s] + 1, bounds[s + 1]))
+    for s, inside in enumerate(normal_cells_by_stage(reductions, len(cells))):
         if not inside:
             raise UserInputError(f"--cells-from {arch.name!r}: stage {s + 1} has no normal cell")
         normals.append(_plain(cells[inside[0]]))
@@ -94,8 +92,7 @@ class Hdas(SearchMethod):
             return
         layers = cfg.cell_layers or settings.layers
         reductions = reduction_cells(layers)
-        bounds = [-1, *reductions, layers]
-        if len(reductions) != STAGES - 1 or any(bounds[s + 1] - bounds[s] < 2 for s in range(STAGES)):
+        if len(reductions) != STAGES - 1 or not all(normal_cells_by_stage(reductions, layers)):
             field = "hdas.cell_layers" if cfg.cell_layers else "layers"
             raise SettingConflict(field, f"H-DAS's cell level needs a normal cell in each of its {STAGES} stages: "
                                          f"{layers} cells place reductions at {reductions}; allowed: 5 or more "
